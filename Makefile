@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+ARGS ?=
+
+.PHONY: run test test-slow install bench data clean-outputs
+
+$(BIN)/advlab-train: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	$(BIN)/python -c "import advlab.train"
+	# torchattacks: test-only reference implementation, installed without its pinned dependencies
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps "torchattacks>=3.5" 2>&1 | grep -v "is ignored" || true
+	touch $@
+
+install: $(BIN)/advlab-train
+
+run: install
+	$(BIN)/advlab-train $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install data
+	$(BIN)/python -m pytest -q -m slow
+
+data: install
+	$(BIN)/python -m advlab.data.shared --shared $(SHARED) --data data
+
+bench: install
+	$(BIN)/python benchmarks/bench_attacks.py
+	$(BIN)/python benchmarks/bench_lightning.py
+
+clean-outputs:
+	rm -rf outputs/train outputs/*/ multirun

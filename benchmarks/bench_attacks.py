@@ -1,0 +1,157 @@
+"""Benchmark: advlab PGD (L∞) against torchattacks' PGD on the same model, batch, ε, α and steps.
+
+    python benchmarks/bench_attacks.py [--device cpu|cuda] [--steps 10] [--batch 256] [--reps 5]
+
+Model: a small ResNet-style CNN on 3×32×32 inputs with random weights (speed does not depend on
+training). No random start, so our keep_best=False output must equal torchattacks' (checked and
+reported). Repetitions are interleaved across the compared attacks after a warm-up; the median
+time is reported. Results go to benchmarks/results/attacks_<device>.json (temp file, then rename).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from advlab.attacks import PGD  # noqa: E402
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                      if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class SmallResNet(nn.Module):
+    """Normalisation layer + stem + 3 residual stages (16/32/64 channels) + linear head."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1))
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.layers = nn.Sequential(Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2))
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem((x - self.mean) / self.std))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--eps", type=float, default=8 / 255)
+    ap.add_argument("--alpha", type=float, default=2 / 255)
+    ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/attacks_<device>.json)")
+    args = ap.parse_args(argv)
+
+    try:
+        import torchattacks
+    except ImportError:
+        sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda requested but CUDA is not available")
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the model's random init only; the attacks do not touch the global RNG
+    model = SmallResNet().to(device).eval()
+    x = torch.rand(args.batch, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
+
+    common = dict(eps=args.eps, norm="linf", steps=args.steps, step_size=args.alpha, random_start=False)
+    ours_plain = PGD(keep_best=False, **common)
+    ours_best = PGD(keep_best=True, **common)
+    theirs = torchattacks.PGD(model, eps=args.eps, alpha=args.alpha, steps=args.steps, random_start=False)
+    runs = {
+        "advlab PGD keep_best=False": lambda: ours_plain(model, x, y),
+        "advlab PGD keep_best=True": lambda: ours_best(model, x, y),
+        "torchattacks PGD": lambda: theirs(x, y),
+    }
+
+    outputs = {}
+    for name, fn in runs.items():  # warm-up (allocator, cudnn autotune, first-call overheads)
+        outputs[name] = fn()
+        fn()
+    _sync(device)
+    ref = outputs["torchattacks PGD"]
+    max_diff = {name: float((out - ref).abs().max()) for name, out in outputs.items() if name != "torchattacks PGD"}
+
+    times = {name: [] for name in runs}
+    for _ in range(args.reps):  # interleaved, so drifts in machine load hit every attack alike
+        for name, fn in runs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    theirs_t = med["torchattacks PGD"]
+    rows = []
+    print(f"\nPGD L∞  device={device.type}  batch={args.batch}  steps={args.steps}  eps={args.eps:.4g}  "
+          f"alpha={args.alpha:.4g}  reps={args.reps} (median)  threads={torch.get_num_threads()}")
+    print(f"{'attack':32s} {'median s':>10s} {'min s':>9s} {'img/s':>10s} {'ours/theirs':>12s} {'max|Δ| vs TA':>13s}")
+    for name in runs:
+        thr = args.batch / med[name]
+        ratio = theirs_t / med[name]
+        diff = max_diff.get(name)
+        rows.append({"attack": name, "median_s": med[name], "min_s": min(times[name]), "times_s": times[name],
+                     "images_per_s": thr, "throughput_ratio_vs_torchattacks": ratio, "max_abs_diff_vs_torchattacks": diff})
+        print(f"{name:32s} {med[name]:10.4f} {min(times[name]):9.4f} {thr:10.1f} {ratio:12.3f} "
+              f"{'' if diff is None else f'{diff:.2e}':>13s}")
+
+    result = {
+        "benchmark": "pgd_linf_vs_torchattacks",
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
+        "threads": torch.get_num_threads(),
+        "model": "SmallResNet 3x32x32 (16/32/64 channels, random weights, eval mode)",
+        "batch": args.batch, "steps": args.steps, "eps": args.eps, "alpha": args.alpha, "reps": args.reps,
+        "random_start": False, "results": rows,
+    }
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"attacks_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

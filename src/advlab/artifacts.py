@@ -1,0 +1,126 @@
+"""Source models and crafted datasets: built once, then taken from the artifact cache.
+
+A model spec (the `source` config node) is {arch, method: standard|adversarial, optimizer,
+scheduler, max_epochs, seed, attack}; together with the data description and batch size it is
+exactly what determines the trained weights, so it is the cache key.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from advlab.cache import ArtifactCache, plain
+from advlab.errors import ConfigError
+from advlab.models import build_model
+
+log = logging.getLogger(__name__)
+
+SOURCE_METHODS = ("standard", "adversarial")
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Building an artifact must not change the run's random stream: a cache hit and a miss then
+    lead to identical runs."""
+    state = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def describe_object(obj: Any) -> dict:
+    """The plain-valued attributes of an object (e.g. an attack's eps, norm, steps) for cache keys."""
+    simple = (int, float, str, bool, type(None))
+    desc = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    for name, value in sorted(vars(obj).items()):
+        if name.startswith("_"):
+            continue
+        if isinstance(value, simple) or (isinstance(value, (tuple, list)) and all(isinstance(v, simple) for v in value)):
+            desc[name] = list(value) if isinstance(value, tuple) else value
+    return desc
+
+
+def pick_device(accelerator: str | None) -> torch.device:
+    if accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Artifacts:
+    def __init__(self, cache: ArtifactCache, accelerator: str | None = "auto", progress: bool = True):
+        self.cache = cache
+        self.accelerator = accelerator
+        self.device = pick_device(accelerator)
+        self.progress = progress
+
+    # -- models --------------------------------------------------------------------------------------
+    def model_spec(self, spec, datamodule) -> dict:
+        method = spec.get("method", "standard")
+        if method not in SOURCE_METHODS:
+            raise ConfigError("source.method", f"unknown method {method!r}; allowed: {', '.join(SOURCE_METHODS)}")
+        if method == "adversarial" and not spec.get("attack"):
+            raise ConfigError("source.attack", "source.method=adversarial needs an attack: add attack@source.attack=pgd_linf (or another attack option)")
+        key = {
+            "data": datamodule.describe(),
+            "batch_size": datamodule.batch_size,
+            "arch": plain(spec.arch),
+            "method": method,
+            "optimizer": plain(spec.optimizer),
+            "scheduler": plain(spec.get("scheduler")),
+            "max_epochs": int(spec.max_epochs),
+            "seed": int(spec.seed),
+        }
+        if method == "adversarial":
+            key["attack"] = plain(spec.attack)
+        return key
+
+    def model(self, spec, datamodule, name: str = "source model"):
+        """Return (eval-mode model on self.device, its metrics dict, its cache key spec)."""
+        key = self.model_spec(spec, datamodule)
+        payload, _ = self.cache.get_or_create("models", key, lambda: self._train(spec, datamodule, name), what=name)
+        model = build_model(spec.arch, datamodule)
+        model.load_state_dict(payload["state_dict"])
+        return model.to(self.device).eval(), dict(payload["metrics"]), key
+
+    def _train(self, spec, datamodule, name: str) -> dict:
+        from advlab.methods import AdversarialTraining, StandardTraining
+
+        with preserved_rng():
+            pl.seed_everything(int(spec.seed), verbose=False)
+            model = build_model(spec.arch, datamodule)
+            if spec.get("method", "standard") == "adversarial":
+                attack = instantiate(spec.attack, bounds=datamodule.bounds)
+                module = AdversarialTraining(model, spec.optimizer, spec.get("scheduler"), attack=attack)
+            else:
+                module = StandardTraining(model, spec.optimizer, spec.get("scheduler"))
+            log.info("Training %s: %s, %s epochs", name, OmegaConf.select(spec, "arch._target_"), spec.max_epochs)
+            trainer = pl.Trainer(
+                max_epochs=int(spec.max_epochs),
+                accelerator="gpu" if self.device.type == "cuda" else "cpu",
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=self.progress,
+                inference_mode=False,
+                num_sanity_val_steps=0,
+            )
+            trainer.fit(module, datamodule=datamodule)
+            result = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        metrics = {"test/acc": float(result["test/acc"]), "val/acc": float(trainer.callback_metrics.get("val/acc", float("nan")))}
+        log.info("Trained %s: test/acc = %.4f", name, metrics["test/acc"])
+        return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metrics": metrics}

@@ -1,0 +1,28 @@
+"""Adversarial attacks in pixel space (normalisation is a layer of the model).
+
+    attack = PGD(eps=8/255, norm="linf", steps=10)
+    x_adv = attack(model, x, y)            # untargeted: y = true labels
+    attack.targeted = True
+    x_adv = attack(model, x, targets)      # targeted: y = target classes
+    acc = robust_accuracy(model, attack, test_loader, device)
+"""
+from advlab.attacks.base import LOSSES, NORMS, Attack, as_logits, eval_mode, per_sample_loss, success
+from advlab.attacks.evaluate import evaluate_attack, robust_accuracy, robust_accuracy_curve
+from advlab.attacks.pgd import FGSM, MIFGSM, PGD, OneStepL2
+from advlab.errors import ConfigError
+
+ATTACKS = {"pgd": PGD, "fgsm": FGSM, "one_step_l2": OneStepL2, "mifgsm": MIFGSM}
+
+
+def make_attack(name: str, **kwargs) -> Attack:
+    """Build an attack by name (``pgd``, ``fgsm``, ``one_step_l2``, ``mifgsm``)."""
+    cls = ATTACKS.get(str(name).lower())
+    if cls is None:
+        raise ConfigError("attack.name", f"unknown attack {name!r}; allowed: {', '.join(ATTACKS)}")
+    return cls(**kwargs)
+
+
+__all__ = [
+    "ATTACKS", "Attack", "FGSM", "LOSSES", "MIFGSM", "NORMS", "OneStepL2", "PGD", "as_logits", "eval_mode",
+    "evaluate_attack", "make_attack", "per_sample_loss", "robust_accuracy", "robust_accuracy_curve", "success",
+]

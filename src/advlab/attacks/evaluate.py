@@ -1,0 +1,115 @@
+"""Accuracy under attack.
+
+A sample counts as robust only if the model classifies it correctly both clean and attacked, so a
+sample misclassified when clean is non-robust whatever the attack returns.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from advlab.attacks.base import Attack, as_logits, eval_mode
+from advlab.errors import ConfigError
+
+
+def _batches(data, batch_size: int):
+    """Yield (x, y) from a DataLoader / iterable of batches, or from a pair of tensors (x, y)."""
+    if (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+            and data[0].dim() >= 1 and data[1].dim() == 1 and data[0].shape[0] == data[1].shape[0]):
+        x, y = data
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+        return
+    if not isinstance(data, Iterable):
+        raise TypeError("expected a DataLoader / iterable of (x, y) batches or a pair of tensors (x, y)")
+    for batch in data:
+        if isinstance(batch, Mapping):
+            yield batch["x"], batch["y"]
+        elif isinstance(batch, Sequence) and len(batch) >= 2:
+            yield batch[0], batch[1]
+        else:
+            raise TypeError(f"cannot read (x, y) from a batch of type {type(batch).__name__}")
+
+
+def _device_of(model: nn.Module, device):
+    if device is not None:
+        return torch.device(device)
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        p = next(iter(model.buffers()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample bool: prediction == label (eval mode, no gradients)."""
+    with eval_mode(model), torch.no_grad():
+        logits, yy = as_logits(model(x), y)
+        return logits.argmax(dim=1) == yy
+
+
+def _check_untargeted(attack: Attack) -> None:
+    if attack.targeted:
+        raise ConfigError("attack.targeted", "accuracy under attack needs an untargeted attack; allowed: false")
+
+
+def evaluate_attack(model: nn.Module, attack: Attack, data, device=None, batch_size: int = 256) -> dict:
+    """Clean and robust accuracy over ``data``.
+
+    Returns ``{"n", "clean_acc", "robust_acc", "success_rate"}``; ``success_rate`` is the fraction
+    of clean-correct samples that the attack turns into errors (NaN if none is correct).
+    """
+    _check_untargeted(attack)
+    dev = _device_of(model, device)
+    n = clean = robust = 0
+    for x, y in _batches(data, batch_size):
+        x, y = x.to(dev), y.to(dev)
+        ok = _predict(model, x, y)
+        x_adv = attack(model, x, y)
+        ok_adv = ok & _predict(model, x_adv, y)
+        n += x.shape[0]
+        clean += int(ok.sum())
+        robust += int(ok_adv.sum())
+    if n == 0:
+        raise ValueError("no samples to evaluate")
+    return {"n": n, "clean_acc": clean / n, "robust_acc": robust / n,
+            "success_rate": (clean - robust) / clean if clean else float("nan")}
+
+
+def robust_accuracy(model: nn.Module, attack: Attack, loader_or_tensors, device=None, batch_size: int = 256) -> float:
+    """Accuracy under ``attack`` (untargeted): fraction of samples correct clean AND attacked."""
+    return evaluate_attack(model, attack, loader_or_tensors, device, batch_size)["robust_acc"]
+
+
+def robust_accuracy_curve(model: nn.Module, attack: Attack, loader_or_tensors, eps_grid, device=None,
+                          batch_size: int = 256) -> list[float]:
+    """Robust accuracy at each ε of ``eps_grid`` (ascending), non-increasing by construction.
+
+    Independent attacks at each ε are not guaranteed to be monotone (a local search can do worse at
+    a larger ε). Here a sample counts as broken at ε if the attack broke it at any ε' ≤ ε: the point
+    found at ε' lies in the ε-ball too, so this is a valid attack at ε that is at least as strong
+    as the independent run. ``attack.eps`` is restored afterwards.
+    """
+    _check_untargeted(attack)
+    grid = [float(e) for e in eps_grid]
+    if not grid or any(b < a for a, b in zip(grid, grid[1:])) or grid[0] < 0:
+        raise ConfigError("attack.eps_grid", f"must be a non-empty ascending list of eps >= 0, got {list(eps_grid)!r}")
+    dev = _device_of(model, device)
+    saved_eps = attack.eps
+    n = 0
+    robust = [0] * len(grid)
+    try:
+        for x, y in _batches(loader_or_tensors, batch_size):
+            x, y = x.to(dev), y.to(dev)
+            ok = _predict(model, x, y)
+            for i, eps in enumerate(grid):
+                attack.eps = eps
+                ok = ok & _predict(model, attack(model, x, y), y)
+                robust[i] += int(ok.sum())
+            n += x.shape[0]
+    finally:
+        attack.eps = saved_eps
+    if n == 0:
+        raise ValueError("no samples to evaluate")
+    return [r / n for r in robust]

@@ -1,0 +1,230 @@
+"""Gradient attacks: PGD (L∞ / L2, restarts, best-iterate tracking) and its one-step and momentum
+special cases FGSM, OneStepL2 and MIFGSM."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from advlab.attacks.base import Attack, _is_int, _is_real, as_logits, per_sample_loss
+from advlab.errors import ConfigError
+
+
+def _positive_or_none(key: str, value):
+    if value is None:
+        return None
+    if not _is_real(value) or not float(value) > 0 or value != value or value == float("inf"):
+        raise ConfigError(key, f"must be null or a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _int_at_least_one(key: str, value) -> int:
+    if not _is_int(value) or int(value) < 1:
+        raise ConfigError(key, f"must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al. 2018) in pixel space.
+
+    Step size: ``step_size`` if given, else ``rel_step_size * eps``, else ``2.5 * eps / steps``
+    (Madry), evaluated at call time so relative step sizes follow later changes of ``eps``.
+
+    * L∞: ``x <- Π(x + α·sign(g))``; random start uniform in the ε-box.
+    * L2: ``x <- Π(x + α·g/‖g‖₂)`` per sample (a zero gradient gives a zero step); random start
+      uniform in the ε-ball. Π projects onto the ε-ball, then clips to ``bounds``; with ``x`` in
+      the bounds clipping only shortens the perturbation, so ‖x_adv − x‖ ≤ ε still holds.
+
+    ``keep_best`` returns, per sample, the best iterate seen (the start, every step, the final
+    point) by the lexicographic score (goal reached; then loss, highest untargeted / lowest
+    targeted). The score of iterate t comes from the forward pass that already computes its
+    gradient, so tracking costs one extra forward in total. With ``random_start=False`` and
+    ``step_size=eps`` (L∞) the first step is FGSM, so the result is per sample at least as strong.
+
+    ``restarts``: independent runs (each with its own random start drawn in sequence from the
+    attack's generator), combined per sample by the same score. The draws of restart r equal those
+    of the (r+1)-th call of a ``restarts=1`` attack with the same seed and batch shape.
+    """
+
+    name = "pgd"
+
+    def __init__(self, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
+                 rel_step_size: float | None = None, random_start: bool = True, restarts: int = 1,
+                 keep_best: bool = True, targeted: bool = False, bounds=(0.0, 1.0), seed: int = 0,
+                 loss: str = "ce"):
+        super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
+        self.steps = _int_at_least_one("attack.steps", steps)
+        self.step_size = _positive_or_none("attack.step_size", step_size)
+        self.rel_step_size = _positive_or_none("attack.rel_step_size", rel_step_size)
+        if self.step_size is not None and self.rel_step_size is not None:
+            raise ConfigError("attack.step_size", "give at most one of step_size, rel_step_size (the other must be null)")
+        self.restarts = _int_at_least_one("attack.restarts", restarts)
+        for key, value in (("attack.random_start", random_start), ("attack.keep_best", keep_best)):
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
+                raise ConfigError(key, f"must be a boolean, got {value!r}; allowed: true, false")
+        self.random_start = bool(random_start)
+        self.keep_best = bool(keep_best)
+        self._decay: float | None = None  # momentum (MIFGSM)
+
+    @property
+    def alpha(self) -> float:
+        """The step size used at the current ``eps``."""
+        if self.step_size is not None:
+            return self.step_size
+        if self.rel_step_size is not None:
+            return self.rel_step_size * self.eps
+        return 2.5 * self.eps / self.steps
+
+    # ------------------------------------------------------------------------------------------
+    def _score(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor | None = None):
+        """(goal reached, oriented loss: larger = better for the attacker), both detached."""
+        logits, yy = as_logits(out.detach(), y)
+        if loss is None:
+            loss = per_sample_loss(self.loss, logits, yy)
+        loss = loss.detach()
+        pred = logits.argmax(dim=1)
+        if self.targeted:
+            return pred == yy, -loss
+        return pred != yy, loss
+
+    @staticmethod
+    def _merge(best, cand, view):
+        """Per-sample lexicographic max of (succeeded, score); ties keep ``best``."""
+        bx, bs, bl = best
+        cx, cs, cl = cand
+        better = (cs & ~bs) | ((cs == bs) & ((cl > bl) | (bl.isnan() & ~cl.isnan())))
+        return torch.where(better.view(view), cx, bx), bs | cs, torch.where(better, cl, bl)
+
+    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        view = (x.shape[0],) + (1,) * (x.dim() - 1)
+        need_score = self.keep_best or self.restarts > 1
+        best = None
+        for _ in range(self.restarts):
+            cand = self._run(model, x, y, view, need_score)
+            best = cand if best is None else self._merge(best, cand, view)
+        return best[0]
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, view, need_score: bool):
+        eps, alpha, linf = self.eps, self.alpha, self.norm == "linf"
+        bounds, keep_best, targeted = self.bounds, self.keep_best, self.targeted
+        decay = self._decay
+        n = x.shape[0]
+
+        # ---- start point -------------------------------------------------------------------
+        if linf:
+            lower, upper = x - eps, x + eps  # the feasible box: ε-box ∩ bounds
+            if bounds is not None:
+                lower.clamp_(min=bounds[0])
+                upper.clamp_(max=bounds[1])
+        if self.random_start:
+            gen = self.generator(x.device)
+            if linf:
+                noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                xa = noise.mul_(2.0 * eps).sub_(eps).add_(x).clamp_(min=lower, max=upper)
+            else:
+                d = x[0].numel()
+                delta = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                u = torch.rand((n,), generator=gen, device=x.device, dtype=x.dtype)
+                dn = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
+                radius = eps * u.pow(1.0 / d)  # uniform in the ball: P(r <= t) = (t/ε)^d
+                scale = torch.where(dn > 0, radius / dn, torch.zeros_like(dn))
+                xa = torch.addcmul(x, delta, scale.view(view))
+                if bounds is not None:
+                    xa.clamp_(bounds[0], bounds[1])
+        else:
+            xa = x.clone()
+
+        momentum = torch.zeros_like(x) if decay is not None else None
+        best = None
+        for _ in range(self.steps):
+            xa.requires_grad_(True)
+            out = model(xa)
+            logits, yy = as_logits(out, y)
+            loss = per_sample_loss(self.loss, logits, yy)
+            total = loss.sum()
+            (g,) = torch.autograd.grad(-total if targeted else total, xa)
+            xa = xa.detach()
+            if keep_best:  # score the iterate whose gradient we just took, from the same forward
+                cand = (xa, *self._score(logits, yy, loss))
+                best = (xa.clone(), cand[1], cand[2]) if best is None else self._merge(best, cand, view)
+            del out, logits, loss, total
+            if decay is not None:  # MI-FGSM: accumulate L1-normalised gradients
+                l1 = torch.linalg.vector_norm(g.reshape(n, -1), ord=1, dim=1)
+                g = momentum.mul_(decay).addcmul_(g, torch.where(l1 > 0, 1.0 / l1, torch.zeros_like(l1)).view(view))
+            # ---- step and projection (in place: xa is no longer part of any graph) ---------
+            if linf:
+                xa.add_(g.sign(), alpha=alpha)
+                xa.clamp_(min=lower, max=upper)
+            else:
+                gn = torch.linalg.vector_norm(g.reshape(n, -1), dim=1)
+                step = torch.where(gn > 0, alpha / gn, torch.zeros_like(gn))
+                xa.addcmul_(g, step.view(view))
+                delta = xa.sub_(x)
+                dn = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
+                factor = torch.where(dn > eps, eps / dn, torch.ones_like(dn))
+                xa = torch.addcmul(x, delta, factor.view(view))
+                if bounds is not None:
+                    xa.clamp_(bounds[0], bounds[1])
+
+        if keep_best or need_score:
+            with torch.no_grad():
+                cand = (xa, *self._score(model(xa), y))
+            if best is None:
+                best = cand
+            else:
+                best = self._merge(best, cand, view)
+            return best
+        return (xa, None, None)
+
+
+class FGSM(PGD):
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size ``eps`` from ``x``.
+    With ``norm="l2"`` it is the fast gradient method ``x + ε·g/‖g‖₂``. ``keep_best=True`` would
+    return ``x`` itself where the step lowers the loss; off by default (the textbook attack)."""
+
+    name = "fgsm"
+
+    def __init__(self, eps: float, norm: str = "linf", targeted: bool = False, bounds=(0.0, 1.0),
+                 seed: int = 0, loss: str = "ce", keep_best: bool = False):
+        super().__init__(eps=eps, norm=norm, steps=1, rel_step_size=1.0, random_start=False, restarts=1,
+                         keep_best=keep_best, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
+
+
+class OneStepL2(PGD):
+    """One L2-normalised input-gradient step of size ε (Kumano et al., NeurIPS 2024):
+    ``δ = ε·∇x L/‖∇x L‖₂`` untargeted, ``δ = −ε·∇x L/‖∇x L‖₂`` towards targets ``y``
+    (``targeted=True``, as when crafting perturbation-learning datasets), then clipped to
+    ``bounds`` (use ``bounds=None`` for mean-subtracted inputs as in the paper).
+
+    For a binary score model, ce (logistic) and margin (``−y·f(x)``) give the same δ: their
+    input gradients differ by a positive per-sample factor, which the normalisation removes."""
+
+    name = "one_step_l2"
+
+    def __init__(self, eps: float, targeted: bool = False, bounds=(0.0, 1.0), seed: int = 0, loss: str = "ce"):
+        super().__init__(eps=eps, norm="l2", steps=1, rel_step_size=1.0, random_start=False, restarts=1,
+                         keep_best=False, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
+
+
+class MIFGSM(PGD):
+    """Momentum iterative FGSM (Dong et al. 2018): ``m <- μ·m + g/‖g‖₁``, step ``α·sign(m)``
+    (L∞) or ``α·m/‖m‖₂`` (L2), projected like PGD. Defaults follow the paper: ``α = ε/steps``,
+    no random start, last iterate (``keep_best=False``)."""
+
+    name = "mifgsm"
+
+    def __init__(self, eps: float, norm: str = "linf", steps: int = 10, decay: float = 1.0,
+                 step_size: float | None = None, rel_step_size: float | None = None, random_start: bool = False,
+                 restarts: int = 1, keep_best: bool = False, targeted: bool = False, bounds=(0.0, 1.0),
+                 seed: int = 0, loss: str = "ce"):
+        if step_size is None and rel_step_size is None:
+            rel_step_size = 1.0 / _int_at_least_one("attack.steps", steps)
+        super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size, rel_step_size=rel_step_size,
+                         random_start=random_start, restarts=restarts, keep_best=keep_best, targeted=targeted,
+                         bounds=bounds, seed=seed, loss=loss)
+        if not _is_real(decay) or not float(decay) >= 0 or decay == float("inf"):
+            raise ConfigError("attack.decay", f"must be a finite number >= 0, got {decay!r}")
+        self._decay = float(decay)
+
+    @property
+    def decay(self) -> float:
+        return self._decay

@@ -1,0 +1,92 @@
+"""Entry-point plumbing shared by advlab's Hydra apps: CLI shorthands and a pre-flight check that
+composes every job of a run or sweep and validates it before Hydra starts any work."""
+from __future__ import annotations
+
+import itertools
+import sys
+
+from advlab.config import CONF_DIR, GROUPS, group_options, rewrite_overrides, validate
+from advlab.errors import ConfigError
+from advlab.utils.wrapper import fail_with
+
+_PREFIX = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~", "CHANGE": ""}
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+    return " ".join(lines)
+
+
+def _variants(parsed) -> list[list[str]]:
+    """Each sweep value once (with the first value of the other sweeps): enough to check every
+    option without composing the whole cartesian product."""
+    fixed, sweeps = [], []
+    for o in parsed:
+        name = o.key_or_group + (f"@{o.package}" if o.package else "")
+        prefix = _PREFIX.get(o.type.name, "")
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # glob() and friends: Hydra expands them later
+                continue
+            sweeps.append([f"{prefix}{name}={v}" for v in values])
+        else:
+            fixed.append(o.input_line)
+    if not sweeps:
+        return [fixed]
+    firsts = [s[0] for s in sweeps]
+    out = []
+    for i, s in enumerate(sweeps):
+        for value in s:
+            out.append(fixed + firsts[:i] + [value] + firsts[i + 1 :])
+    return out
+
+
+def precheck(args: list[str], config_name: str = "train") -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ns, _ = get_args_parser().parse_known_args(args)
+    if ns.help or ns.hydra_help or ns.info or ns.shell_completion or ns.cfg or ns.config_dir or ns.config_path:
+        return  # Hydra's own introspection flags: nothing runs
+    config_name = ns.config_name or config_name
+    try:
+        parsed = OverridesParser.create().parse_overrides(ns.overrides)
+    except Exception as err:
+        raise ConfigError("overrides", _one_line(err)) from None
+    for o in parsed:
+        group = o.key_or_group
+        if group not in GROUPS or o.is_delete():
+            continue
+        try:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        except Exception:
+            continue
+        allowed = group_options(group)
+        for value in values:
+            if value != "null" and value not in allowed:
+                shown = group + (f"@{o.package}" if o.package else "")
+                raise ConfigError(shown, f"unknown option {value!r}; allowed: {', '.join(allowed)}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="advlab_check"):
+        for variant in _variants(parsed):
+            try:
+                cfg = compose(config_name=config_name, overrides=variant)
+            except ConfigError:
+                raise
+            except Exception as err:
+                raise ConfigError("overrides", _one_line(err)) from None
+            validate(cfg)
+    GlobalHydra.instance().clear()
+
+
+def run_hydra_app(hydra_entry, prog: str, config_name: str, argv: list[str] | None = None) -> None:
+    args = rewrite_overrides(list(sys.argv[1:] if argv is None else argv))
+    try:
+        precheck(args, config_name)
+    except ConfigError as err:
+        fail_with(prog, err)
+    sys.argv = [sys.argv[0], *args]
+    hydra_entry()

@@ -1,0 +1,85 @@
+"""The LightningModule every training method builds on: a classifier, cross-entropy, accuracy
+metrics, optional evaluation under an attack at test time, optimiser/scheduler from the config."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class ClassifierModule(pl.LightningModule):
+    """Standard (clean) training. Subclasses change what a training batch is.
+
+    `optimizer` / `scheduler` are config nodes (`_target_` + kwargs) instantiated in
+    `configure_optimizers`; `eval_attack` (an `advlab.attacks.Attack` or None) adds `test/adv_acc`.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None, **_ignored):
+        super().__init__()
+        self.model = model
+        self.optimizer_cfg = optimizer
+        self.scheduler_cfg = scheduler
+        self.eval_attack = eval_attack
+        classes = model.num_classes
+        self.train_acc = MulticlassAccuracy(classes, average="micro")
+        self.val_acc = MulticlassAccuracy(classes, average="micro")
+        self.test_acc = MulticlassAccuracy(classes, average="micro")
+        self.test_adv_acc = MulticlassAccuracy(classes, average="micro")
+        # Metrics computed outside the Lightning loop (e.g. of a source model), merged into metrics.json.
+        self.extra_metrics: dict[str, float] = {}
+
+    def forward(self, x):
+        return self.model(x)
+
+    # -- what a training batch is: methods override this ------------------------------------------
+    def training_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.model(self.training_inputs(x, y))
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.model(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True, batch_size=len(y))
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.model(x)
+        self.test_acc(logits, y)
+        self.log("test/acc", self.test_acc, on_epoch=True, batch_size=len(y))
+        if self.eval_attack is not None:
+            with torch.enable_grad():  # Lightning evaluates under no_grad; the attack needs input gradients
+                x_adv = self.eval_attack(self.model, x, y)
+            self.test_adv_acc(self.model(x_adv), y)
+            self.log("test/adv_acc", self.test_adv_acc, on_epoch=True, batch_size=len(y))
+        return logits
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = instantiate(self.optimizer_cfg, params=params)
+        if not self.scheduler_cfg:
+            return optimizer
+        scheduler = instantiate(self.scheduler_cfg, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- hook for methods that need extra data work before fitting (see PerturbationLearning) --------
+    def prepare(self, datamodule, artifacts):
+        """Return the datamodule to fit on. Default: the given one."""
+        return datamodule
+
+
+class StandardTraining(ClassifierModule):
+    """Empirical risk minimisation on clean data."""

@@ -1,0 +1,155 @@
+"""Perturbation learning (Ilyas et al. 2019; Kumano et al. ICLR'24, NeurIPS'24).
+
+A source model f is trained on clean data (or taken from the cache). Every training image is
+attacked towards a target class t and relabelled t; a fresh model g is trained only on these
+(x+δ, t) pairs (or on δ alone) and evaluated on the clean test set with the TRUE labels. Above-chance
+accuracy means the perturbations carry class features.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torchmetrics import MeanMetric
+from tqdm.auto import tqdm
+
+from advlab.artifacts import describe_object
+from advlab.errors import ConfigError
+from advlab.methods.base import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+TARGET_RULES = ("det", "rand", "uniform")
+BASES = ("natural", "uniform")
+TRAIN_ON = ("adv", "delta")
+
+
+def make_targets(y: torch.Tensor, num_classes: int, rule: str, generator: torch.Generator) -> torch.Tensor:
+    """det: (y+1) mod C (D_det); rand: uniform over the classes other than y (D_rand);
+    uniform: uniform over all classes (Kumano's noise / two-layer settings)."""
+    if rule == "det":
+        return (y + 1) % num_classes
+    if rule == "rand":
+        return (y + torch.randint(1, num_classes, y.shape, generator=generator)) % num_classes
+    if rule == "uniform":
+        return torch.randint(0, num_classes, y.shape, generator=generator)
+    raise ConfigError("method.target_rule", f"unknown rule {rule!r}; allowed: {', '.join(TARGET_RULES)}")
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base="natural", train_on="adv",
+                  seed=0, batch_size=512, device="cpu", bounds=(0.0, 1.0), progress=True) -> dict:
+    """Attack every (base) training input towards its target; return the relabelled dataset.
+
+    Returns {"x": training inputs (x+δ, or δ), "y": targets, "success_rate": fraction that the
+    source classifies as the target, plus norms of δ and a small preview for plots}.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    targets = make_targets(y, num_classes, target_rule, generator)
+    if base == "natural":
+        x_base = x
+    elif base == "uniform":
+        x_base = torch.rand(x.shape, generator=generator) if bounds is not None else torch.randn(x.shape, generator=generator)
+    else:
+        raise ConfigError("method.base", f"unknown base {base!r}; allowed: {', '.join(BASES)}")
+    if train_on not in TRAIN_ON:
+        raise ConfigError("method.train_on", f"unknown value {train_on!r}; allowed: {', '.join(TRAIN_ON)}")
+    attack.targeted = True
+    source.eval()
+    out = torch.empty_like(x_base)
+    hits, l2, linf = 0, 0.0, 0.0
+    for i in tqdm(range(0, len(x_base), batch_size), desc="Crafting perturbation dataset", disable=not progress):
+        xb, tb = x_base[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
+        adv = attack(source, xb, tb)
+        with torch.no_grad():
+            hits += int((source(adv).argmax(1) == tb).sum())
+        delta = (adv - xb).flatten(1)
+        l2 += float(delta.norm(dim=1).sum())
+        linf = max(linf, float(delta.abs().max())) if delta.numel() else linf
+        out[i : i + batch_size] = (adv - xb if train_on == "delta" else adv).detach().cpu()
+    n = max(len(x_base), 1)
+    k = min(16, len(x_base))
+    return {
+        "x": out, "y": targets,
+        "success_rate": hits / n, "delta_l2_mean": l2 / n, "delta_linf_max": linf,
+        "preview_base": x_base[:k].clone(), "preview_y": y[:k].clone(),
+    }
+
+
+class PerturbationLearning(ClassifierModule):
+    """Train the model on a dataset crafted from a source model's targeted adversarial examples.
+
+    `source` is the source model's spec (the top-level `source` config node); `attack` crafts the
+    dataset (made targeted here); `target_rule` in {det, rand, uniform}; `base` in {natural, uniform}
+    (attack natural images or U[0,1] noise); `train_on` in {adv, delta} (train on x+δ or on δ alone).
+    """
+
+    def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, source=None,
+                 target_rule: str = "det", base: str = "natural", train_on: str = "adv",
+                 craft_seed: int = 0, craft_batch_size: int = 512, **kw):
+        super().__init__(model, optimizer, scheduler, eval_attack)
+        if attack is None:
+            raise ConfigError("attack", "method=perturbation needs an attack to craft its dataset")
+        if source is None:
+            raise ConfigError("source", "method=perturbation needs a source model spec (the `source` config node)")
+        for key, value, allowed in (("target_rule", target_rule, TARGET_RULES), ("base", base, BASES), ("train_on", train_on, TRAIN_ON)):
+            if value not in allowed:
+                raise ConfigError(f"method.{key}", f"unknown value {value!r}; allowed: {', '.join(allowed)}")
+        self.attack = attack
+        self.source_cfg = source
+        self.target_rule, self.base, self.train_on = target_rule, base, train_on
+        self.craft_seed, self.craft_batch_size = int(craft_seed), int(craft_batch_size)
+        self.test_agreement = MeanMetric()
+        self._source = None  # kept outside the module tree: not trained, not checkpointed
+        self.preview = None
+
+    def prepare(self, datamodule, artifacts):
+        source, source_metrics, source_key = artifacts.model(self.source_cfg, datamodule)
+        self.attack.targeted = True
+        spec = {
+            "source": source_key,
+            "attack": describe_object(self.attack),
+            "target_rule": self.target_rule, "base": self.base, "train_on": self.train_on,
+            "seed": self.craft_seed,
+        }
+
+        def craft():
+            return craft_dataset(source, self.attack, datamodule.x_train, datamodule.y_train, datamodule.num_classes,
+                                 target_rule=self.target_rule, base=self.base, train_on=self.train_on, seed=self.craft_seed,
+                                 batch_size=self.craft_batch_size, device=artifacts.device, bounds=datamodule.bounds,
+                                 progress=artifacts.progress)
+
+        payload, _ = artifacts.cache.get_or_create("datasets", spec, craft, what="perturbation dataset")
+        self._source = source
+        self.extra_metrics.update({
+            "source/test/acc": float(source_metrics["test/acc"]),
+            "perturb/success_rate": float(payload["success_rate"]),
+            "perturb/delta_l2_mean": float(payload["delta_l2_mean"]),
+            "perturb/delta_linf_max": float(payload["delta_linf_max"]),
+        })
+        log.info("Perturbation dataset: %d examples, targeted success rate %.3f (source test acc %.3f)",
+                 len(payload["y"]), payload["success_rate"], source_metrics["test/acc"])
+        self.preview = {k: payload[k] for k in ("preview_base", "preview_y")} | {"x": payload["x"][: len(payload["preview_y"])], "t": payload["y"][: len(payload["preview_y"])]}
+        return datamodule.with_train(payload["x"], payload["y"])
+
+    @property
+    def source(self):
+        return self._source
+
+    def on_test_start(self):
+        if self._source is not None:
+            self._source.to(self.device).eval()
+
+    def test_step(self, batch, batch_idx):
+        logits = super().test_step(batch, batch_idx)
+        if self._source is not None:
+            x, _ = batch
+            agree = (self._source(x).argmax(1) == logits.argmax(1)).float()
+            self.test_agreement.update(agree)
+            self.log("test/agreement", self.test_agreement, on_epoch=True, batch_size=len(x))
+        return logits

@@ -1,0 +1,15 @@
+"""Architectures. Every model maps pixel-space inputs to logits; see `Classifier`."""
+from advlab.models.base import Classifier
+from advlab.models.cnn import CNN
+from advlab.models.mlp import MLP, WideMLP
+from advlab.models.resnet import ResNet
+
+__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "build_model"]
+
+
+def build_model(arch_cfg, datamodule) -> Classifier:
+    """Instantiate an `arch` config (a `_partial_` target) for a set-up datamodule's shape and classes."""
+    from hydra.utils import instantiate
+
+    factory = instantiate(arch_cfg)
+    return factory(input_shape=datamodule.input_shape, num_classes=datamodule.num_classes, mean=datamodule.mean, std=datamodule.std)

@@ -1,0 +1,1 @@
+"""Plots and files written into a run's output directory."""
