@@ -37,7 +37,7 @@ def group_options(group: str) -> list[str]:
 
 GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment")
 # CLI shorthands for groups composed at another package: `source.arch=cnn`, `eval_attack=pgd_linf`.
-ALIASES = {"source.arch": "arch@source.arch", "eval_attack": "attack@eval_attack", "source.attack": "attack@source.attack"}
+ALIASES = {"source.arch": "+arch@source.arch", "eval_attack": "attack@eval_attack", "source.attack": "+attack@source.attack"}
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -56,8 +56,9 @@ def rewrite_overrides(args: list[str]) -> list[str]:
                 prefix, body = p, body[len(p):]
                 break
         key, sep, value = body.partition("=")
-        if sep and key in ALIASES:
-            body = f"{ALIASES[key]}={value}"
+        if sep and key in ALIASES and not prefix:
+            alias = ALIASES[key]
+            prefix, body = ("+", f"{alias[1:]}={value}") if alias.startswith("+") else ("", f"{alias}={value}")
         elif sep and key == "eps" and not prefix:
             values = value.split(",")
             if values and all(_NUMBER.match(v.strip()) for v in values):

@@ -91,7 +91,10 @@ def train(cfg: DictConfig) -> float | None:
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
     eval_attack = instantiate(cfg.eval_attack, bounds=bounds) if cfg.get("eval_attack") else None
     model = build_model(cfg.arch, datamodule)
-    method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=cfg.get("source"), _recursive_=False)
+    source = cfg.get("source")
+    if source is not None and source.get("arch") is None:  # default: the source has the trained model's architecture
+        source = OmegaConf.merge(source, {"arch": cfg.arch})
+    method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=source, _recursive_=False)
 
     write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     loggers = _instantiate_all(cfg.get("logger"))
