@@ -52,7 +52,7 @@ def mlp(digits):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    return _train(model, xtr, ytr, iters=120)
+    return _train(model, xtr, ytr, iters=80)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def cnn(digits):
         torch.manual_seed(1)
         model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                               nn.Flatten(), nn.Linear(8 * 64, 10))
-    return _train(model, xtr.view(-1, 1, 8, 8), ytr, iters=60)
+    return _train(model, xtr.view(-1, 1, 8, 8), ytr, iters=40)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def _linear_problem(n=64, d=30, seed=0, dtype=torch.float64):
     edge = torch.rand(n, d, generator=g, dtype=dtype)
     x = torch.where(edge < 0.15, torch.zeros_like(x), torch.where(edge > 0.85, torch.ones_like(x), x))  # boxed pixels
     s = x @ w
-    b = -float(s.median())
+    b = 0.0123 - float(s.median())  # no sample exactly on the boundary
     y = (s + b > 0).long()
     y[:8] = 1 - y[:8]  # a few samples misclassified when clean
     return LinearTwoClass(w, b), x, y
@@ -265,6 +265,17 @@ def test_seed_reproducible_successive_calls_differ(norm, eps, mlp, batch):
     assert torch.equal(first, a1(mlp, x, y))
 
 
+def test_copies_and_pickles_continue_the_random_stream(mlp, batch):
+    import pickle
+
+    x, y = batch
+    attack = PGD(0.1, steps=2, seed=4)
+    attack(mlp, x, y)  # advance the generator
+    clone, pickled = copy.deepcopy(attack), pickle.loads(pickle.dumps(attack))
+    expected = attack(mlp, x, y)
+    assert torch.equal(clone(mlp, x, y), expected) and torch.equal(pickled(mlp, x, y), expected)
+
+
 @pytest.mark.parametrize("ctx", [torch.no_grad, torch.inference_mode])
 def test_works_inside_no_grad_and_inference_mode(ctx, mlp, batch):
     x, y = batch
@@ -308,13 +319,18 @@ def test_robust_accuracy_monotone_in_eps_linear_oracle():
     assert accs[0] > accs[-1]
 
 
-@pytest.mark.parametrize("make", [lambda: PGD(1.0, steps=10, seed=0), lambda: FGSM(1.0),
-                                  lambda: PGD(1.0, norm="l2", steps=10, seed=0)])
-def test_robust_accuracy_monotone_in_eps_trained_model(make, mlp, batch):
-    """Independent attacks at different ε are NOT monotone in general (local search; FGSM can get
-    worse with ε). What guarantees it is that a point found at ε' ≤ ε is feasible at ε:
-    robust_accuracy_curve counts a sample as broken at ε once broken at any smaller ε. It must be
-    monotone and at least as strong as the independent run at every ε."""
+@pytest.mark.parametrize("name,make", [
+    ("pgd_linf", lambda: PGD(1.0, steps=10, random_start=False)),
+    ("pgd_l2", lambda: PGD(1.0, norm="l2", steps=10, random_start=False)),
+    ("fgsm", lambda: FGSM(1.0)),
+    ("pgd_l2_random_start", lambda: PGD(1.0, norm="l2", steps=10, seed=0)),
+])
+def test_robust_accuracy_monotone_in_eps_trained_model(name, make, mlp, batch):
+    """Independent attacks at different ε are NOT monotone in general (a local search; FGSM in
+    particular can do worse at a larger ε). What guarantees it is that a point found at ε' ≤ ε is
+    feasible at ε: robust_accuracy_curve counts a sample as broken at ε once broken at any smaller
+    ε. It must be monotone, equal clean accuracy at ε = 0 and, for deterministic attacks (no random
+    start, so the same runs happen inside), be at least as strong as the independent runs."""
     x, y = batch
     attack = make()
     grid = [0.0, 0.02, 0.05, 0.1, 0.2] if attack.norm == "linf" else [0.0, 0.25, 0.5, 1.0, 2.0]
@@ -328,10 +344,11 @@ def test_robust_accuracy_monotone_in_eps_trained_model(make, mlp, batch):
         a = make()
         a.eps = eps
         independent.append(robust_accuracy(mlp, a, (x, y)))
-    assert all(c <= i for c, i in zip(curve, independent))
-    if isinstance(attack, PGD) and attack.steps > 1:
-        # With 10 steps, keep_best and a fixed seed, independent PGD runs on this well-separated
-        # grid are monotone too (deterministic here; an empirical property, not a theorem).
+    if not attack.random_start:
+        assert all(c <= i for c, i in zip(curve, independent))
+    if attack.steps > 1:
+        # 10 steps with keep_best and a fixed seed on this well-separated grid: the independent runs
+        # are monotone too (deterministic here; an empirical property, not a theorem).
         assert all(b <= a for a, b in zip(independent, independent[1:]))
 
 
@@ -402,7 +419,10 @@ def test_linf_matches_closed_form_on_linear_model(eps, name, make):
     x_opt, m_opt = _linf_oracle(model, x, y, eps)
     m_adv = _signed_margin(model, x_adv, y)
     torch.testing.assert_close(m_adv, m_opt, atol=1e-5, rtol=0)
-    torch.testing.assert_close(x_adv, x_opt, atol=1e-6, rtol=0)
+    moved = model.lin.weight.detach().view(-1) != 0  # pixels with w = 0 keep their random start
+    torch.testing.assert_close(x_adv[:, moved], x_opt[:, moved], atol=1e-6, rtol=0)
+    if not attack.random_start:
+        torch.testing.assert_close(x_adv, x_opt, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("scalar", [False, True])
@@ -465,7 +485,9 @@ def test_one_step_l2_targeted_moves_towards_target(mlp, batch):
         before = nn.functional.cross_entropy(mlp(x), t, reduction="none")
         after = nn.functional.cross_entropy(mlp(x_adv), t, reduction="none")
     assert float((after < before).float().mean()) > 0.95
-    torch.testing.assert_close(_norms(x_adv - x)[1].max(), torch.tensor(1.0), atol=1e-5, rtol=0)
+    assert float(_norms(x_adv - x)[1].max()) <= 1.0 + 1e-6  # clipping to [0, 1] can shorten δ
+    x_free = OneStepL2(1.0, targeted=True, bounds=None)(mlp, x, t)
+    torch.testing.assert_close(_norms(x_free - x)[1], torch.ones(len(x)), atol=1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,8 +505,13 @@ def test_matches_torchattacks(targeted, cnn, batch4d):
     With a batch of 64 (a power of two) the two gradients differ by an exact factor 2^-6, so signs
     agree bit for bit. Remaining float differences: L∞ projection (theirs clamps x_adv − x and adds
     x back, ours clamps x_adv into the precomputed box: ≤ 1 ulp); L2 (theirs divides by ‖g‖ + 1e-10
-    on the mean-scaled gradient, ours guards ‖g‖ = 0 with a zero step instead; relative 1e-10/‖g‖).
-    Observed differences are ≤ 2e-7, asserted ≤ 1e-6."""
+    on the mean-scaled gradient, ours guards ‖g‖ = 0 with a zero step instead).
+
+    That 1e-10 is NOT negligible: on a trained model the mean-reduced gradient norm of confident
+    samples is 1e-10…1e-6 (it shrinks with the batch size too), so torchattacks' L2 steps get
+    shorter for them (to ~78 % at ‖g‖ = 3.5e-10 here). We compare with eps_for_division=1e-30,
+    which makes the two conventions agree; the observed differences are then ≤ 2e-7, asserted
+    ≤ 1e-6."""
     ta = _torchattacks()
     x, y = batch4d
     labels = (y + 3) % 10 if targeted else y
@@ -494,7 +521,7 @@ def test_matches_torchattacks(targeted, cnn, batch4d):
         (PGD(eps, steps=steps, step_size=alpha, random_start=False, keep_best=False, targeted=targeted),
          ta.PGD(cnn, eps=eps, alpha=alpha, steps=steps, random_start=False)),
         (PGD(eps2, norm="l2", steps=steps, step_size=alpha2, random_start=False, keep_best=False, targeted=targeted),
-         ta.PGDL2(cnn, eps=eps2, alpha=alpha2, steps=steps, random_start=False)),
+         ta.PGDL2(cnn, eps=eps2, alpha=alpha2, steps=steps, random_start=False, eps_for_division=1e-30)),
         (MIFGSM(eps, steps=steps, step_size=alpha, targeted=targeted),
          ta.MIFGSM(cnn, eps=eps, alpha=alpha, steps=steps, decay=1.0)),
     ]
@@ -545,6 +572,8 @@ def test_settable_attributes_and_factory(mlp, batch):
     assert PGD(0.3, rel_step_size=0.2).alpha == pytest.approx(0.06)
     assert PGD(0.3, step_size=0.01).alpha == 0.01
     assert MIFGSM(0.3, steps=10).alpha == pytest.approx(0.03)
+    assert PGD("8/255", step_size="2/255").alpha == pytest.approx(2 / 255)  # YAML-friendly fractions
+    assert PGD("8/255").eps == pytest.approx(8 / 255)
     for obj in (PGD(0.1), FGSM(0.1), OneStepL2(1.0), MIFGSM(0.1)):
         assert hasattr(obj, "eps") and hasattr(obj, "norm") and hasattr(obj, "targeted")
         assert obj.success(mlp, x, y).dtype == torch.bool

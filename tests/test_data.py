@@ -263,6 +263,32 @@ def test_stratified_split_counts_and_tiny_fallback():
     assert (len(tr), len(te)) == (9, 3) and not set(tr.tolist()) & set(te.tolist())
 
 
+def test_loaders_survive_lightning_sampler_injection():
+    """Lightning rebuilds loaders for DDP (DistributedSampler) and predict (index-tracking wrapper): batches stay whole."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities.data import _update_dataloader
+    from torch.utils.data import DistributedSampler
+
+    dm = SyntheticDataModule(kind="gaussian", dim=3, n_train=1000, n_test=300, val_fraction=0.0, batch_size=100,
+                             eval_batch_size=64)
+    loader = dm.train_dataloader()
+    halves = []
+    for rank in range(2):  # what the trainer does on each of 2 DDP ranks
+        ddp = _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True))
+        batches = list(ddp)
+        assert [len(b[0]) for b in batches] == [100] * 5 and batches[0][0].shape == (100, 3)
+        halves.append(torch.cat([b[0] for b in batches]))
+    assert _rows(torch.cat(halves)) == _rows(dm.x_train)
+
+    class Identity(pl.LightningModule):
+        def predict_step(self, batch, batch_idx):
+            return batch[0]
+
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    out = trainer.predict(Identity(), dataloaders=dm.test_dataloader())
+    assert [len(o) for o in out] == [64] * 4 + [44] and torch.equal(torch.cat(out), dm.x_test)
+
+
 def test_make_loader_on_a_plain_tensor_dataset():
     x = torch.arange(50, dtype=torch.float32).view(25, 2)
     y = torch.arange(25)
@@ -395,6 +421,8 @@ def test_with_train_replaces_only_the_training_split():
     assert float(as_uint8.x_train.min()) == 1.0
     with pytest.raises(ValueError):
         dm.with_train(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="outside the bounds"):
+        dm.with_train(torch.full((4, 1, 8, 8), 1.5), torch.zeros(4, dtype=torch.long))
     smaller = dm.with_train(x_adv, y_target, batch_size=50)
     assert smaller.batch_size == 50 and dm.batch_size == 32
 
@@ -660,3 +688,18 @@ def test_real_shared_mnist_t10k_ones_and_twos(tmp_path):
     full.setup()
     assert len(full.x_train) + len(full.x_test) == 10000 and (len(full.x_train), len(full.x_test)) == (8000, 2000)
     assert float(full.x_train.max()) == 1.0 and full.mean.item() == pytest.approx(0.1325, abs=0.003)
+
+
+@pytest.mark.slow
+def test_real_shared_cifar10_jpeg(tmp_path):
+    zip_dir = SHARED / "data" / "cifar10-jpeg"
+    if not (zip_dir / "train.zip").is_file() or not (zip_dir / "test.zip").is_file():
+        pytest.skip(f"no shared CIFAR-10 JPEG zips under {zip_dir}")
+    dm = CIFAR10JPEGDataModule(data_dir=str(tmp_path), zip_dir=str(zip_dir), val_fraction=0.1)
+    dm.setup()
+    assert (len(dm.x_train), len(dm.x_val), len(dm.x_test)) == (45000, 5000, 10000)
+    assert dm.class_names == CIFAR_NAMES
+    assert torch.bincount(dm.y_test).tolist() == [1000] * 10
+    assert torch.bincount(torch.cat([dm.y_train, dm.y_val])).tolist() == [5000] * 10
+    # the well-known CIFAR-10 channel means (0.491, 0.482, 0.447), up to JPEG error and the val carve-out
+    assert torch.allclose(dm.mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.005)

@@ -47,8 +47,7 @@ def describe_object(obj: Any) -> dict:
     simple = (int, float, str, bool, type(None))
     desc = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
     for name, value in sorted(vars(obj).items()):
-        if name.startswith("_"):
-            continue
+        name = name.lstrip("_")  # properties backed by private attributes (eps, norm, targeted) count too
         if isinstance(value, simple) or (isinstance(value, (tuple, list)) and all(isinstance(v, simple) for v in value)):
             desc[name] = list(value) if isinstance(value, tuple) else value
     return desc

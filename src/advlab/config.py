@@ -99,10 +99,14 @@ def _choice(cfg, key, allowed: Iterable[str]):
         raise ConfigError(key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
 
 
+# Choices of the perturbation-learning method (kept here so validation needs no torch import).
+TARGET_RULES = ("det", "rand", "uniform")
+BASES = ("natural", "uniform")
+TRAIN_ON = ("adv", "delta")
+
+
 def validate(cfg: DictConfig) -> None:
     """Type and range checks of the keys users set most; raises ConfigError."""
-    from advlab.methods.perturbation import BASES, TARGET_RULES, TRAIN_ON
-
     _number(cfg, "eps.value", minimum=0, required=True)
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)

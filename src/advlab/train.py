@@ -11,19 +11,15 @@ import time
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from advlab.artifacts import Artifacts
-from advlab.cache import ArtifactCache
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
-from advlab.models import build_model
-from advlab.report import plots
 from advlab.utils.io import write_json, write_text
 from advlab.utils.wrapper import task_wrapper
+
+# torch, Lightning and friends are imported inside the task, so that bad input is reported at once.
 
 log = logging.getLogger("advlab.train")
 
@@ -48,6 +44,10 @@ def _log_images(loggers, images: dict[str, Path]) -> None:
 
 def _plots(method, datamodule, out_dir: Path, device) -> dict[str, Path]:
     """Clean / perturbation / adversarial grids for perturbation learning and for the eval attack."""
+    import torch
+
+    from advlab.report import plots
+
     names = datamodule.class_names
     images = {}
     preview = getattr(method, "preview", None)
@@ -80,6 +80,13 @@ def _plots(method, datamodule, out_dir: Path, device) -> dict[str, Path]:
 def train(cfg: DictConfig) -> float | None:
     started = time.time()
     validate(cfg)
+    import pytorch_lightning as pl
+
+    from advlab.artifacts import Artifacts
+    from advlab.cache import ArtifactCache
+    from advlab.models import build_model
+    from advlab.report import plots
+
     out_dir = Path(cfg.paths.output_dir)
     # Everything that can be checked is checked before any work: data, cache dir, attacks, model.
     datamodule = instantiate(cfg.dataset)

@@ -120,7 +120,23 @@ def check_norm(norm) -> str:
     return _NORM_ALIASES[key]
 
 
+def parse_number(value):
+    """Numbers pass through; a string ``"8/255"`` or ``"0.5"`` (YAML has no arithmetic) is parsed.
+    Anything else is returned unchanged for the caller's validation to reject."""
+    if isinstance(value, str):
+        parts = value.split("/")
+        try:
+            if len(parts) == 1:
+                return float(parts[0])
+            if len(parts) == 2:
+                return float(parts[0]) / float(parts[1])
+        except (ValueError, ZeroDivisionError):
+            return value
+    return value
+
+
 def check_eps(eps) -> float:
+    eps = parse_number(eps)
     if not _is_real(eps) or not math.isfinite(float(eps)) or float(eps) < 0:
         raise ConfigError("attack.eps", f"must be a finite number >= 0, got {eps!r}")
     return float(eps)
@@ -210,7 +226,7 @@ class Attack:
         if not _is_int(value):
             raise ConfigError("attack.seed", f"must be an integer, got {value!r}")
         self._seed = int(value)
-        self._generators: dict = {}
+        self.reset_rng()
 
     # ---- randomness ----------------------------------------------------------------------
     def generator(self, device) -> torch.Generator:
@@ -223,12 +239,28 @@ class Attack:
         if gen is None:
             gen = torch.Generator(device=device)
             gen.manual_seed(self._seed)
+            state = self._pending_states.pop(key, None)
+            if state is not None:  # carried over by a copy / pickle of this attack
+                gen.set_state(state)
             self._generators[key] = gen
         return gen
 
     def reset_rng(self) -> None:
         """Forget the generators: the next call draws as a freshly built attack would."""
         self._generators = {}
+        self._pending_states = {}
+
+    def __getstate__(self) -> dict:
+        # Generators are stored as their states, so copies and pickles continue the same stream.
+        state = self.__dict__.copy()
+        pending = dict(state.get("_pending_states", {}))
+        pending.update({k: g.get_state() for k, g in state.get("_generators", {}).items()})
+        state["_generators"] = {}
+        state["_pending_states"] = pending
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     # ---- public API ----------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

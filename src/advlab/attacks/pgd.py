@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advlab.attacks.base import Attack, _is_int, _is_real, as_logits, per_sample_loss
+from advlab.attacks.base import Attack, _is_int, _is_real, as_logits, parse_number, per_sample_loss
 from advlab.errors import ConfigError
 
 
 def _positive_or_none(key: str, value):
     if value is None:
         return None
+    value = parse_number(value)
     if not _is_real(value) or not float(value) > 0 or value != value or value == float("inf"):
         raise ConfigError(key, f"must be null or a finite number > 0, got {value!r}")
     return float(value)

@@ -14,14 +14,12 @@ from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
 from advlab.artifacts import describe_object
+from advlab.config import BASES, TARGET_RULES, TRAIN_ON
 from advlab.errors import ConfigError
 from advlab.methods.base import ClassifierModule
 
 log = logging.getLogger(__name__)
 
-TARGET_RULES = ("det", "rand", "uniform")
-BASES = ("natural", "uniform")
-TRAIN_ON = ("adv", "delta")
 
 
 def make_targets(y: torch.Tensor, num_classes: int, rule: str, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,58 @@
+"""Shared fixtures: real advlab-train runs in subprocesses, each in its own root directory."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# Small but real: digits, a couple of epochs, a short attack.
+FAST = ["trainer.max_epochs=2", "source.max_epochs=3", "attack.steps=10", "callbacks=none", "logger=csv", "arch.width=256"]
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+
+    @property
+    def metrics(self) -> dict:
+        return json.loads((self.run_dir / "metrics.json").read_text())
+
+    @property
+    def log(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_advlab(root: Path, *overrides: str, run_dir: Path | None = None, module: str = "advlab.train", timeout: int = 300, env=None, wait=True):
+    """Run an advlab Hydra app in a subprocess with ADVLAB_ROOT=root (data/, cache/, outputs/ there)."""
+    run_dir = run_dir or root / "run"
+    args = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
+    full_env = {**os.environ, "ADVLAB_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR")
+    if not wait:
+        return subprocess.Popen(args, cwd=root, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), run_dir
+    proc = subprocess.run(args, cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return Run(proc.returncode, proc.stdout, proc.stderr, run_dir)
+
+
+@pytest.fixture
+def advlab_root(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    if not (SHARED / "data").is_dir():
+        pytest.skip("../shared/data is not present on this machine")
+    return SHARED

@@ -1,0 +1,127 @@
+"""Every option of every config group composes, and what it describes instantiates."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from advlab.attacks import Attack
+from advlab.config import CONF_DIR, group_options, rewrite_overrides, validate
+from advlab.data import DigitsDataModule
+from advlab.errors import ConfigError
+from advlab.methods import ClassifierModule
+from advlab.models import Classifier, build_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    dm = DigitsDataModule(seed=0)
+    dm.setup()
+    return dm
+
+
+def _compose(*overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(rewrite_overrides(list(overrides))), return_hydra_config=False)
+
+
+def test_groups_have_the_designed_options():
+    assert set(group_options("arch")) >= {"wide_mlp", "mlp", "cnn", "resnet18"}
+    assert set(group_options("method")) == {"standard", "adversarial", "perturbation"}
+    assert set(group_options("dataset")) >= {"digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar10_jpeg"}
+    assert set(group_options("attack")) >= {"fgsm", "pgd_linf", "pgd_l2", "one_step_l2"}
+    assert set(group_options("logger")) >= {"wandb", "csv", "none"}
+    assert "kumano_two_layer" in group_options("experiment") and "ilyas_cifar10" in group_options("experiment")
+
+
+@pytest.mark.parametrize("arch", group_options("arch"))
+def test_every_arch_instantiates_and_maps_pixels_to_logits(arch, digits):
+    cfg = _compose(f"arch={arch}", "arch.width=16" if arch in ("resnet18", "resnet50") else "seed=0")
+    model = build_model(cfg.arch, digits)
+    assert isinstance(model, Classifier)
+    x = digits.x_test[:4]
+    assert model(x).shape == (4, 10)
+
+
+@pytest.mark.parametrize("attack", group_options("attack"))
+def test_every_attack_instantiates_with_eps_from_its_group(attack, digits):
+    cfg = _compose(f"attack={attack}", "eps=0.25")
+    atk = instantiate(cfg.attack, bounds=[0.0, 1.0])
+    assert isinstance(atk, Attack) and atk.eps == pytest.approx(0.25)
+    model = build_model(cfg.arch, digits)
+    x, y = digits.x_test[:8], digits.y_test[:8]
+    x_adv = atk(model, x, y)
+    assert x_adv.shape == x.shape and float((x_adv - x).abs().max()) > 0
+
+
+@pytest.mark.parametrize("method", group_options("method"))
+def test_every_method_instantiates(method, digits):
+    cfg = _compose(f"method={method}")
+    atk = instantiate(cfg.attack, bounds=[0.0, 1.0])
+    source = OmegaConf.merge(cfg.source, {"arch": cfg.arch})
+    module = instantiate(cfg.method, model=build_model(cfg.arch, digits), attack=atk, eval_attack=None, source=source, _recursive_=False)
+    assert isinstance(module, ClassifierModule)
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("dataset", group_options("dataset"))
+def test_every_dataset_config_instantiates(dataset, tmp_path):
+    cfg = _compose(f"dataset={dataset}", f"paths.data_dir={tmp_path}", f"paths.shared_dir={tmp_path}")
+    dm = instantiate(cfg.dataset)
+    if dataset in ("digits", "synthetic"):
+        dm.check()
+        dm.setup()
+        assert dm.num_classes >= 2 and len(dm.x_train) > 0
+    else:  # files are absent from an empty data dir: a one-line error naming the key
+        with pytest.raises(ConfigError, match=r"^dataset\."):
+            dm.check()
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_preset_composes_and_validates(experiment):
+    cfg = _compose(f"experiment={experiment}")
+    validate(cfg)
+    assert cfg.experiment_name != "${hydra:runtime.choices.method}-${hydra:runtime.choices.dataset}"
+
+
+@pytest.mark.parametrize("option", group_options("eps"))
+def test_eps_options_and_free_values(option):
+    cfg = _compose(f"eps={option}")
+    value = cfg.eps.value
+    assert value >= 0
+    if option.endswith("px"):
+        assert value == pytest.approx(int(option[:-2]) / 255)
+    else:
+        assert value == pytest.approx(float(option))
+    assert _compose("eps=0.3713").eps.value == pytest.approx(0.3713)  # a free value, no file needed
+    assert _compose("eps=0.3713").attack.eps == pytest.approx(0.3713)
+
+
+def test_cli_shorthands():
+    assert rewrite_overrides(["eps=0.3", "eps=0.123", "-m", "eps=0.1,0.77", "source.arch=cnn", "eval_attack=fgsm"]) == [
+        "eps='0.3'", "eps.value=0.123", "-m", "eps.value=0.1,0.77", "+arch@source.arch=cnn", "attack@eval_attack=fgsm"]
+    cfg = _compose("source.arch=cnn", "eval_attack=fgsm")
+    assert cfg.source.arch._target_ == "advlab.models.CNN" and cfg.arch._target_ == "advlab.models.WideMLP"
+    assert cfg.eval_attack._target_ == "advlab.attacks.FGSM"
+    assert "width" not in cfg.source.arch  # composed fresh, not merged onto the trained arch
+
+
+def test_wandb_offline_unless_opted_in(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert _compose().logger.offline is True
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert _compose().logger.offline is False
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert _compose("logger.offline=false").logger.wandb.offline is False
+
+
+def test_validate_rejects_wrong_types():
+    for overrides, key in ((["seed=abc"], "seed"), (["attack.steps=0"], "attack.steps"), (["dataset.batch_size=1.5"], "dataset.batch_size"),
+                           (["method.optimizer.lr=0"], "method.optimizer.lr")):
+        with pytest.raises(ConfigError, match=f"^{key}:"):
+            validate(_compose(*overrides))

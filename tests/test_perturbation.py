@@ -1,0 +1,112 @@
+"""Perturbation-learning datasets: target rules, crafting, success rate, δ-only inputs; the cache."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from advlab.attacks import PGD, OneStepL2
+from advlab.cache import ArtifactCache, spec_key
+from advlab.errors import ConfigError
+from advlab.methods import craft_dataset, make_targets
+from advlab.models import MLP
+
+
+def test_target_rules():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (20000,), generator=g)
+    assert torch.equal(make_targets(y, 10, "det", g), (y + 1) % 10)
+    rand = make_targets(y, 10, "rand", g)
+    assert not (rand == y).any()
+    offsets = torch.bincount((rand - y) % 10, minlength=10).float() / len(y)
+    assert offsets[0] == 0 and torch.allclose(offsets[1:], torch.full((9,), 1 / 9), atol=0.01)
+    uni = torch.bincount(make_targets(y, 10, "uniform", g), minlength=10).float() / len(y)
+    assert torch.allclose(uni, torch.full((10,), 0.1), atol=0.01)
+    assert (make_targets(y, 10, "uniform", g) == y).float().mean().item() == pytest.approx(0.1, abs=0.01)
+    with pytest.raises(ConfigError, match="method.target_rule"):
+        make_targets(y, 10, "nope", g)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    x = torch.rand(600, 1, 6, 6)
+    w = torch.randn(3, 36)
+    y = (x.flatten(1) @ w.T).argmax(1)
+    model = MLP((1, 6, 6), 3, depth=1, width=64, normalize="none")
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def test_craft_dataset_success_rate_matches_source_predictions(trained):
+    model, x, y = trained
+    attack = PGD(eps=1.0, norm="l2", steps=20, rel_step_size=0.2, random_start=False)
+    out = craft_dataset(model, attack, x, y, 3, target_rule="det", batch_size=128, progress=False)
+    assert attack.targeted
+    assert torch.equal(out["y"], (y + 1) % 3)
+    with torch.no_grad():
+        hit = (model(out["x"]).argmax(1) == out["y"]).float().mean().item()
+    assert out["success_rate"] == pytest.approx(hit)
+    assert out["success_rate"] > 0.9
+    delta = (out["x"] - x).flatten(1).norm(dim=1)
+    assert delta.max() <= 1.0 + 1e-5 and out["delta_l2_mean"] == pytest.approx(delta.mean().item(), rel=1e-4)
+    assert out["x"].min() >= 0 and out["x"].max() <= 1
+
+
+def test_craft_delta_only_and_noise_base(trained):
+    _, x, y = trained
+    model = MLP((1, 6, 6), 3, depth=1, width=64, normalize="none").eval()  # untrained: no vanishing input gradients
+    attack = OneStepL2(eps=0.5, bounds=None)
+    out = craft_dataset(model, attack, x, y, 3, target_rule="uniform", base="natural", train_on="delta", seed=3, bounds=None, progress=False)
+    norms = out["x"].flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, 0.5), atol=1e-4)  # δ alone, exactly ε long (no clipping)
+    noise = craft_dataset(model, PGD(eps=1.0, norm="l2", steps=5), x, y, 3, base="uniform", seed=3, progress=False)
+    assert not torch.allclose(noise["preview_base"], x[: len(noise["preview_base"])])
+    again = craft_dataset(model, PGD(eps=1.0, norm="l2", steps=5), x, y, 3, base="uniform", seed=3, progress=False)
+    assert torch.equal(noise["x"], again["x"])  # seeded: reproducible
+
+
+def test_crafted_dataset_key_covers_the_attack_settings():
+    from advlab.artifacts import describe_object
+
+    a, b = PGD(eps=0.5, norm="l2"), PGD(eps=0.5, norm="l2")
+    assert describe_object(a) == describe_object(b)
+    for changed in (PGD(eps=0.6, norm="l2"), PGD(eps=0.5, norm="linf"), PGD(eps=0.5, norm="l2", steps=11), PGD(eps=0.5, norm="l2", seed=1)):
+        assert spec_key(describe_object(changed)) != spec_key(describe_object(a))
+    b.targeted = True
+    assert describe_object(b)["targeted"] is True and describe_object(a)["targeted"] is False
+
+
+def test_cache_key_is_the_spec_and_writes_are_atomic(tmp_path):
+    assert spec_key({"a": 1, "b": [1, 2]}) == spec_key({"b": [1, 2], "a": 1})
+    assert spec_key({"a": 1}) != spec_key({"a": 2})
+    cache = ArtifactCache(tmp_path)
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"t": torch.arange(3)}
+
+    threads = [threading.Thread(target=cache.get_or_create, args=("models", {"k": 1}, build)) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    payload, hit = cache.get_or_create("models", {"k": 1}, build)
+    assert hit and len(calls) == 1 and torch.equal(payload["t"], torch.arange(3))
+    assert payload["spec"] == {"k": 1}
+
+    def broken():
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_create("models", {"k": 2}, broken)
+    assert not cache.path("models", {"k": 2}).exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_unwritable_cache_dir_is_a_config_error():
+    with pytest.raises(ConfigError, match="paths.cache_dir"):
+        ArtifactCache("/proc/advlab-cache")

@@ -1,0 +1,87 @@
+"""Real advlab-train runs (Hydra app in a subprocess) of every method on digits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import FAST, run_advlab
+
+
+def _ok(run):
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.metrics
+
+
+def test_standard_run_writes_outputs_and_evaluates_under_attack(advlab_root):
+    run = run_advlab(advlab_root, "method=standard", "eval_attack=pgd_linf", "eps=0.1", *FAST, "trainer.max_epochs=5")
+    m = _ok(run)
+    assert m["test/acc"] > 0.85  # digits are easy: 5 epochs of a width-256 MLP
+    assert 0.0 <= m["test/adv_acc"] < m["test/acc"]  # the attack hurts, never helps
+    for name in ("config_resolved.yaml", ".hydra/config.yaml", "metrics.json", "plots/eval_attack.png", "plots/training_curves.png"):
+        assert (run.run_dir / name).is_file(), name
+    assert "eps:\n  value: 0.1" in (run.run_dir / "config_resolved.yaml").read_text()
+
+
+def test_adversarial_training_is_more_robust_than_standard(advlab_root):
+    common = ["eval_attack=pgd_linf", "attack=pgd_linf", "eps=0.1", *FAST, "trainer.max_epochs=6", "attack.steps=5"]
+    std = _ok(run_advlab(advlab_root, "method=standard", *common, run_dir=advlab_root / "std"))
+    adv = _ok(run_advlab(advlab_root, "method=adversarial", *common, run_dir=advlab_root / "adv"))
+    assert adv["test/acc"] > 0.6
+    assert adv["test/adv_acc"] > std["test/adv_acc"] + 0.1
+
+
+def test_perturbation_learning_generalises_and_reports_its_metrics(advlab_root):
+    run = run_advlab(advlab_root, "method=perturbation", *FAST, "trainer.max_epochs=8", "source.max_epochs=10", "attack.steps=20")
+    m = _ok(run)
+    for key in ("test/acc", "source/test/acc", "perturb/success_rate", "test/agreement"):
+        assert key in m, key
+    assert m["source/test/acc"] > 0.9
+    assert m["perturb/success_rate"] > 0.9
+    # trained only on mislabelled (det) examples, yet far above chance (0.1) on true labels
+    assert m["test/acc"] > 0.4
+    assert m["test/agreement"] > 0.4
+    assert (run.run_dir / "plots" / "perturbation_dataset.png").is_file()
+
+
+def test_perturbation_delta_only_on_uniform_noise_base_runs(advlab_root):
+    run = run_advlab(advlab_root, "method.train_on=delta", "method.base=uniform", "method.target_rule=uniform", *FAST)
+    m = _ok(run)
+    assert 0.0 <= m["perturb/success_rate"] <= 1.0 and 0.0 <= m["test/acc"] <= 1.0
+
+
+def test_wandb_offline_run_contains_metrics(advlab_root):
+    run = run_advlab(advlab_root, "method=standard", *FAST, "logger=wandb", "tags=[ci]")
+    _ok(run)
+    runs = list((run.run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((run.run_dir / "wandb").iterdir())
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    assert "test/acc" in summary and abs(summary["test/acc"] - run.metrics["test/acc"]) < 1e-6
+    assert "train/loss_epoch" in summary or "final/test/acc" in summary
+    config = (runs[0] / "files" / "config.yaml").read_text()
+    assert "target_rule" in config and "digits" in config.lower()
+    binary = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for name in (b"test/acc", b"val/acc", b"train/loss"):
+        assert name in binary, name
+
+
+def test_second_run_reuses_cached_source_and_dataset(advlab_root):
+    first = run_advlab(advlab_root, *FAST, run_dir=advlab_root / "a")
+    second = run_advlab(advlab_root, *FAST, run_dir=advlab_root / "b")
+    m1, m2 = _ok(first), _ok(second)
+    assert "Cache miss: building source model" in first.log and "Training source model" in first.log
+    assert "Training source model" not in second.log
+    assert second.log.count("Cache hit") == 2  # source model and perturbation dataset
+    assert m1 == {**m2, "time/total_s": m1["time/total_s"]}  # identical results, hit or miss
+
+
+def test_concurrent_runs_train_the_source_once(advlab_root):
+    procs = [run_advlab(advlab_root, *FAST, run_dir=advlab_root / f"p{i}", wait=False) for i in range(2)]
+    logs = []
+    for proc, run_dir in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        logs.append(out + err)
+    assert sum(log.count("Training source model") for log in logs) == 1
+    assert sum(log.count("Cache miss: building perturbation dataset") for log in logs) == 1
+    assert not list((advlab_root / "cache").rglob("*.tmp"))
