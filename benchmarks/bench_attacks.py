@@ -2,8 +2,10 @@
 
     python benchmarks/bench_attacks.py [--device cpu|cuda] [--steps 10] [--batch 256] [--reps 5]
 
-Model: a small ResNet-style CNN on 3×32×32 inputs with random weights (speed does not depend on
-training). No random start, so our keep_best=False output must equal torchattacks' (checked and
+Models (random weights; speed does not depend on training), inputs 3×32×32:
+  resnet  a small ResNet-style CNN: the model's forward/backward dominates, as in real use;
+  linear  one linear layer: shows the attack's own per-step overhead.
+No random start, so our keep_best=False output must equal torchattacks' (checked and
 reported). Repetitions are interleaved across the compared attacks after a warm-up; the median
 time is reported. Results go to benchmarks/results/attacks_<device>.json (temp file, then rename).
 """
@@ -64,30 +66,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--eps", type=float, default=8 / 255)
-    ap.add_argument("--alpha", type=float, default=2 / 255)
-    ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/attacks_<device>.json)")
-    args = ap.parse_args(argv)
+MODELS = {
+    "resnet": ("SmallResNet 3x32x32 (16/32/64 channels, random weights, eval mode): model-bound", SmallResNet),
+    "linear": ("Linear 3072->10 (random weights): the attack's own per-step overhead dominates",
+               lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))),
+}
+REPS_FACTOR = {"resnet": 1, "linear": 6}  # the linear runs are ~100x cheaper: more reps, steadier medians
+THEIRS = "torchattacks PGD"
 
-    try:
-        import torchattacks
-    except ImportError:
-        sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda requested but CUDA is not available")
 
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+def bench_model(key: str, args, device: torch.device, torchattacks) -> dict:
+    description, make = MODELS[key]
     gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)  # the model's random init only; the attacks do not touch the global RNG
-    model = SmallResNet().to(device).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the model's random init only; the attacks do not touch the global RNG
+        model = make().to(device).eval()
     x = torch.rand(args.batch, 3, 32, 32, generator=gen).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
 
@@ -98,7 +91,7 @@ def main(argv=None) -> dict:
     runs = {
         "advlab PGD keep_best=False": lambda: ours_plain(model, x, y),
         "advlab PGD keep_best=True": lambda: ours_best(model, x, y),
-        "torchattacks PGD": lambda: theirs(x, y),
+        THEIRS: lambda: theirs(x, y),
     }
 
     outputs = {}
@@ -106,11 +99,12 @@ def main(argv=None) -> dict:
         outputs[name] = fn()
         fn()
     _sync(device)
-    ref = outputs["torchattacks PGD"]
-    max_diff = {name: float((out - ref).abs().max()) for name, out in outputs.items() if name != "torchattacks PGD"}
+    ref = outputs[THEIRS]
+    max_diff = {name: float((out - ref).abs().max()) for name, out in outputs.items() if name != THEIRS}
 
     times = {name: [] for name in runs}
-    for _ in range(args.reps):  # interleaved, so drifts in machine load hit every attack alike
+    reps = args.reps * REPS_FACTOR[key]
+    for _ in range(reps):  # interleaved, so drifts in machine load hit every attack alike
         for name, fn in runs.items():
             _sync(device)
             t0 = time.perf_counter()
@@ -119,19 +113,53 @@ def main(argv=None) -> dict:
             times[name].append(time.perf_counter() - t0)
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    theirs_t = med["torchattacks PGD"]
     rows = []
-    print(f"\nPGD L∞  device={device.type}  batch={args.batch}  steps={args.steps}  eps={args.eps:.4g}  "
-          f"alpha={args.alpha:.4g}  reps={args.reps} (median)  threads={torch.get_num_threads()}")
-    print(f"{'attack':32s} {'median s':>10s} {'min s':>9s} {'img/s':>10s} {'ours/theirs':>12s} {'max|Δ| vs TA':>13s}")
+    print(f"\n[{key}] {description}  (reps={reps})")
+    print(f"{'attack':32s} {'median s':>10s} {'min s':>9s} {'img/s':>10s} {'ours/theirs':>12s} {'(by min)':>9s} "
+          f"{'max|Δ| vs TA':>13s}")
     for name in runs:
         thr = args.batch / med[name]
-        ratio = theirs_t / med[name]
+        ratio = med[THEIRS] / med[name]
+        ratio_min = min(times[THEIRS]) / min(times[name])
         diff = max_diff.get(name)
         rows.append({"attack": name, "median_s": med[name], "min_s": min(times[name]), "times_s": times[name],
-                     "images_per_s": thr, "throughput_ratio_vs_torchattacks": ratio, "max_abs_diff_vs_torchattacks": diff})
-        print(f"{name:32s} {med[name]:10.4f} {min(times[name]):9.4f} {thr:10.1f} {ratio:12.3f} "
+                     "images_per_s": thr, "throughput_ratio_vs_torchattacks": ratio,
+                     "throughput_ratio_vs_torchattacks_by_min": ratio_min, "max_abs_diff_vs_torchattacks": diff})
+        print(f"{name:32s} {med[name]:10.4f} {min(times[name]):9.4f} {thr:10.1f} {ratio:12.3f} {ratio_min:9.3f} "
               f"{'' if diff is None else f'{diff:.2e}':>13s}")
+    return {"model": key, "description": description, "reps": reps, "results": rows}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--eps", type=float, default=8 / 255)
+    ap.add_argument("--alpha", type=float, default=2 / 255)
+    ap.add_argument("--model", default="both", choices=["resnet", "linear", "both"])
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/attacks_<device>.json)")
+    args = ap.parse_args(argv)
+
+    try:
+        import torchattacks
+    except ImportError:
+        sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda requested but CUDA is not available")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    print(f"PGD L∞  device={device.type}  batch={args.batch}  steps={args.steps}  eps={args.eps:.4g}  "
+          f"alpha={args.alpha:.4g}  reps={args.reps} (median; ratio = their time / our time)  "
+          f"threads={torch.get_num_threads()}")
+    keys = list(MODELS) if args.model == "both" else [args.model]
+    models = [bench_model(key, args, device, torchattacks) for key in keys]
 
     result = {
         "benchmark": "pgd_linf_vs_torchattacks",
@@ -139,9 +167,9 @@ def main(argv=None) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
         "threads": torch.get_num_threads(),
-        "model": "SmallResNet 3x32x32 (16/32/64 channels, random weights, eval mode)",
         "batch": args.batch, "steps": args.steps, "eps": args.eps, "alpha": args.alpha, "reps": args.reps,
-        "random_start": False, "results": rows,
+        "random_start": False, "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "models": models,
     }
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"attacks_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,7 @@ def test_class_subset_remaps_labels_and_names():
     assert float(x_all[y_all == 0].sum() * 16) == pytest.approx(float(digits.images[digits.target == 2].sum()))
     assert float(x_all[y_all == 1].sum() * 16) == pytest.approx(float(digits.images[digits.target == 1].sum()))
     assert dm.describe()["classes"] == [2, 1]
+    assert DigitsDataModule(augment=True).describe()["augment"] is True
 
 
 def test_bad_config_values_raise_config_error_naming_the_key():
@@ -512,7 +513,7 @@ def test_mnist_official_split_reads_idx_files(tmp_path):
         for xi, yi, k in zip(x, y, ids_of(x)):
             assert int(yi) == ytr[k] and torch.equal(xi[0], torch.from_numpy(xtr[k]).float() / 255)
     assert dm.describe() == {"name": "mnist", "classes": None, "val_fraction": 0.2, "seed": 0, "max_train": None,
-                             "official_split": True}
+                             "augment": False, "official_split": True}
 
 
 def test_mnist_t10k_only_is_split_stratified(tmp_path):

@@ -61,12 +61,13 @@ def precheck(args: list[str], config_name: str = "train") -> None:
         if group not in GROUPS or o.is_delete():
             continue
         try:
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            raw = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
         except Exception:
             continue
+        values = [getattr(v, "text", v) for v in raw]  # QuotedString -> its text
         allowed = group_options(group)
         for value in values:
-            if value != "null" and value not in allowed:
+            if value is not None and str(value) not in allowed:
                 shown = group + (f"@{o.package}" if o.package else "")
                 raise ConfigError(shown, f"unknown option {value!r}; allowed: {', '.join(allowed)}")
     GlobalHydra.instance().clear()

@@ -89,11 +89,19 @@ class PGD(Attack):
 
     @staticmethod
     def _merge(best, cand, view):
-        """Per-sample lexicographic max of (succeeded, score); ties keep ``best``."""
+        """Per-sample lexicographic max of (succeeded, score); ties keep ``best``. ``best[0]`` must
+        be a tensor this attack owns: on CPU it is updated in place (copying only the improved
+        samples is ~2x cheaper than a full ``where``); on accelerators ``where`` avoids a sync."""
         bx, bs, bl = best
         cx, cs, cl = cand
         better = (cs & ~bs) | ((cs == bs) & ((cl > bl) | (bl.isnan() & ~cl.isnan())))
-        return torch.where(better.view(view), cx, bx), bs | cs, torch.where(better, cl, bl)
+        if bx.device.type == "cpu":
+            idx = better.nonzero().squeeze(1)
+            if idx.numel():
+                bx.index_copy_(0, idx, cx.index_select(0, idx))
+        else:
+            bx = torch.where(better.view(view), cx, bx)
+        return bx, bs | cs, torch.where(better, cl, bl)
 
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         view = (x.shape[0],) + (1,) * (x.dim() - 1)
@@ -153,7 +161,7 @@ class PGD(Attack):
                 g = momentum.mul_(decay).addcmul_(g, torch.where(l1 > 0, 1.0 / l1, torch.zeros_like(l1)).view(view))
             # ---- step and projection (in place: xa is no longer part of any graph) ---------
             if linf:
-                xa.add_(g.sign(), alpha=alpha)
+                xa.add_(g.sign_() if decay is None else g.sign(), alpha=alpha)  # g is ours; momentum is kept
                 xa.clamp_(min=lower, max=upper)
             else:
                 gn = torch.linalg.vector_norm(g.reshape(n, -1), dim=1)

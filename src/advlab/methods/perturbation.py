@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
 from advlab.artifacts import describe_object
+from advlab.cache import spec_key
 from advlab.config import BASES, TARGET_RULES, TRAIN_ON
 from advlab.errors import ConfigError
 from advlab.methods.base import ClassifierModule
@@ -133,7 +134,8 @@ class PerturbationLearning(ClassifierModule):
         log.info("Perturbation dataset: %d examples, targeted success rate %.3f (source test acc %.3f)",
                  len(payload["y"]), payload["success_rate"], source_metrics["test/acc"])
         self.preview = {k: payload[k] for k in ("preview_base", "preview_y")} | {"x": payload["x"][: len(payload["preview_y"])], "t": payload["y"][: len(payload["preview_y"])]}
-        return datamodule.with_train(payload["x"], payload["y"])
+        tag = f"perturbation-{spec_key(spec)}"
+        return datamodule.with_train(payload["x"], payload["y"], tag=tag, check_bounds=self.train_on != "delta")
 
     @property
     def source(self):

@@ -1,0 +1,521 @@
+"""In-memory datamodules: every split is a pair of tensors, batches are one fancy-index each.
+
+``ArrayDataModule`` holds ``x`` (float32 in [0, 1] for images, shape (N, C, H, W); (N, D) for vector
+data) and ``y`` (int64 in 0..num_classes-1) for the train / val / test splits. Subclasses only
+implement ``_load()``; the base applies the class subset, the seeded validation split and
+``max_train``, computes the normalisation statistics and serves the loaders.
+
+Loaders: a real ``torch.utils.data.DataLoader(dataset, batch_size, sampler=RandomSampler |
+SequentialSampler)`` over a ``TensorDataset`` subclass with ``__getitems__``: the loader's stock
+``BatchSampler`` yields lists of indices and the fetcher hands each whole list to ``__getitems__``, so
+a batch costs one index operation per tensor instead of ``batch_size`` ``__getitem__`` calls and a
+collate. Lightning can still swap in a ``DistributedSampler`` (DDP), a ``SequentialSampler``
+(``overfit_batches``) or its index-tracking wrapper (``predict``) and the batches stay whole. (A
+``sampler=BatchSampler(...)`` with ``batch_size=None`` would be as fast but would not survive those
+swaps: Lightning would rebuild it as a one-sample-per-batch loader.)
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import numbers
+from typing import Any, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+from advlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets and loaders
+# ---------------------------------------------------------------------------------------------
+class BatchTensorDataset(TensorDataset):
+    """A ``TensorDataset`` that serves a list of indices with one index operation per tensor."""
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t.index_select(0, index) for t in self.tensors)
+
+
+def _whole_batch(batch: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """collate_fn for batches that ``__getitems__`` already assembled (module level: picklable)."""
+    return list(batch)
+
+
+def make_loader(
+    dataset: TensorDataset,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    generator: Optional[torch.Generator] = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A fast DataLoader over an in-memory ``TensorDataset``; yields ``[x, y, ...]`` lists of whole batches.
+
+    ``shuffle=True`` draws the order from ``generator`` (or a fresh one seeded with ``seed``): the same
+    seed gives the same sequence of epochs, and each new epoch of the same loader a new order.
+    """
+    if not isinstance(dataset, TensorDataset):
+        raise TypeError(f"make_loader needs a TensorDataset, got {type(dataset).__name__}")
+    if not isinstance(dataset, BatchTensorDataset):
+        dataset = BatchTensorDataset(*dataset.tensors)
+    if shuffle:
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(seed))
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    # batch_size + sampler: the DataLoader builds BatchSampler(sampler, batch_size, drop_last) itself and
+    # hands each list of indices to dataset.__getitems__; built this way (not batch_sampler=...), the
+    # loader keeps its batch_size attribute, which Lightning reuses when it swaps the sampler.
+    return DataLoader(
+        dataset,
+        batch_size=int(batch_size),
+        sampler=sampler,
+        drop_last=drop_last,
+        collate_fn=_whole_batch,
+        num_workers=int(num_workers),
+        persistent_workers=int(num_workers) > 0,
+        pin_memory=pin_memory,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation (batch-wise, on whatever device the batch lives on)
+# ---------------------------------------------------------------------------------------------
+def crop_flip(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, padding: int = 4
+) -> torch.Tensor:
+    """Zero-pad ``x`` (N, C, H, W) by ``padding``, crop H×W at (top[i], left[i]), then mirror where ``flip[i]``.
+
+    One gather for the whole batch: output[i, c, h, w] = padded[i, c, top[i] + h, left[i] + w'] with
+    w' = W - 1 - w for flipped samples.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    padded = F.pad(x, (padding, padding, padding, padding))
+    cols = torch.arange(w, device=dev)
+    cols = torch.where(flip.to(dev)[:, None], (w - 1) - cols, cols)  # (N, W)
+    rows = top.to(dev)[:, None] + torch.arange(h, device=dev)  # (N, H)
+    cols = left.to(dev)[:, None] + cols
+    return padded[
+        torch.arange(n, device=dev)[:, None, None, None],
+        torch.arange(c, device=dev)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
+def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Random crop with ``padding`` zero pixels on every side plus random horizontal flip, per sample.
+
+    The random numbers are drawn on the CPU (from ``generator``) and moved to ``x``'s device, so the
+    same seed gives the same augmentation on any device.
+    """
+    n = x.shape[0]
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return crop_flip(x, top, left, flip, padding)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stratified (train_idx, test_idx), each sorted, for datasets without an official test split."""
+    from sklearn.model_selection import train_test_split
+
+    idx = torch.arange(len(y)).numpy()
+    counts = torch.bincount(y)
+    n_classes = int((counts > 0).sum())
+    n_test = math.ceil(float(test_fraction) * len(y))
+    stratify = y.numpy()
+    if int(counts[counts > 0].min()) < 2 or n_test < n_classes or len(y) - n_test < n_classes:
+        log.warning("too few examples (%d, %d classes) to stratify a %.2f test split; splitting at random",
+                    len(y), n_classes, float(test_fraction))
+        stratify = None
+    tr, te = train_test_split(idx, test_size=float(test_fraction), random_state=int(seed), stratify=stratify)
+    return torch.as_tensor(sorted(tr), dtype=torch.long), torch.as_tensor(sorted(te), dtype=torch.long)
+
+
+def check_fraction(key: str, value: Any, allow_zero: bool) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    lo_ok = v >= 0 if allow_zero else v > 0
+    if not (lo_ok and v < 1):
+        rng = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ConfigError(key, f"must be a number in {rng}, got {value!r}")
+    return v
+
+
+def check_positive_int(key: str, value: Any, allow_none: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if not (isinstance(value, float) and value.is_integer() and value >= 1):
+            extra = " or null" if allow_none else ""
+            raise ConfigError(key, f"must be a positive integer{extra}, got {value!r}")
+    return int(value)
+
+
+def _as_float_images(x: Any, what: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{what}: expected uint8 or float data, got {x.dtype}")
+    return x.to(torch.float32).contiguous()
+
+
+def _as_labels(y: Any) -> torch.Tensor:
+    return torch.as_tensor(y).to(torch.int64).reshape(-1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# the datamodule
+# ---------------------------------------------------------------------------------------------
+class ArrayDataModule(pl.LightningDataModule):
+    """Base class of every advlab datamodule (see the module docstring).
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: validation / test batch size.
+        val_fraction: fraction of the (class-subset) training split carved out, seeded, as the
+            validation split. ``0`` means no carve-out: the validation split *is* the test split.
+        seed: seeds the validation carve-out, the training order and the augmentation (and, for
+            datasets without an official test split, that split too).
+        classes: optional list of original label ints to keep; labels are remapped to 0..k-1 in the
+            given order and ``class_names`` follow.
+        num_workers: DataLoader workers (0 is fastest for in-memory tensors).
+        augment: random 4-pixel-padded crop + horizontal flip of training batches (images only),
+            applied in ``on_after_batch_transfer``, i.e. on the training device.
+        max_train: keep only the first ``max_train`` training examples after the seeded shuffle
+            (applied after the validation carve-out, so the validation split does not change).
+    """
+
+    name: str = "array"
+    #: number of classes of the raw data when known before loading (to validate ``classes`` early)
+    original_num_classes: Optional[int] = None
+    #: value range of the inputs; None for unbounded data
+    default_bounds: Optional[tuple[float, float]] = (0.0, 1.0)
+    augment_padding: int = 4
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        classes: Optional[Sequence[int]] = None,
+        num_workers: int = 0,
+        augment: bool = False,
+        max_train: Optional[int] = None,
+        center: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_positive_int("dataset.batch_size", batch_size)
+        self.eval_batch_size = check_positive_int("dataset.eval_batch_size", eval_batch_size)
+        self.val_fraction = check_fraction("dataset.val_fraction", val_fraction, allow_zero=True)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ConfigError("dataset.seed", f"must be an integer, got {seed!r}")
+        self.seed = int(seed)
+        self.classes = self._check_classes(classes)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+            raise ConfigError("dataset.num_workers", f"must be an integer >= 0, got {num_workers!r}")
+        self.num_workers = int(num_workers)
+        self.augment = bool(augment)
+        self.max_train = check_positive_int("dataset.max_train", max_train, allow_none=True)
+        self.center = bool(center)
+
+        self._bounds: Optional[tuple[float, float]] = self.default_bounds
+        self._loaded = False
+        self._train_tag: Optional[str] = None
+        self._class_names: list[str] = []
+        self._mean: Optional[torch.Tensor] = None
+        self._std: Optional[torch.Tensor] = None
+        self._loader_generator: Optional[torch.Generator] = None
+        self._augment_generator: Optional[torch.Generator] = None
+        self.x_train = self.y_train = self.x_val = self.y_val = self.x_test = self.y_test = None
+        self.train_dataset = self.val_dataset = self.test_dataset = None
+
+    # ---------------------------------------------------------------- subclass interface
+    def _load(self) -> tuple[Any, Any, Any, Any, Sequence[str]]:
+        """Return ``(x_train, y_train, x_test, y_test, class_names)``; x as uint8 or float in [0, 1]."""
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Download / extract / cache on disk (runs in ``prepare_data``, once per node). Default: nothing."""
+
+    def _describe_extra(self) -> dict[str, Any]:
+        return {}
+
+    def check(self) -> None:
+        """Cheap check, before any work, that the data can be had; raises ``ConfigError`` otherwise."""
+        if self.classes is not None and self.original_num_classes is not None:
+            self._check_class_range(self.original_num_classes)
+
+    # ---------------------------------------------------------------- metadata
+    def describe(self) -> dict[str, Any]:
+        """The plain values that determine the data content (for cache keys).
+
+        ``augment`` is included too: it does not change the stored tensors, but it changes what a model
+        trained on this datamodule sees, and models are cached by this description.
+        """
+        d: dict[str, Any] = {
+            "name": self.name,
+            "classes": None if self.classes is None else list(self.classes),
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "max_train": self.max_train,
+            "augment": self.augment,
+            "center": self.center,
+        }
+        d.update(self._describe_extra())
+        if self._train_tag is not None:
+            d["train"] = self._train_tag
+        return d
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        self._ensure_setup()
+        return tuple(self.x_test.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        self._ensure_setup()
+        return len(self._class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        self._ensure_setup()
+        return list(self._class_names)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Per-channel mean of the training split, shape (C,) for images, (1,) for vector data."""
+        self._ensure_setup()
+        return self._mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Per-channel std (population) of the training split; a channel with zero spread gets 1."""
+        self._ensure_setup()
+        return self._std
+
+    @property
+    def bounds(self) -> Optional[tuple[float, float]]:
+        return self._bounds
+
+    @property
+    def is_image(self) -> bool:
+        self._ensure_setup()
+        return self.x_test.dim() == 4
+
+    # ---------------------------------------------------------------- lightning hooks
+    def prepare_data(self) -> None:
+        if self._loaded:  # already in memory (e.g. a with_train copy): nothing to fetch
+            return
+        self.check()
+        self._prepare()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self._loaded:
+            return
+        self.check()
+        x_tr, y_tr, x_te, y_te, names = self._load()
+        x_tr, x_te = _as_float_images(x_tr, "x_train"), _as_float_images(x_te, "x_test")
+        y_tr, y_te = _as_labels(y_tr), _as_labels(y_te)
+        names = [str(n) for n in names]
+        for x, y, split in ((x_tr, y_tr, "train"), (x_te, y_te, "test")):
+            if x.dim() not in (2, 4) or len(x) != len(y):
+                raise ValueError(f"{self.name}: bad {split} split, x {tuple(x.shape)} y {tuple(y.shape)}")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(names)):
+                raise ValueError(f"{self.name}: {split} labels outside 0..{len(names) - 1}")
+        self._check_bounds(x_tr, "x_train", 0.0)
+        self._check_bounds(x_te, "x_test", 0.0)
+        if x_tr.shape[1:] != x_te.shape[1:]:
+            raise ValueError(f"{self.name}: train inputs {tuple(x_tr.shape[1:])} != test inputs {tuple(x_te.shape[1:])}")
+        if self.augment and x_tr.dim() != 4:
+            raise ConfigError("dataset.augment", f"random crop/flip needs image data; {self.name} is vector data, set it to false")
+
+        if self.classes is not None:
+            self._check_class_range(len(names))
+            x_tr, y_tr = self._subset(x_tr, y_tr, len(names))
+            x_te, y_te = self._subset(x_te, y_te, len(names))
+            names = [names[c] for c in self.classes]
+
+        n = len(y_tr)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        n_val = int(round(self.val_fraction * n))
+        if self.val_fraction > 0 and n_val == 0:
+            n_val = 1
+        if n - n_val < 1:
+            raise ConfigError("dataset.val_fraction", f"{self.val_fraction} leaves no training example out of {n}")
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        if self.max_train is not None:
+            train_idx = train_idx[: self.max_train]
+
+        self.x_train, self.y_train = x_tr[train_idx], y_tr[train_idx]
+        if n_val:
+            self.x_val, self.y_val = x_tr[val_idx], y_tr[val_idx]
+        else:  # val_fraction == 0: the test split doubles as the validation split
+            self.x_val, self.y_val = x_te, y_te
+        self.x_test, self.y_test = x_te, y_te
+        if self.center:
+            # Mean-subtracted inputs (Kumano et al.): the data space itself is centred on the training
+            # mean image, so it is unbounded and attacks there are not clipped.
+            self.pixel_mean = self.x_train.mean(0, keepdim=True)
+            self.x_train = self.x_train - self.pixel_mean
+            self.x_test = self.x_test - self.pixel_mean
+            self.x_val = self.x_test if not n_val else self.x_val - self.pixel_mean
+            self._bounds = None
+        self._class_names = names
+        self._mean, self._std = self._statistics(self.x_train)
+        self._make_datasets()
+        self._loaded = True
+        log.info(
+            "%s: train %d, val %d%s, test %d, input %s, %d classes",
+            self.name, len(self.y_train), len(self.y_val), "" if n_val else " (= test)",
+            len(self.y_test), tuple(self.x_test.shape[1:]), len(names),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._ensure_setup()
+        if self._loader_generator is None:
+            self._loader_generator = torch.Generator().manual_seed(self.seed)
+        return make_loader(
+            self.train_dataset, self.batch_size, shuffle=True, num_workers=self.num_workers,
+            generator=self._loader_generator,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self._ensure_setup()
+        return make_loader(self.val_dataset, self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        self._ensure_setup()
+        return make_loader(self.test_dataset, self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if self.augment and trainer is not None and trainer.training:
+            x = batch[0]
+            if x.dim() == 4:
+                if self._augment_generator is None:
+                    self._augment_generator = torch.Generator().manual_seed(self.seed + 1)
+                x = random_crop_flip(x, self.augment_padding, generator=self._augment_generator)
+                batch = type(batch)([x, *batch[1:]]) if isinstance(batch, (list, tuple)) else batch
+        return batch
+
+    # ---------------------------------------------------------------- derived datamodules
+    def with_train(self, x: Any, y: Any, tag: Optional[str] = None, check_bounds: bool = True, **overrides: Any) -> "ArrayDataModule":
+        """A datamodule with this one's metadata, val and test splits, whose training split is (x, y).
+
+        Nothing is reloaded. ``mean``/``std``, ``bounds``, ``class_names`` stay those of the clean
+        data; ``max_train`` is not applied to (x, y). ``y`` holds the labels to train on (for crafted
+        datasets: the target labels). ``tag`` names the new training data in ``describe()["train"]``.
+        ``overrides`` may change ``batch_size``, ``eval_batch_size``, ``augment``, ``num_workers``, ``seed``.
+        """
+        self._ensure_setup()
+        x = _as_float_images(x.detach() if isinstance(x, torch.Tensor) else x, "x").cpu()
+        y = _as_labels(y.detach() if isinstance(y, torch.Tensor) else y).cpu()
+        if tuple(x.shape[1:]) != self.input_shape or len(x) != len(y):
+            raise ValueError(
+                f"with_train: expected x of shape (N, {', '.join(map(str, self.input_shape))}) and N labels, "
+                f"got x {tuple(x.shape)}, y {tuple(y.shape)}"
+            )
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"with_train: labels must lie in 0..{self.num_classes - 1}")
+        if check_bounds:  # off for inputs that are not images, e.g. perturbations δ alone
+            self._check_bounds(x, "with_train: x", 1e-5)
+        allowed = {"batch_size", "eval_batch_size", "augment", "num_workers", "seed"}
+        unknown = set(overrides) - allowed
+        if unknown:
+            raise TypeError(f"with_train: unknown override(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+        new = copy.copy(self)
+        new.trainer = None
+        for key, value in overrides.items():
+            setattr(new, key, value)
+        new.x_train, new.y_train = x, y
+        new._train_tag = tag or "custom"
+        new._loader_generator = None
+        new._augment_generator = None
+        new._make_datasets()
+        return new
+
+    # ---------------------------------------------------------------- internals
+    def _ensure_setup(self) -> None:
+        if not self._loaded:
+            self.setup()
+
+    def _check_bounds(self, x: torch.Tensor, what: str, tol: float) -> None:
+        if self._bounds is None or x.numel() == 0:
+            return
+        lo, hi = self._bounds
+        if float(x.min()) < lo - tol or float(x.max()) > hi + tol:
+            raise ValueError(f"{what}: values in [{float(x.min()):.4g}, {float(x.max()):.4g}], outside the bounds {self._bounds}")
+
+    def _make_datasets(self) -> None:
+        self.train_dataset = BatchTensorDataset(self.x_train, self.y_train)
+        self.val_dataset = BatchTensorDataset(self.x_val, self.y_val)
+        self.test_dataset = BatchTensorDataset(self.x_test, self.y_test)
+
+    @staticmethod
+    def _check_classes(classes: Any) -> Optional[list[int]]:
+        if classes is None:
+            return None
+        try:
+            items = list(classes)
+        except TypeError:
+            items = None
+        if (
+            items is None
+            or not items
+            or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) for c in items)
+        ):
+            raise ConfigError("dataset.classes", f"must be null or a non-empty list of label ints, e.g. [1, 2]; got {classes!r}")
+        if len(set(items)) != len(items):
+            raise ConfigError("dataset.classes", f"lists a class twice: {items}")
+        return [int(c) for c in items]
+
+    def _check_class_range(self, n: int) -> None:
+        bad = [c for c in self.classes if not 0 <= c < n]
+        if bad:
+            raise ConfigError("dataset.classes", f"{bad} not in the labels 0..{n - 1} of {self.name}")
+
+    def _subset(self, x: torch.Tensor, y: torch.Tensor, n: int) -> Split:
+        lut = torch.full((n,), -1, dtype=torch.int64)
+        lut[torch.as_tensor(self.classes)] = torch.arange(len(self.classes))
+        new = lut[y]
+        keep = new >= 0
+        return x[keep], new[keep]
+
+    @staticmethod
+    def _statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(x) == 0:
+            c = x.shape[1] if x.dim() == 4 else 1
+            return torch.zeros(c), torch.ones(c)
+        if x.dim() == 4:  # one channel at a time: no full-size temporary
+            pairs = [torch.var_mean(x[:, c], correction=0) for c in range(x.shape[1])]
+            var = torch.stack([v for v, _ in pairs])
+            mean = torch.stack([m for _, m in pairs])
+        else:
+            var, mean = torch.var_mean(x, correction=0)
+            var, mean = var.reshape(1), mean.reshape(1)
+        std = var.sqrt()
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        return mean.float(), std.float()
