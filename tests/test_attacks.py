@@ -381,6 +381,26 @@ def test_keep_best_dominates_last_iterate(norm, eps, targeted, mlp, batch):
     assert bool((l_best[same] >= l_last[same] - 1e-6).all())
 
 
+@pytest.mark.parametrize("norm,eps,targeted", [("linf", 0.1, False), ("l2", 1.0, False), ("linf", 0.1, True)])
+def test_keep_best_equals_brute_force_over_iterates(norm, eps, targeted, mlp, batch):
+    """Reference: iterate k is PGD(steps=k, keep_best=False) (no random start, fixed step size);
+    pick per sample the first iterate with the best (succeeded, loss). Must match exactly."""
+    x, y = batch
+    if targeted:
+        y = (y + 1) % 10
+    steps = 6
+    kw = dict(eps=eps, norm=norm, step_size=eps / 3, random_start=False, targeted=targeted)
+    iterates = [x] + [PGD(steps=k, keep_best=False, **kw)(mlp, x, y) for k in range(1, steps + 1)]
+    best_x, best_s, best_l = iterates[0].clone(), *_loss_and_success(mlp, iterates[0], y, targeted)
+    for it in iterates[1:]:
+        s_, l_ = _loss_and_success(mlp, it, y, targeted)
+        better = (s_ & ~best_s) | ((s_ == best_s) & (l_ > best_l))
+        best_x[better], best_s, best_l = it[better], best_s | s_, torch.where(better, l_, best_l)
+    got = PGD(steps=steps, keep_best=True, **kw)(mlp, x, y)
+    assert torch.equal(got, best_x)
+    assert not torch.equal(got, iterates[-1])  # the best is not simply the last iterate here
+
+
 @pytest.mark.parametrize("norm,eps", [("linf", 0.06), ("l2", 0.5)])
 def test_restarts_per_sample_worst_case(norm, eps, mlp, batch):
     """Restart r draws its start like the (r+1)-th call of a restarts=1 attack with the same seed,

@@ -89,19 +89,22 @@ class PGD(Attack):
 
     @staticmethod
     def _merge(best, cand, view):
-        """Per-sample lexicographic max of (succeeded, score); ties keep ``best``. ``best[0]`` must
-        be a tensor this attack owns: on CPU it is updated in place (copying only the improved
-        samples is ~2x cheaper than a full ``where``); on accelerators ``where`` avoids a sync."""
+        """Per-sample lexicographic max of (goal reached, score); ties keep ``best``.
+
+        ``best`` and ``cand`` are ``(x, succeeded, score)``. The candidate's tensor is CONSUMED: the
+        result is written into it (only the samples where ``best`` stays ahead are copied over,
+        usually few, since PGD's loss mostly rises step after step). On accelerators a ``where``
+        (no host sync) builds the result instead. Returns the merged triple and the mask."""
         bx, bs, bl = best
         cx, cs, cl = cand
         better = (cs & ~bs) | ((cs == bs) & ((cl > bl) | (bl.isnan() & ~cl.isnan())))
-        if bx.device.type == "cpu":
-            idx = better.nonzero().squeeze(1)
+        if cx.device.type == "cpu":
+            idx = (~better).nonzero().squeeze(1)
             if idx.numel():
-                bx.index_copy_(0, idx, cx.index_select(0, idx))
+                cx.index_copy_(0, idx, bx.index_select(0, idx))
         else:
-            bx = torch.where(better.view(view), cx, bx)
-        return bx, bs | cs, torch.where(better, cl, bl)
+            cx = torch.where(better.view(view), cx, bx)
+        return (cx, bs | cs, torch.where(better, cl, bl)), better
 
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         view = (x.shape[0],) + (1,) * (x.dim() - 1)
@@ -109,10 +112,12 @@ class PGD(Attack):
         best = None
         for _ in range(self.restarts):
             cand = self._run(model, x, y, view, need_score)
-            best = cand if best is None else self._merge(best, cand, view)
+            best = cand if best is None else self._merge(best, cand, view)[0]
         return best[0]
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, view, need_score: bool):
+        """One restart. Returns ``(x_adv, succeeded, score)`` (the last two None unless
+        ``need_score``); ``x_adv`` is a fresh tensor owned by the caller."""
         eps, alpha, linf = self.eps, self.alpha, self.norm == "linf"
         bounds, keep_best, targeted = self.bounds, self.keep_best, self.targeted
         decay = self._decay
@@ -136,14 +141,15 @@ class PGD(Attack):
                 dn = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
                 radius = eps * u.pow(1.0 / d)  # uniform in the ball: P(r <= t) = (t/ε)^d
                 scale = torch.where(dn > 0, radius / dn, torch.zeros_like(dn))
-                xa = torch.addcmul(x, delta, scale.view(view))
+                xa = torch.addcmul(x, delta, scale.view(view), out=delta)
                 if bounds is not None:
                     xa.clamp_(bounds[0], bounds[1])
         else:
             xa = x.clone()
 
         momentum = torch.zeros_like(x) if decay is not None else None
-        best = None
+        best = None  # (x, succeeded, score) of the best iterate so far
+        spare = None  # a free buffer for the next iterate (keep_best double-buffering)
         for _ in range(self.steps):
             xa.requires_grad_(True)
             out = model(xa)
@@ -151,37 +157,45 @@ class PGD(Attack):
             loss = per_sample_loss(self.loss, logits, yy)
             total = loss.sum()
             (g,) = torch.autograd.grad(-total if targeted else total, xa)
-            xa = xa.detach()
-            if keep_best:  # score the iterate whose gradient we just took, from the same forward
+            xa = xa.detach()  # no longer part of any graph: may be written in place
+            if keep_best:  # score this iterate from the forward pass that gave its gradient
                 cand = (xa, *self._score(logits, yy, loss))
-                best = (xa.clone(), cand[1], cand[2]) if best is None else self._merge(best, cand, view)
             del out, logits, loss, total
             if decay is not None:  # MI-FGSM: accumulate L1-normalised gradients
                 l1 = torch.linalg.vector_norm(g.reshape(n, -1), ord=1, dim=1)
                 g = momentum.mul_(decay).addcmul_(g, torch.where(l1 > 0, 1.0 / l1, torch.zeros_like(l1)).view(view))
-            # ---- step and projection (in place: xa is no longer part of any graph) ---------
+            # ---- step and projection ----------------------------------------------------
+            # Without keep_best the step is written over xa; with it, into a spare buffer, and
+            # xa's storage then becomes the new best (see _merge): no full copy per step.
+            dst = xa if not keep_best else (spare if spare is not None else torch.empty_like(xa))
             if linf:
-                xa.add_(g.sign_() if decay is None else g.sign(), alpha=alpha)  # g is ours; momentum is kept
-                xa.clamp_(min=lower, max=upper)
+                torch.add(xa, g.sign_() if decay is None else g.sign(), alpha=alpha, out=dst)  # g is ours
+                dst.clamp_(min=lower, max=upper)
             else:
                 gn = torch.linalg.vector_norm(g.reshape(n, -1), dim=1)
                 step = torch.where(gn > 0, alpha / gn, torch.zeros_like(gn))
-                xa.addcmul_(g, step.view(view))
-                delta = xa.sub_(x)
+                delta = torch.addcmul(xa, g, step.view(view), out=dst).sub_(x)
                 dn = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
                 factor = torch.where(dn > eps, eps / dn, torch.ones_like(dn))
-                xa = torch.addcmul(x, delta, factor.view(view))
+                torch.addcmul(x, delta, factor.view(view), out=dst)
                 if bounds is not None:
-                    xa.clamp_(bounds[0], bounds[1])
+                    dst.clamp_(bounds[0], bounds[1])
+            if keep_best:
+                if best is None:
+                    best = cand
+                else:
+                    old = best[0]
+                    best = self._merge(best, cand, view)[0]
+                    if best[0] is not old:
+                        spare = old
+            xa = dst
+            if keep_best and spare is xa:
+                spare = None
 
         if keep_best or need_score:
             with torch.no_grad():
                 cand = (xa, *self._score(model(xa), y))
-            if best is None:
-                best = cand
-            else:
-                best = self._merge(best, cand, view)
-            return best
+            return cand if best is None else self._merge(best, cand, view)[0]
         return (xa, None, None)
 
 
