@@ -85,3 +85,22 @@ def test_concurrent_runs_train_the_source_once(advlab_root):
     assert sum(log.count("Training source model") for log in logs) == 1
     assert sum(log.count("Cache miss: building perturbation dataset") for log in logs) == 1
     assert not list((advlab_root / "cache").rglob("*.tmp"))
+
+
+def test_multirun_over_groups_and_free_eps(advlab_root):
+    sweep = advlab_root / "sweep"
+    run = run_advlab(advlab_root, "-m", "method=standard", "arch=wide_mlp,mlp", "eval_attack=fgsm", "eps=0.05,0.2", *FAST,
+                     f"hydra.sweep.dir={sweep}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 4
+    results = {}
+    for job in jobs:
+        cfg = (job / "config_resolved.yaml").read_text()
+        arch = "WideMLP" if "advlab.models.WideMLP" in cfg else "MLP"
+        eps = 0.05 if "value: 0.05" in cfg else 0.2
+        results[arch, eps] = json.loads((job / "metrics.json").read_text())
+    assert len(results) == 4
+    for arch in ("WideMLP", "MLP"):  # same model and data, larger ε: never more robust
+        assert results[arch, 0.2]["test/adv_acc"] <= results[arch, 0.05]["test/adv_acc"]
+        assert results[arch, 0.2]["test/acc"] == results[arch, 0.05]["test/acc"]
