@@ -513,7 +513,7 @@ def test_mnist_official_split_reads_idx_files(tmp_path):
         for xi, yi, k in zip(x, y, ids_of(x)):
             assert int(yi) == ytr[k] and torch.equal(xi[0], torch.from_numpy(xtr[k]).float() / 255)
     assert dm.describe() == {"name": "mnist", "classes": None, "val_fraction": 0.2, "seed": 0, "max_train": None,
-                             "augment": False, "official_split": True}
+                             "augment": False, "center": False, "official_split": True}
 
 
 def test_mnist_t10k_only_is_split_stratified(tmp_path):
@@ -704,3 +704,17 @@ def test_real_shared_cifar10_jpeg(tmp_path):
     assert torch.bincount(torch.cat([dm.y_train, dm.y_val])).tolist() == [5000] * 10
     # the well-known CIFAR-10 channel means (0.491, 0.482, 0.447), up to JPEG error and the val carve-out
     assert torch.allclose(dm.mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.005)
+
+
+def test_center_subtracts_the_training_mean_image_and_unbounds():
+    from advlab.data import DigitsDataModule
+
+    plain, centred = DigitsDataModule(seed=0), DigitsDataModule(seed=0, center=True)
+    plain.setup(), centred.setup()
+    mean_image = plain.x_train.mean(0, keepdim=True)
+    assert torch.allclose(centred.x_train, plain.x_train - mean_image, atol=1e-6)
+    assert torch.allclose(centred.x_test, plain.x_test - mean_image, atol=1e-6)
+    assert torch.allclose(centred.x_val, plain.x_val - mean_image, atol=1e-6)
+    assert centred.bounds is None and plain.bounds == (0.0, 1.0)
+    assert centred.x_train.mean(0).abs().max() < 1e-5
+    assert centred.describe()["center"] is True
