@@ -112,3 +112,18 @@ def test_a_failing_run_still_closes_its_wandb_run(advlab_root):
     assert run.returncode != 0 and not (run.run_dir / "metrics.json").exists()
     debug = next((run.run_dir / "wandb").glob("offline-run-*/logs/debug.log")).read_text()
     assert "finishing run" in debug and "exitcode: 1" in debug
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(advlab_root):
+    args = ["method=standard", "logger=csv", "arch.width=64", "callbacks=default"]
+    first = run_advlab(advlab_root, *args, "trainer.max_epochs=2")
+    _ok(first)
+    assert (first.run_dir / "checkpoints" / "last.ckpt").is_file()
+    # the same run directory, asked to go further: continues at epoch 2 instead of starting over
+    second = run_advlab(advlab_root, *args, "trainer.max_epochs=4", run_dir=first.run_dir)
+    _ok(second)
+    assert "Resuming from" in second.log
+    epochs = {int(float(row.split(",")[0])) for row in (first.run_dir / "csv" / "metrics.csv").read_text().splitlines()[1:] if row}
+    assert max(epochs) == 3
+    ckpt = __import__("torch").load(first.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 3

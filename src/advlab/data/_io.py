@@ -3,54 +3,27 @@ so a killed run never leaves a half-written file that a later run would trust.""
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import torch
-
-
-def _temp_path_next_to(dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    return Path(tmp)
+from advlab.utils.io import atomic_path, torch_save
 
 
 def gunzip_atomic(src: Path, dst: Path) -> Path:
     """Decompress the gzip file ``src`` into ``dst`` (temp file + rename)."""
-    tmp = _temp_path_next_to(dst)
-    try:
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, length=1 << 20)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(dst) as tmp, gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, length=1 << 20)
     return dst
 
 
 def copy_atomic(src: Path, dst: Path) -> Path:
-    tmp = _temp_path_next_to(dst)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dst
 
 
-def torch_save_atomic(obj: Any, dst: Path) -> Path:
-    tmp = _temp_path_next_to(dst)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def torch_save_atomic(obj, dst: Path) -> Path:
+    torch_save(obj, dst)
     return dst
 
 
