@@ -119,9 +119,9 @@ def train(cfg: DictConfig) -> float | None:
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(method, datamodule=fit_datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/acc", "train/acc")}
     trainer.test(method, datamodule=fit_datamodule, verbose=False)
-
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("test/", "val/acc", "train/acc"))}
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     metrics.update(method.extra_metrics)
     metrics["time/total_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:

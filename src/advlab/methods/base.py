@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch.nn import functional as F
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 
@@ -28,7 +29,7 @@ class ClassifierModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(classes, average="micro")
         self.val_acc = MulticlassAccuracy(classes, average="micro")
         self.test_acc = MulticlassAccuracy(classes, average="micro")
-        self.test_adv_acc = MulticlassAccuracy(classes, average="micro")
+        self.test_adv_acc = MeanMetric()
         # Metrics computed outside the Lightning loop (e.g. of a source model), merged into metrics.json.
         self.extra_metrics: dict[str, float] = {}
 
@@ -63,7 +64,9 @@ class ClassifierModule(pl.LightningModule):
         if self.eval_attack is not None:
             with torch.enable_grad():  # Lightning evaluates under no_grad; the attack needs input gradients
                 x_adv = self.eval_attack(self.model, x, y)
-            self.test_adv_acc(self.model(x_adv), y)
+            # robust = correct on x_adv AND on x: a sample misclassified when clean is never robust
+            robust = (self.model(x_adv).argmax(1) == y) & (logits.argmax(1) == y)
+            self.test_adv_acc.update(robust.float())
             self.log("test/adv_acc", self.test_adv_acc, on_epoch=True, batch_size=len(y))
         return logits
 
