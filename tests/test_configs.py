@@ -125,3 +125,26 @@ def test_validate_rejects_wrong_types():
                            (["method.optimizer.lr=0"], "method.optimizer.lr")):
         with pytest.raises(ConfigError, match=f"^{key}:"):
             validate(_compose(*overrides))
+
+
+@pytest.mark.parametrize("option", group_options("trainer"))
+def test_trainer_options_compose_and_cpu_ones_instantiate(option, tmp_path):
+    cfg = _compose(f"trainer={option}", f"paths.log_dir={tmp_path}")
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer" and cfg.trainer.inference_mode is False
+    if option == "ddp":
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices > 1
+    if cfg.trainer.accelerator in ("cpu", "auto"):
+        trainer = instantiate(cfg.trainer, default_root_dir=str(tmp_path), logger=False, accelerator="cpu")
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("group", ["logger", "callbacks"])
+def test_logger_and_callback_options_instantiate(group, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for option in group_options(group):
+        node = _compose(f"{group}={option}", "run_name=test", "experiment_name=test")[group] or {}
+        for name, sub in node.items():
+            if isinstance(sub, dict) or OmegaConf.is_dict(sub):
+                sub = OmegaConf.merge(sub, {"save_dir": str(tmp_path)} if "save_dir" in sub else {},
+                                      {"dirpath": str(tmp_path)} if "dirpath" in sub else {})
+                assert instantiate(sub) is not None, (option, name)
