@@ -104,8 +104,12 @@ def bench_model(key: str, args, device: torch.device, torchattacks) -> dict:
 
     times = {name: [] for name in runs}
     reps = args.reps * REPS_FACTOR[key]
-    for _ in range(reps):  # interleaved, so drifts in machine load hit every attack alike
-        for name, fn in runs.items():
+    names = list(runs)
+    for rep in range(reps):
+        # interleaved, so drifts in machine load hit every attack alike, and in a rotating order:
+        # on a busy 2-core CPU the first run of a round is measurably slower than the others
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            fn = runs[name]
             _sync(device)
             t0 = time.perf_counter()
             fn()
