@@ -104,7 +104,9 @@ class PerturbationLearning(ClassifierModule):
         self.target_rule, self.base, self.train_on = target_rule, base, train_on
         self.craft_seed, self.craft_batch_size = int(craft_seed), int(craft_batch_size)
         self.test_agreement = MeanMetric()
-        self._source = None  # kept outside the module tree: not trained, not checkpointed
+        # kept outside the module tree (not a registered submodule): not trained, not checkpointed,
+        # never switched to train mode by Lightning
+        self.__dict__["_source"] = None
         self.preview = None
 
     def prepare(self, datamodule, artifacts):
@@ -124,7 +126,7 @@ class PerturbationLearning(ClassifierModule):
                                  progress=artifacts.progress)
 
         payload, _ = artifacts.cache.get_or_create("datasets", spec, craft, what="perturbation dataset")
-        self._source = source
+        self.__dict__["_source"] = source
         self.extra_metrics.update({
             "source/test/acc": float(source_metrics["test/acc"]),
             "perturb/success_rate": float(payload["success_rate"]),
