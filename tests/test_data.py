@@ -563,7 +563,19 @@ def test_mnist_missing_files_config_error(tmp_path):
     msg = str(e.value)
     assert e.value.key == "dataset.data_dir" and msg.startswith("dataset.data_dir: no MNIST files under")
     assert "MNIST/raw" in msg and "dataset.download=true" in msg and "\n" not in msg
-    MNISTDataModule(data_dir=str(tmp_path / "nowhere"), download=True).check()  # download allowed: fine
+
+
+
+@pytest.mark.parametrize("may_download", [False, True])
+def test_mnist_check_only_complains_when_download_is_off(tmp_path, may_download):
+    # check() never downloads; it only decides whether missing files are an error
+    dm = MNISTDataModule(data_dir=str(tmp_path / "nowhere"), download=may_download)
+    if may_download:
+        dm.check()
+    else:
+        with pytest.raises(ConfigError, match="dataset.data_dir"):
+            dm.check()
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_install_shared_mnist_is_idempotent(tmp_path):
