@@ -15,6 +15,8 @@ CASES = [
     (["dataset=mnist"], "dataset.data_dir", "download"),  # no MNIST files under <root>/data
     (["paths.cache_dir=/proc/advlab-cache"], "paths.cache_dir", "writable"),
     (["source.arch=vgg"], "arch@source.arch", "allowed:"),
+    (["dataset=synthetic", "dataset.kind=laplace"], "dataset.kind", "allowed: gaussian"),  # raised inside instantiate
+    (["arch=cnn", "dataset=synthetic"], "arch", "image inputs"),  # a model that cannot take this data
 ]
 
 

@@ -19,6 +19,17 @@ def close_wandb(failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
+def config_error_in(exc: BaseException) -> ConfigError | None:
+    """The ConfigError behind an exception, if any (Hydra's instantiate wraps constructor errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ConfigError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def fail_with(prog: str, err: ConfigError) -> None:
     print(f"{prog}: error: {err}", file=sys.stderr)
     raise SystemExit(2)
@@ -32,12 +43,13 @@ def task_wrapper(task):
             result = task(cfg)
             failed = False
             return result
-        except ConfigError as err:
+        except Exception as exc:
+            err = config_error_in(exc)
+            if err is None:
+                log.exception("Run failed")
+                raise
             log.error("Bad input: %s", err)
             fail_with(f"advlab-{cfg.get('task_name', 'train')}", err)
-        except Exception:
-            log.exception("Run failed")
-            raise
         finally:
             close_wandb(failed)
 
