@@ -110,3 +110,23 @@ def test_cache_key_is_the_spec_and_writes_are_atomic(tmp_path):
 def test_unwritable_cache_dir_is_a_config_error():
     with pytest.raises(ConfigError, match="paths.cache_dir"):
         ArtifactCache("/proc/advlab-cache")
+
+
+def test_source_and_trained_model_do_not_share_initial_weights(tmp_path):
+    """The model trained on the perturbation dataset must start from its own random init."""
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    from advlab.artifacts import Artifacts
+    from advlab.data import DigitsDataModule
+    from advlab.models import build_model
+
+    dm = DigitsDataModule(seed=0, max_train=64)
+    dm.setup()
+    arch = OmegaConf.create({"_target_": "advlab.models.MLP", "_partial_": True, "depth": 1, "width": 16})
+    spec = OmegaConf.create({"arch": arch, "method": "standard", "max_epochs": 1, "seed": 0, "scheduler": None,
+                             "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.0}})  # lr 0: weights stay at init
+    source, _, _ = Artifacts(ArtifactCache(tmp_path), accelerator="cpu", progress=False).model(spec, dm)
+    pl.seed_everything(0, verbose=False)  # what advlab-train does before building the trained model
+    trained = build_model(arch, dm)
+    assert not torch.equal(source.net[1].weight.cpu(), trained.net[1].weight)

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from advlab.cache import ArtifactCache, plain
+from advlab.cache import ArtifactCache, plain, spec_key
 from advlab.errors import ConfigError
 from advlab.models import build_model
 
@@ -99,7 +99,10 @@ class Artifacts:
         from advlab.methods import AdversarialTraining, StandardTraining
 
         with preserved_rng():
-            pl.seed_everything(int(spec.seed), verbose=False)
+            # Seeded from the whole spec, not from `seed` alone: a source model and the model trained
+            # later in the same run (seeded with `seed`) must not share their initial weights.
+            key = self.model_spec(spec, datamodule)
+            pl.seed_everything(int(spec_key(key), 16) % 2**31, verbose=False)
             model = build_model(spec.arch, datamodule)
             if spec.get("method", "standard") == "adversarial":
                 attack = instantiate(spec.attack, bounds=datamodule.bounds)
