@@ -38,8 +38,8 @@ def run_advlab(root: Path, *overrides: str, run_dir: Path | None = None, module:
     run_dir = run_dir or root / "run"
     args = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
     full_env = {**os.environ, "ADVLAB_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-                "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR")
+                "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)  # Hydra's short error reports, as users see them
     if not wait:
         return subprocess.Popen(args, cwd=root, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), run_dir
     proc = subprocess.run(args, cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -90,18 +90,17 @@ class Artifacts:
     def model(self, spec, datamodule, name: str = "source model"):
         """Return (eval-mode model on self.device, its metrics dict, its cache key spec)."""
         key = self.model_spec(spec, datamodule)
-        payload, _ = self.cache.get_or_create("models", key, lambda: self._train(spec, datamodule, name), what=name)
+        payload, _ = self.cache.get_or_create("models", key, lambda: self._train(spec, datamodule, name, key), what=name)
         model = build_model(spec.arch, datamodule)
         model.load_state_dict(payload["state_dict"])
         return model.to(self.device).eval(), dict(payload["metrics"]), key
 
-    def _train(self, spec, datamodule, name: str) -> dict:
+    def _train(self, spec, datamodule, name: str, key: dict) -> dict:
         from advlab.methods import AdversarialTraining, StandardTraining
 
         with preserved_rng():
             # Seeded from the whole spec, not from `seed` alone: a source model and the model trained
             # later in the same run (seeded with `seed`) must not share their initial weights.
-            key = self.model_spec(spec, datamodule)
             pl.seed_everything(int(spec_key(key), 16) % 2**31, verbose=False)
             model = build_model(spec.arch, datamodule)
             if spec.get("method", "standard") == "adversarial":
