@@ -2,5 +2,6 @@
 from advlab.methods.adversarial import AdversarialTraining
 from advlab.methods.base import ClassifierModule, StandardTraining
 from advlab.methods.perturbation import PerturbationLearning, craft_dataset, make_targets
+from advlab.methods.robust_dataset import RobustDataset
 
-__all__ = ["ClassifierModule", "StandardTraining", "AdversarialTraining", "PerturbationLearning", "craft_dataset", "make_targets"]
+__all__ = ["ClassifierModule", "StandardTraining", "AdversarialTraining", "PerturbationLearning", "RobustDataset", "craft_dataset", "make_targets"]
