@@ -30,23 +30,80 @@ if not OmegaConf.has_resolver("advlab.wandb_offline"):
     OmegaConf.register_new_resolver("advlab.wandb_offline", lambda: os.environ.get("WANDB_MODE", "offline").lower() not in ("online", "run"))
 
 
+def run_group(name: str) -> str:
+    """W&B group of a run: `name` alone, or `name-<date>_<time>` of its sweep in a Hydra multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            sweep_dir = Path(hydra_cfg.sweep.dir)
+            return f"{name}-{sweep_dir.parent.name}_{sweep_dir.name}"
+    except Exception:  # not inside a Hydra job (compose API, tests)
+        pass
+    return name
+
+
+def choice(group: str) -> str | None:
+    """The option chosen for a defaults-list entry, also one at a package (`arch@source.arch`), which
+    `${hydra:runtime.choices...}` cannot address (its key contains a dot)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get(group)
+    except Exception:
+        return None
+
+
+def root_dir() -> str:
+    return str(Path(os.environ.get("ADVLAB_ROOT") or os.getcwd()).resolve())
+
+
+if not OmegaConf.has_resolver("advlab.run_group"):
+    OmegaConf.register_new_resolver("advlab.root", root_dir)
+    OmegaConf.register_new_resolver("advlab.run_group", run_group)
+    OmegaConf.register_new_resolver("advlab.choice", choice)
+
+
 def group_options(group: str) -> list[str]:
     folder = CONF_DIR / group
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment")
-# CLI shorthands for groups composed at another package: `source.arch=cnn`, `eval_attack=pgd_linf`.
-ALIASES = {"source.arch": "+arch@source.arch", "eval_attack": "attack@eval_attack", "source.attack": "+attack@source.attack"}
+GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep")
+# CLI shorthands for groups composed at another package: `source.arch=cnn` means `arch@source.arch=cnn`
+# (with a `+` where the app's defaults list does not compose that package already).
+ALIASES = {
+    "source": "spec", "target": "spec",
+    "source.arch": "arch", "target.arch": "arch",
+    "source.attack": "attack", "target.attack": "attack",
+    "source.dataset": "dataset", "target.dataset": "dataset",
+    "eval_attack": "attack",
+}
+
+
+def composed_packages(config_name: str) -> set[str]:
+    """`group@package` entries of an app's defaults list (conf/<config_name>.yaml)."""
+    path = CONF_DIR / f"{config_name}.yaml"
+    if not path.is_file():
+        return set()
+    entries = OmegaConf.load(path).get("defaults") or []
+    return {str(k).lstrip("/") for e in entries if isinstance(e, (dict, DictConfig)) for k in e.keys()}
+
+
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
-def rewrite_overrides(args: list[str]) -> list[str]:
+def rewrite_overrides(args: list[str], config_name: str = "train") -> list[str]:
     """Apply the CLI shorthands.
 
     `eps=0.37` (or `-m eps=0.1,0.37`): a number names the ε directly. Hydra group options must be
     strings, so numbers become `eps='0.3'` where an option file exists, else `eps.value=0.37`.
+    `source.arch=cnn`, `target.dataset=mnist`, `eval_attack=fgsm`: a group option composed at
+    that node (see ALIASES).
     """
+    composed = composed_packages(config_name)
     out = []
     for arg in args:
         prefix = ""
@@ -57,8 +114,8 @@ def rewrite_overrides(args: list[str]) -> list[str]:
                 break
         key, sep, value = body.partition("=")
         if sep and key in ALIASES and not prefix:
-            alias = ALIASES[key]
-            prefix, body = ("+", f"{alias[1:]}={value}") if alias.startswith("+") else ("", f"{alias}={value}")
+            name = f"{ALIASES[key]}@{key}"
+            prefix, body = ("" if name in composed else "+"), f"{name}={value}"
         elif sep and key == "eps" and not prefix:
             values = value.split(",")
             if values and all(_NUMBER.match(v.strip()) for v in values):
