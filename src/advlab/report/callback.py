@@ -27,6 +27,5 @@ class SweepReport(Callback):
         report = write_report(config.hydra.sweep.dir, wandb_mode=self.wandb)
         print(f"Sweep report: {report.out_dir / 'report.md'}", file=sys.stderr)
         if report.failed:
-            print(f"advlab: {len(report.failed)} of {report.n_jobs} jobs failed: "
-                  + "; ".join(f"job {j.num} ({' '.join(j.overrides)}): {j.error}" for j in report.failed), file=sys.stderr)
+            print(f"advlab: {report.failures()}", file=sys.stderr)
             raise SystemExit(1)

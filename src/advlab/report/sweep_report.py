@@ -43,6 +43,12 @@ class Report:
     failed: list = field(default_factory=list)
     n_jobs: int = 0
     wandb_dir: Path | None = None
+    swept: list[str] = field(default_factory=list)
+
+    def failures(self) -> str:
+        """One line naming every failed or missing job by its swept values."""
+        return f"{len(self.failed)} of {self.n_jobs} jobs failed or are missing: " + "; ".join(
+            f"job {j.num} ({j.label(self.swept) or ' '.join(j.overrides)}): {j.error}" for j in self.failed)
 
 
 def _fmt(mean: float, std: float, n: int, expected: int) -> str:
@@ -229,7 +235,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wandb
     sweep = load_sweep(sweep_dir)
     out = Path(out_dir) if out_dir else sweep.dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(out, failed=sweep.failed, n_jobs=len(sweep.jobs))
+    report = Report(out, failed=sweep.failed, n_jobs=len(sweep.jobs), swept=list(sweep.varying))
     plots: dict[str, Path] = {}
     ok = len(sweep.jobs) - len(sweep.failed)
     md = [f"# {sweep.task_name} sweep report", "", f"Sweep: `{sweep.dir}`  ", f"Jobs: {ok} of {len(sweep.jobs)} finished"
@@ -251,8 +257,8 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wandb
     report.files["jobs"] = _write_csv(out / "jobs.csv", j_header, j_rows)
     tables["jobs"] = (j_header, j_rows)
     if sweep.failed:
-        md += ["## Failed or missing jobs", "", "| job | status | overrides | error |", "|---|---|---|---|"]
-        md += [f"| {j.num} | {j.status} | `{' '.join(j.overrides)}` | {j.error} |" for j in sweep.failed]
+        md += ["## Failed or missing jobs", "", "| job | status | swept values | error |", "|---|---|---|---|"]
+        md += [f"| {j.num} | {j.status} | `{j.label(sweep.varying)}` | {j.error} |" for j in sweep.failed]
         md.append("")
     report.files.update(plots)
     write_text(out / "report.md", "\n".join(md) + "\n")
@@ -260,7 +266,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wandb
     report.wandb_dir = log_to_wandb(sweep, report, tables, wandb_mode)
     log.info("Sweep report (%d of %d jobs finished): %s", ok, len(sweep.jobs), out / "report.md")
     for job in sweep.failed:
-        log.warning("Job %d %s: %s (%s)", job.num, job.status, job.error, " ".join(job.overrides))
+        log.warning("Job %d %s: %s (%s)", job.num, job.status, job.error, job.label(sweep.varying))
     return report
 
 
@@ -279,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.out_dir / "report.md")
     if report.failed:
-        print(f"advlab-report: {len(report.failed)} of {report.n_jobs} jobs failed or are missing: "
-              + "; ".join(f"job {j.num} ({' '.join(j.overrides)}): {j.error}" for j in report.failed), file=sys.stderr)
+        print(f"advlab-report: {report.failures()}", file=sys.stderr)
         return 1
     return 0
 
