@@ -140,3 +140,29 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_named(advlab_root):
     jobs = list(csv.DictReader(open(sweep / "report" / "jobs.csv")))
     assert [j["status"] for j in jobs] == ["ok", "failed"]
     assert math.isfinite(float(jobs[0]["transfer/target_acc"])) and jobs[1]["transfer/target_acc"] == ""
+
+
+def test_cross_architecture_perturbation_sweep_gives_matrix_and_scatter(advlab_root):
+    from conftest import FAST
+
+    sweep = advlab_root / "sweep"
+    run = run_advlab(advlab_root, "-m", "method=perturbation", "method.measure_transfer=true", "method.transfer_eps=0.5", "source.arch=wide_mlp,mlp",
+                     "arch=wide_mlp,mlp", *[o for o in FAST if not o.startswith("arch.")], f"hydra.sweep.dir={sweep}", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = load_sweep(sweep).jobs
+    metrics = {(j.params["arch@source.arch"], j.params["arch"]): j.metrics for j in jobs}
+    assert len(metrics) == 4
+    for (s, t), m in metrics.items():
+        assert m["transfer/same_model"] == float(s == t)
+        if s == t:  # the transfer target is the source itself: white-box numbers
+            assert m["transfer/fool_rate"] == m["source/fool_rate"]
+    # two models only: each source doubles as the standard model of its architecture
+    assert len(list((advlab_root / "cache" / "models").glob("*.pt"))) == 2
+    report = sweep / "report"
+    rows = [r for r in csv.DictReader(open(report / "perturbation_matrix.csv")) if r["metric"] == "test/acc"]
+    assert {(r["source"], r["target"]) for r in rows} == set(metrics)
+    for r in rows:
+        assert float(r["mean"]) == pytest.approx(metrics[r["source"], r["target"]]["test/acc"], abs=1e-12)
+    md = (report / "report.md").read_text()
+    assert "## Transfer rate vs perturbation-learning accuracy" in md
+    assert (report / "ilyas_scatter.png").stat().st_size > 5000

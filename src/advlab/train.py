@@ -85,7 +85,8 @@ def train(cfg: DictConfig) -> float | None:
         source = OmegaConf.merge(source, {"arch": cfg.arch})
     extra = {}
     if cfg.method.get("measure_transfer"):  # a standard model of the trained architecture, from the source's spec
-        extra["transfer_target"] = OmegaConf.merge(source, {"arch": cfg.arch, "method": "standard"})
+        target = {k: v for k, v in OmegaConf.to_container(source, resolve=True).items() if k not in ("arch", "attack")}
+        extra["transfer_target"] = OmegaConf.create({**target, "arch": OmegaConf.to_container(cfg.arch, resolve=True), "method": "standard"})
     method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=source, _recursive_=False, **extra)
 
     loggers = start_loggers(cfg, out_dir)

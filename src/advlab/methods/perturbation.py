@@ -84,7 +84,7 @@ class PerturbationLearning(ClassifierModule):
 
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, source=None,
                  target_rule: str = "det", base: str = "natural", train_on: str = "adv",
-                 craft_seed: int = 0, craft_batch_size: int = 512, measure_transfer: bool = False, transfer_target=None, **kw):
+                 craft_seed: int = 0, craft_batch_size: int = 512, measure_transfer: bool = False, transfer_target=None, transfer_eps: float | None = None, **kw):
         super().__init__(model, optimizer, scheduler, eval_attack)
         if attack is None:
             raise ConfigError("attack", "method=perturbation needs an attack to craft its dataset")
@@ -102,6 +102,7 @@ class PerturbationLearning(ClassifierModule):
         # Ilyas et al. Fig. 3: how well the source's (untargeted) attack transfers to an independently
         # trained standard model of the trained architecture, next to what perturbation learning reaches.
         self.transfer_target = transfer_target if measure_transfer else None
+        self.transfer_eps = None if transfer_eps is None else float(transfer_eps)
         self.test_agreement = MeanMetric()
         # kept outside the module tree (not a registered submodule): not trained, not checkpointed,
         # never switched to train mode by Lightning
@@ -143,10 +144,15 @@ class PerturbationLearning(ClassifierModule):
     def _transfer_metrics(self, source, source_key, datamodule, artifacts) -> dict:
         from advlab.analysis.transfer import adversarial_test_set, evaluate_transfer, untargeted
 
-        target, _, _ = artifacts.model(self.transfer_target, datamodule, name="transfer target model")
-        x_adv, _ = adversarial_test_set(artifacts, source, source_key, untargeted(self.attack), datamodule, batch_size=self.craft_batch_size)
+        target, _, target_key = artifacts.model(self.transfer_target, datamodule, name="transfer target model")
+        attack = untargeted(self.attack)
+        if self.transfer_eps is not None:  # the crafting ε can be far too large to tell architectures apart
+            attack.eps = self.transfer_eps
+        x_adv, _ = adversarial_test_set(artifacts, source, source_key, attack, datamodule, batch_size=self.craft_batch_size)
         metrics, _ = evaluate_transfer(source, target, datamodule.x_test, x_adv, datamodule.y_test,
                                        batch_size=self.craft_batch_size, device=artifacts.device)
+        metrics["transfer/same_model"] = float(target_key == source_key)
+        metrics["transfer/eps"] = float(attack.eps)
         log.info("Transfer of the source's untargeted attack to a standard %s: fool rate %.3f",
                  self.transfer_target.arch.get("_target_", "model"), metrics["transfer/fool_rate"])
         return metrics
