@@ -62,6 +62,16 @@ def test_mean_std_is_the_sample_standard_deviation():
     assert mean_std([0.2, float("nan"), 0.4]) == pytest.approx((0.3, statistics.stdev([0.2, 0.4])))
 
 
+def test_pearson_matches_numpy():
+    import numpy as np
+
+    from advlab.report.sweep_report import pearson
+
+    xs, ys = [0.1, 0.4, 0.35, 0.8], [0.5, 0.7, 0.6, 0.95]
+    assert pearson(xs, ys) == pytest.approx(np.corrcoef(xs, ys)[0, 1])
+    assert math.isnan(pearson([1, 1], [2, 3]))
+
+
 def test_report_numbers_are_mean_and_std_of_the_jobs_metrics(tmp_path):
     sweep, values = _hand_made_sweep(tmp_path)
     report = write_report(sweep, wandb_mode="off")

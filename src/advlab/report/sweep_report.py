@@ -152,14 +152,26 @@ def ilyas_scatter(sweep: Sweep, out_dir: Path, plots: dict) -> list[str]:
                            "x_err": x.std, "y_err": y.std})
     if not points:
         return []
+    r = pearson([p["x"] for p in points], [p["y"] for p in points])
     plots["ilyas_scatter"] = figures.transfer_scatter(
-        points, out_dir / "ilyas_scatter.png", title="Perturbation learning vs attack transfer",
+        points, out_dir / "ilyas_scatter.png", title=f"Perturbation learning vs attack transfer (Pearson r = {r:.2f})",
         x_label="transfer rate of the source's attack (fool rate on a standard model)",
         y_label="perturbation-learning test accuracy")
     lines = ["## Transfer rate vs perturbation-learning accuracy (Ilyas et al. Fig. 3)", "",
              "| source | architecture | transfer fool rate | test/acc |", "|---|---|---|---|"]
     lines += [f"| {p['source']} | {p['target']} | {_fmt(p['x'], p['x_err'], 0, 0)} | {_fmt(p['y'], p['y_err'], 0, 0)} |" for p in points]
-    return lines + ["", "![scatter](ilyas_scatter.png)", ""]
+    return lines + ["", f"Pearson correlation over the {len(points)} pairs: r = {r:.3f}", "", "![scatter](ilyas_scatter.png)", ""]
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    """Pearson correlation (NaN when either side is constant or there are fewer than 2 points)."""
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
 def summary_table(sweep: Sweep) -> tuple[list[str], list[list], list[str]]:
