@@ -17,29 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
 from advlab.utils.io import write_json, write_text
+from advlab.utils.loggers import instantiate_all, log_images, wandb_logger
 from advlab.utils.wrapper import task_wrapper
 
 # torch, Lightning and friends are imported inside the task, so that bad input is reported at once.
 
 log = logging.getLogger("advlab.train")
-
-
-def _instantiate_all(node) -> list:
-    """Instantiate every `_target_` entry of a mapping config (loggers, callbacks)."""
-    if not node:
-        return []
-    return [instantiate(v) for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
-
-
-def _wandb_logger(loggers):
-    return next((lg for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
-
-
-def _log_images(loggers, images: dict[str, Path]) -> None:
-    wandb_logger = _wandb_logger(loggers)
-    if wandb_logger is not None and images:
-        for key, path in images.items():
-            wandb_logger.log_image(key=f"plots/{key}", images=[str(path)])
 
 
 def _plots(method, datamodule, out_dir: Path, device) -> dict[str, Path]:
@@ -104,10 +87,10 @@ def train(cfg: DictConfig) -> float | None:
     method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=source, _recursive_=False)
 
     write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loggers = _instantiate_all(cfg.get("logger"))
+    loggers = instantiate_all(cfg.get("logger"))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = instantiate_all(cfg.get("callbacks"))
 
     artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
     fit_datamodule = method.prepare(datamodule, artifacts)
@@ -132,10 +115,10 @@ def train(cfg: DictConfig) -> float | None:
             if curve:
                 images["training_curves"] = curve
         write_json(out_dir / "metrics.json", metrics)
-        _log_images(loggers, images)
-        wandb_logger = _wandb_logger(loggers)
-        if wandb_logger is not None:
-            wandb_logger.experiment.summary.update(metrics)
+        log_images(loggers, images)
+        wb = wandb_logger(loggers)
+        if wb is not None:
+            wb.experiment.summary.update(metrics)
         for lg in loggers:
             lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
             lg.finalize("success")
