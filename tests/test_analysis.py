@@ -19,36 +19,9 @@ from advlab.errors import ConfigError
 from advlab.report import analysis_plots
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one thread is as fast, and immune to oversubscription on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 EPS = {"linf": [0.0, 0.05, 0.1, 0.2], "l2": [0.0, 0.5, 1.0, 2.0]}
-
-
-@pytest.fixture(scope="module")
-def digits_mlp():
-    """A small MLP trained for a moment on digits; test points."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[:1400]), y[:1400]).backward()
-        opt.step()
-    for p in model.parameters():
-        p.grad = None
-    return model.eval(), x[1400:1600], y[1400:1600]
 
 
 def _attacks():

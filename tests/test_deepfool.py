@@ -10,13 +10,7 @@ from advlab.errors import ConfigError
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one thread is as fast, and immune to oversubscription on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _affine(d: int, c: int, seed: int) -> nn.Linear:
     with torch.random.fork_rng():
@@ -112,30 +106,9 @@ def test_arguments_are_checked():
         DeepFool(overshoot=-0.1)
 
 
-@pytest.fixture(scope="module")
-def trained_mlp():
-    """A small MLP trained for a moment on scikit-learn's digits (pixels in [0, 1])."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[:1400]), y[:1400]).backward()
-        opt.step()
-    for p in model.parameters():
-        p.grad = None
-    return model.eval(), x[1400:], y[1400:]
-
-
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_fools_a_trained_model_with_small_perturbations(trained_mlp, norm):
-    model, x, y = trained_mlp
+def test_fools_a_trained_model_with_small_perturbations(digits_mlp, norm):
+    model, x, y = digits_mlp
     with torch.no_grad():
         pred = model(x).argmax(1)
     assert float((pred == y).float().mean()) > 0.9

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,7 @@ def test_comparison_preset_with_a_train_run_checkpoint(advlab_root, train_run):
     advlab-train run given by its directory, all on the same test points; W&B offline files."""
     train, train_metrics = train_run
     run = run_advlab(advlab_root, "experiment=paknezhad_digits", "seeds=[0,1]", *FAST_EVAL, f"+models.trained_run.checkpoint={train.run_dir}",
+                     "off_support.dataset=synthetic", "off_support.dataset.dim=64", "off_support.dataset.kind=uniform",  # another "dataset"
                      "logger=wandb", module=EVAL, env=ONE_THREAD)
     m = _ok(run)
     assert set(m["models"]) == {"standard", "adversarial", "sparsity", "trained_run"}
@@ -65,7 +67,7 @@ def test_comparison_preset_with_a_train_run_checkpoint(advlab_root, train_run):
         assert s["robustness"]["pgd_linf"]["mean"][-1] < 1.0
         assert s["deepfool"]["l2"]["success_rate"]["mean"] >= 0.99
         assert 0 < s["deepfool"]["l2"]["rho"]["mean"] < 1
-        assert set(s["off_support"]) == {"test", "uniform", "gaussian"}
+        assert set(s["off_support"]) == {"test", "uniform", "gaussian", "synthetic"}
         assert 0.1 <= s["off_support"]["uniform"]["max_softmax"]["mean"] <= 1.0
         assert 0.5 < s["linearity"]["r2_mean"]["mean"] <= 1.0
     for name in ("standard", "adversarial", "sparsity"):
@@ -74,6 +76,10 @@ def test_comparison_preset_with_a_train_run_checkpoint(advlab_root, train_run):
     ckpt = m["models"]["trained_run"]
     assert ckpt["members"] == [str(train.run_dir.resolve())] and ckpt["clean_acc"]["sem"] == 0
     assert ckpt["clean_acc"]["mean"] == pytest.approx(train_metrics["test/acc"], abs=1e-6)
+    assert ckpt["sources"][0]["checkpoint"].endswith("checkpoints/last.ckpt")
+    for source in m["models"]["standard"]["sources"]:  # each seed's model is a file of the cache
+        assert Path(source["cache_file"]).parent.resolve() == (advlab_root / "cache" / "models").resolve()
+        assert Path(source["cache_file"]).is_file() and 0.5 < source["train_test_acc"] <= 1
     d = run.run_dir
     for f in ("metrics.json", "config_resolved.yaml", "robustness.csv", "robustness_summary.csv", "deepfool.csv", "deepfool_samples.csv",
               "off_support.csv", "linearity.csv", "plots/robustness.png", "plots/deepfool.png", "plots/off_support.png",

@@ -19,13 +19,7 @@ from advlab.models import MLP
 OPT = OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: one thread is as fast, and immune to oversubscription on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +107,7 @@ def test_module_trains_on_batches_and_flattens_the_softmax(digits):
     assert results[1000.0][1] < 0.5 * results[0.0][1]
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_fgsm_adversarial_training_option(digits):
     torch.manual_seed(0)
     model = MLP(digits.input_shape, 10, width=32, mean=digits.mean, std=digits.std)

@@ -37,7 +37,8 @@ def group_options(group: str) -> list[str]:
 
 GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment")
 # CLI shorthands for groups composed at another package: `source.arch=cnn`, `eval_attack=pgd_linf`.
-ALIASES = {"source.arch": "+arch@source.arch", "eval_attack": "attack@eval_attack", "source.attack": "+attack@source.attack"}
+ALIASES = {"source.arch": "+arch@source.arch", "eval_attack": "attack@eval_attack", "source.attack": "+attack@source.attack",
+           "off_support.dataset": "+dataset@off_support.dataset"}
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
 from advlab.utils.io import write_json, write_text
-from advlab.utils.loggers import instantiate_all, log_images, wandb_logger
+from advlab.utils.loggers import finish_loggers, start_loggers, wandb_logger
+from advlab.utils.setup import data_and_cache
 from advlab.utils.wrapper import task_wrapper
 
 # torch, Lightning and the analyses are imported inside the task, so that bad input is reported at once.
@@ -80,7 +81,6 @@ def _predict(model, x, batch_size: int, device):
 def evaluate(cfg: DictConfig) -> float | None:
     started = time.time()
     validate(cfg)
-    import pytorch_lightning as pl
     import torch
 
     from advlab.analysis import deepfool as deepfool_analysis
@@ -89,19 +89,13 @@ def evaluate(cfg: DictConfig) -> float | None:
     from advlab.analysis import robustness as robustness_analysis
     from advlab.artifacts import Artifacts
     from advlab.attacks import DeepFool
-    from advlab.cache import ArtifactCache
     from advlab.model_sources import check_checkpoints, load_models, resolve_entries, validate_specs
     from advlab.report import analysis_plots
 
     out_dir = Path(cfg.paths.output_dir)
     analyses = list(cfg.analyses)
     # Everything that can be checked is checked before any work: data, cache, models, attacks.
-    datamodule = instantiate(cfg.dataset)
-    datamodule.check()
-    cache = ArtifactCache(cfg.paths.cache_dir)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule.setup()
-    bounds = list(datamodule.bounds) if datamodule.bounds is not None else None
+    datamodule, cache, bounds = data_and_cache(cfg)
     attacks = {name: instantiate(cfg.robustness.attacks[name], bounds=bounds) for name in cfg.robustness.run}
     eps_grids = {norm: [float(e) for e in cfg.robustness.eps[norm]] for norm in ("linf", "l2")}
     deepfools = {norm: DeepFool(norm=norm, steps=cfg.deepfool.steps, overshoot=cfg.deepfool.overshoot, candidates=cfg.deepfool.candidates,
@@ -118,9 +112,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         foreign = (foreign_dm.name, off_support_analysis.match_shape(foreign_dm.x_test, datamodule.input_shape))
 
     write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loggers = instantiate_all(cfg.get("logger"))
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    loggers = start_loggers(cfg)
 
     models = load_models(entries, artifacts, datamodule, run_datamodules)
     device = artifacts.device
@@ -191,16 +183,11 @@ def evaluate(cfg: DictConfig) -> float | None:
     write_json(out_dir / "metrics.json", metrics)
     flat = _flatten({"points": points, **summary})
     flat["time/total_s"] = metrics["time/total_s"]
-    log_images(loggers, images)
     wb = wandb_logger(loggers)
-    if wb is not None:
-        wb.experiment.summary.update(flat)
-        rows = _robustness_rows(per_member)
-        if rows:
-            wb.log_table(key="robustness", columns=_ROBUSTNESS_HEADER, data=rows)
-    for lg in loggers:
-        lg.log_metrics(flat)
-        lg.finalize("success")
+    rows = _robustness_rows(per_member)
+    if wb is not None and rows:
+        wb.log_table(key="robustness", columns=_ROBUSTNESS_HEADER, data=rows)
+    finish_loggers(loggers, flat, images)
     _log_table(summary, points)
     log.info("Run directory: %s", out_dir)
     return None
@@ -210,7 +197,8 @@ def _summarise(per_member: dict, analyses: list[str]) -> dict:
     """Mean ± SEM over the members (seeds / runs) of each model."""
     summary = {}
     for name, results in per_member.items():
-        s: dict = {"members": [r["member"] for r in results], "clean_acc": _stat([r["clean_acc"] for r in results])}
+        s: dict = {"members": [r["member"] for r in results], "clean_acc": _stat([r["clean_acc"] for r in results]),
+                   "sources": [r["info"]["source"] for r in results]}
         if "robustness" in analyses:
             s["robustness"] = {}
             for attack, first in results[0]["robustness"].items():

@@ -189,12 +189,12 @@ def load_checkpoint(ckpt: Path, config: Path, datamodules: dict, device):
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
     metrics_file = config.parent / "metrics.json"
-    info = {"checkpoint": str(ckpt)}
+    source = {"checkpoint": str(ckpt)}
     if metrics_file.is_file():
         import json
 
-        info["train_metrics"] = json.loads(metrics_file.read_text())
-    return model.to(device).eval(), info
+        source["train_test_acc"] = json.loads(metrics_file.read_text()).get("test/acc")
+    return model.to(device).eval(), {"source": source}
 
 
 def load_models(entries: list[Entry], artifacts, datamodule, datamodules: dict) -> list[EvalModel]:
@@ -203,7 +203,8 @@ def load_models(entries: list[Entry], artifacts, datamodule, datamodules: dict) 
     for entry in entries:
         for member, spec in zip(entry.members, entry.specs):
             model, metrics, key = artifacts.model(spec, datamodule, name=f"model '{entry.name}' ({member})", where=entry.key)
-            out.append(EvalModel(entry.name, member, model, {"train_metrics": metrics, "spec": key}))
+            source = {"cache_file": str(artifacts.cache.path("models", key)), "train_test_acc": metrics.get("test/acc")}
+            out.append(EvalModel(entry.name, member, model, {"source": source, "spec": key}))
         for member, ckpt, config in zip(entry.members, entry.checkpoints, entry.run_configs):
             model, info = load_checkpoint(ckpt, config, datamodules, artifacts.device)
             out.append(EvalModel(entry.name, member, model, info))

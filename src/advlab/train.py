@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
 from advlab.utils.io import write_json, write_text
-from advlab.utils.loggers import instantiate_all, log_images, wandb_logger
+from advlab.utils.loggers import finish_loggers, instantiate_all, start_loggers
+from advlab.utils.setup import data_and_cache
 from advlab.utils.wrapper import task_wrapper
 
 # torch, Lightning and friends are imported inside the task, so that bad input is reported at once.
@@ -66,18 +67,12 @@ def train(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
 
     from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache
     from advlab.models import build_model
     from advlab.report import plots
 
     out_dir = Path(cfg.paths.output_dir)
     # Everything that can be checked is checked before any work: data, cache dir, attacks, model.
-    datamodule = instantiate(cfg.dataset)
-    datamodule.check()
-    cache = ArtifactCache(cfg.paths.cache_dir)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule.setup()
-    bounds = list(datamodule.bounds) if datamodule.bounds is not None else None
+    datamodule, cache, bounds = data_and_cache(cfg)
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
     eval_attack = instantiate(cfg.eval_attack, bounds=bounds) if cfg.get("eval_attack") else None
     model = build_model(cfg.arch, datamodule)
@@ -87,9 +82,7 @@ def train(cfg: DictConfig) -> float | None:
     method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=source, _recursive_=False)
 
     write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loggers = instantiate_all(cfg.get("logger"))
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    loggers = start_loggers(cfg)
     callbacks = instantiate_all(cfg.get("callbacks"))
 
     artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
@@ -115,13 +108,7 @@ def train(cfg: DictConfig) -> float | None:
             if curve:
                 images["training_curves"] = curve
         write_json(out_dir / "metrics.json", metrics)
-        log_images(loggers, images)
-        wb = wandb_logger(loggers)
-        if wb is not None:
-            wb.experiment.summary.update(metrics)
-        for lg in loggers:
-            lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
-            lg.finalize("success")
+        finish_loggers(loggers, metrics, images, prefix="final/")
         log.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         log.info("Run directory: %s", out_dir)
     optimized = cfg.get("optimized_metric")

@@ -56,7 +56,7 @@ def deepfool_norms(norms: dict, path, *, title: str) -> Path:
         names = list(per_model)
         data = [np.asarray(per_model[m][0], dtype=float) for m in names]
         ax.boxplot(data, showfliers=False)
-        ax.set_xticks(range(1, len(names) + 1), [f"{m}\nρ={per_model[m][1]:.3f}±{per_model[m][2]:.3f}" for m in names], fontsize=7)
+        ax.set_xticks(range(1, len(names) + 1), [f"{m}\nρ={per_model[m][1]:.4f}±{per_model[m][2]:.4f}" for m in names], fontsize=7)
         ax.set_ylabel(f"DeepFool ‖r‖{'∞' if norm == 'linf' else '₂'}")
         ax.set_title(f"minimal perturbation ({'L∞' if norm == 'linf' else 'L2'})", fontsize=10)
         ax.grid(alpha=0.3, axis="y")

@@ -23,3 +23,24 @@ def log_images(loggers, images: dict[str, Path]) -> None:
     if logger is not None and images:
         for key, path in images.items():
             logger.log_image(key=f"plots/{key}", images=[str(path)])
+
+
+def start_loggers(cfg: DictConfig) -> list:
+    """The run's loggers (`logger` node), with the resolved config as their hyperparameters."""
+    from omegaconf import OmegaConf
+
+    loggers = instantiate_all(cfg.get("logger"))
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
+def finish_loggers(loggers, metrics: dict[str, float], images: dict[str, Path], prefix: str = "") -> None:
+    """End of a run: plots as W&B images, final metrics in the W&B summary and every logger, loggers closed."""
+    log_images(loggers, images)
+    wb = wandb_logger(loggers)
+    if wb is not None:
+        wb.experiment.summary.update(metrics)
+    for lg in loggers:
+        lg.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()})
+        lg.finalize("success")
