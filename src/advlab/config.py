@@ -80,6 +80,7 @@ ALIASES = {
     "source.attack": "attack", "target.attack": "attack",
     "source.dataset": "dataset", "target.dataset": "dataset",
     "eval_attack": "attack",
+    "off_support.dataset": "dataset",
 }
 
 
@@ -160,23 +161,130 @@ def _choice(cfg, key, allowed: Iterable[str]):
 TARGET_RULES = ("det", "rand", "uniform")
 BASES = ("natural", "uniform")
 TRAIN_ON = ("adv", "delta")
+# Methods a model spec (`source`, advlab-eval's `models`) can name.
+MODEL_METHODS = ("standard", "adversarial", "sparsity")
+# advlab-eval's choices.
+ANALYSES = ("robustness", "deepfool", "off_support", "linearity")
+POINTS = ("all", "common_correct")
+ATTACK_LOSSES = ("ce", "margin")
+NOISE_KINDS = ("uniform", "gaussian")
+
+
+def _attack_node(cfg, node: str) -> None:
+    if _get(cfg, node) is None:
+        return
+    _number(cfg, f"{node}.eps", minimum=0)
+    _choice(cfg, f"{node}.norm", ("linf", "l2"))
+    _number(cfg, f"{node}.steps", minimum=1, integer=True)
+    _number(cfg, f"{node}.restarts", minimum=1, integer=True)
+    _number(cfg, f"{node}.step_size", minimum=0)
+    _number(cfg, f"{node}.rel_step_size", minimum=0)
+    _choice(cfg, f"{node}.loss", ATTACK_LOSSES)
+
+
+def _sparsity_params(cfg, node: str) -> None:
+    """The data-sparsity method's arguments (`method.*`, or a model spec's `params.*`)."""
+    for key in ("sigma_u", "lam", "adv_ratio", "adv_eps"):
+        _number(cfg, f"{node}.{key}", minimum=0)
+    _number(cfg, f"{node}.sigma_n", minimum=0, strict_min=True)
+    _number(cfg, f"{node}.n_unlabeled", minimum=0, integer=True)
+    _number(cfg, f"{node}.n_neighbors", minimum=1, integer=True)
+
+
+def _list(cfg, key: str, allowed=None, *, numbers=False, ascending=False, nonempty=True) -> list:
+    value = _get(cfg, key)
+    if value is None:
+        return []
+    if not OmegaConf.is_list(value) and not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"expected a list, e.g. [a, b], got {value!r}")
+    items = list(value)
+    if nonempty and not items:
+        raise ConfigError(key, "must not be empty" + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
+    for item in items:
+        if allowed is not None and item not in allowed:
+            raise ConfigError(key, f"unknown value {item!r}; allowed: {', '.join(allowed)}")
+        if numbers and (isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0):
+            raise ConfigError(key, f"expected numbers >= 0, got {item!r}")
+    if ascending and any(b < a for a, b in zip(items, items[1:])):
+        raise ConfigError(key, f"must be in ascending order, got {items}")
+    return items
+
+
+def _validate_eval(cfg: DictConfig) -> None:
+    """advlab-eval's own keys: models, seeds, analyses and their settings."""
+    from advlab.model_sources import checkpoint_files  # no torch: cheap
+
+    seeds = _list(cfg, "seeds", nonempty=True)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds):
+        raise ConfigError("seeds", f"expected a list of integers >= 0, got {list(seeds)}")
+    models = _get(cfg, "models")
+    if models is not None and not OmegaConf.is_dict(models):
+        raise ConfigError("models", f"expected a mapping name -> model spec or {{checkpoint: <run dir>}}, got {models!r}")
+    for name in models or {}:
+        entry = models[name]
+        key = f"models.{name}"
+        if entry is not None and not OmegaConf.is_dict(entry):
+            raise ConfigError(key, f"expected a model spec (method, params, ...) or {{checkpoint: <run dir>}}, got {entry!r}")
+        if entry is not None and "checkpoint" in entry:
+            extra = sorted(set(entry) - {"checkpoint"})
+            if extra:
+                raise ConfigError(key, f"a checkpoint entry takes no spec keys ({', '.join(extra)}): the run's config gives them")
+            paths = entry.checkpoint if OmegaConf.is_list(entry.checkpoint) else [entry.checkpoint]
+            for path in paths:
+                checkpoint_files(path, f"{key}.checkpoint")
+            continue
+        _choice(cfg, f"{key}.method", MODEL_METHODS)
+        _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
+        _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
+        params = _get(cfg, f"{key}.params")
+        if params is not None and not OmegaConf.is_dict(params):
+            raise ConfigError(f"{key}.params", f"expected a mapping of the method's arguments, got {params!r}")
+        _sparsity_params(cfg, f"{key}.params")
+        _attack_node(cfg, f"{key}.attack")
+    _choice(cfg, "model_defaults.method", MODEL_METHODS)
+    _number(cfg, "model_defaults.max_epochs", minimum=1, integer=True)
+    _number(cfg, "model_defaults.optimizer.lr", minimum=0, strict_min=True)
+    _attack_node(cfg, "model_defaults.attack")
+    checkpoints = _list(cfg, "checkpoints", nonempty=False)
+    for i, path in enumerate(checkpoints):
+        checkpoint_files(path, f"checkpoints[{i}]")
+    if not models and not checkpoints:
+        raise ConfigError("models", "nothing to evaluate: give model specs in `models` or run directories in `checkpoints`")
+    _list(cfg, "analyses", ANALYSES, nonempty=False)
+    _choice(cfg, "points", POINTS)
+    _number(cfg, "max_points", minimum=1, integer=True)
+    _number(cfg, "batch_size", minimum=1, integer=True)
+    attacks = _get(cfg, "robustness.attacks") or {}
+    _list(cfg, "robustness.run", tuple(attacks), nonempty=False)
+    for name in attacks:
+        _attack_node(cfg, f"robustness.attacks.{name}")
+    for norm in ("linf", "l2"):
+        _list(cfg, f"robustness.eps.{norm}", numbers=True, ascending=True)
+    _list(cfg, "robustness.losses", ATTACK_LOSSES)
+    _list(cfg, "deepfool.norms", ("l2", "linf"), nonempty=False)
+    _number(cfg, "deepfool.steps", minimum=1, integer=True)
+    _number(cfg, "deepfool.overshoot", minimum=0)
+    _number(cfg, "deepfool.candidates", minimum=1, integer=True)
+    _number(cfg, "deepfool.refine_steps", minimum=0, integer=True)
+    _list(cfg, "off_support.kinds", NOISE_KINDS, nonempty=False)
+    _number(cfg, "off_support.n", minimum=1, integer=True)
+    _number(cfg, "linearity.eps_max", minimum=0, strict_min=True)
+    _number(cfg, "linearity.points", minimum=3, integer=True)
+    _number(cfg, "linearity.n", minimum=1, integer=True)
+    _number(cfg, "linearity.examples", minimum=0, integer=True)
+    _choice(cfg, "linearity.loss", ATTACK_LOSSES)
 
 
 def validate(cfg: DictConfig) -> None:
     """Type and range checks of the keys users set most; raises ConfigError."""
+    if _get(cfg, "task_name") == "train" and _get(cfg, "models") is not None:
+        raise ConfigError("experiment", "this preset compares several models: it is an advlab-eval preset (advlab-eval experiment=...)")
     _number(cfg, "eps.value", minimum=0, required=True)
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     _number(cfg, "source.max_epochs", minimum=1, integer=True)
     for node in ("attack", "eval_attack", "source.attack"):
-        if _get(cfg, node) is None:
-            continue
-        _number(cfg, f"{node}.eps", minimum=0)
-        _choice(cfg, f"{node}.norm", ("linf", "l2"))
-        _number(cfg, f"{node}.steps", minimum=1, integer=True)
-        _number(cfg, f"{node}.restarts", minimum=1, integer=True)
-        _number(cfg, f"{node}.step_size", minimum=0)
-        _number(cfg, f"{node}.rel_step_size", minimum=0)
+        _attack_node(cfg, node)
     for key in ("batch_size", "eval_batch_size"):
         _number(cfg, f"dataset.{key}", minimum=1, integer=True)
     _number(cfg, "dataset.val_fraction", minimum=0)
@@ -184,8 +292,10 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "method.target_rule", TARGET_RULES)
     _choice(cfg, "method.base", BASES)
     _choice(cfg, "method.train_on", TRAIN_ON)
-    _choice(cfg, "source.method", ("standard", "adversarial"))
+    _choice(cfg, "source.method", MODEL_METHODS)
     _number(cfg, "method.adv_ratio", minimum=0)
+    _sparsity_params(cfg, "method")
+    _sparsity_params(cfg, "source.params")
     for key in ("method.optimizer.lr", "source.optimizer.lr"):
         _number(cfg, key, minimum=0, strict_min=True)
     _number(cfg, "arch.width", minimum=1, integer=True)
@@ -194,3 +304,5 @@ def validate(cfg: DictConfig) -> None:
     offline = _get(cfg, "logger.offline")
     if offline is not None and not isinstance(offline, bool):
         raise ConfigError("logger.offline", f"expected true or false, got {offline!r}")
+    if _get(cfg, "task_name") == "eval":
+        _validate_eval(cfg)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
-from advlab.utils.run import finish_run, instantiate_all, start_loggers
+from advlab.utils.run import data_and_cache, finish_run, instantiate_all, start_loggers
 from advlab.utils.wrapper import task_wrapper
 
 # torch, Lightning and friends are imported inside the task, so that bad input is reported at once.
@@ -65,18 +65,12 @@ def train(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
 
     from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache
     from advlab.models import build_model
     from advlab.report import plots
 
     out_dir = Path(cfg.paths.output_dir)
     # Everything that can be checked is checked before any work: data, cache dir, attacks, model.
-    datamodule = instantiate(cfg.dataset)
-    datamodule.check()
-    cache = ArtifactCache(cfg.paths.cache_dir)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule.setup()
-    bounds = list(datamodule.bounds) if datamodule.bounds is not None else None
+    datamodule, cache, bounds = data_and_cache(cfg)
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
     eval_attack = instantiate(cfg.eval_attack, bounds=bounds) if cfg.get("eval_attack") else None
     model = build_model(cfg.arch, datamodule)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
 from advlab.errors import ConfigError
-from advlab.utils.run import finish_run, start_loggers
+from advlab.utils.run import data_and_cache, finish_run, start_loggers
 from advlab.utils.wrapper import task_wrapper
 
 log = logging.getLogger("advlab.transfer")
@@ -48,21 +48,14 @@ def _spec(spec):
 def transfer(cfg: DictConfig) -> float | None:
     started = time.time()
     validate(cfg)
-    import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
     from advlab.analysis.transfer import adversarial_test_set, evaluate_transfer
     from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache
     from advlab.report import plots
 
     out_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.dataset)
-    datamodule.check()
-    cache = ArtifactCache(cfg.paths.cache_dir)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule.setup()
-    bounds = list(datamodule.bounds) if datamodule.bounds is not None else None
+    datamodule, cache, bounds = data_and_cache(cfg)
     attack = instantiate(cfg.attack, bounds=bounds)
     if attack.targeted:
         raise ConfigError("attack.targeted", "attack transfer uses untargeted attacks; allowed: false")

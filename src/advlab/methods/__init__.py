@@ -2,5 +2,7 @@
 from advlab.methods.adversarial import AdversarialTraining
 from advlab.methods.base import ClassifierModule, StandardTraining
 from advlab.methods.perturbation import PerturbationLearning, craft_dataset, make_targets
+from advlab.methods.sparsity import SparsityTraining, softmax_slope_penalty
 
-__all__ = ["ClassifierModule", "StandardTraining", "AdversarialTraining", "PerturbationLearning", "craft_dataset", "make_targets"]
+__all__ = ["ClassifierModule", "StandardTraining", "AdversarialTraining", "PerturbationLearning", "SparsityTraining",
+           "craft_dataset", "make_targets", "softmax_slope_penalty"]
