@@ -1,6 +1,7 @@
 """Shared fixtures: real advlab-train runs in subprocesses, each in its own root directory."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -56,3 +57,47 @@ def shared_dir():
     if not (SHARED / "data").is_dir():
         pytest.skip("../shared/data is not present on this machine")
     return SHARED
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models in-process: one torch thread is as fast, and immune to oversubscription on a
+    2-core machine shared with other jobs (where two spinning threads can be 20× slower)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def digits_mlp():
+    """A small MLP trained for a moment on scikit-learn's digits: (model in eval mode, x_test (N, 1, 8, 8)
+    in [0, 1], y_test); its test accuracy is about 0.95."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    with torch_threads(1), torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        for _ in range(80):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[:1400]), y[:1400]).backward()
+            opt.step()
+    for p in model.parameters():
+        p.grad = None
+    return model.eval(), x[1400:1600], y[1400:1600]

@@ -1,12 +1,15 @@
 """Source models and crafted datasets: built once, then taken from the artifact cache.
 
-A model spec (the `source` config node) is {arch, method: standard|adversarial, optimizer,
-scheduler, max_epochs, seed, attack}; together with the data description and batch size it is
-exactly what determines the trained weights, so it is the cache key.
+A model spec (the `source` config node, or an entry of advlab-eval's `models`) is {arch, method:
+standard|adversarial|sparsity, optimizer, scheduler, max_epochs, seed, attack, params}; `params` are
+the method's own keyword arguments (e.g. `adv_ratio`, or sparsity's `sigma_u`, `lam`, ...). Together
+with the data description and batch size it is exactly what determines the trained weights, so it is
+the cache key.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import random
 from typing import Any
@@ -18,12 +21,28 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from advlab.cache import ArtifactCache, plain, spec_key
+from advlab.config import MODEL_METHODS
 from advlab.errors import ConfigError
 from advlab.models import build_model
 
 log = logging.getLogger(__name__)
 
-SOURCE_METHODS = ("standard", "adversarial")
+SOURCE_METHODS = MODEL_METHODS
+# keyword arguments every method takes from the pipeline, not from a spec's `params`
+_PIPELINE_ARGS = {"self", "model", "optimizer", "scheduler", "eval_attack", "attack", "source"}
+
+
+def method_class(method: str):
+    from advlab.methods import AdversarialTraining, SparsityTraining, StandardTraining
+
+    return {"standard": StandardTraining, "adversarial": AdversarialTraining, "sparsity": SparsityTraining}[method]
+
+
+def method_params(method: str) -> tuple[str, ...]:
+    """The keyword arguments a spec's `params` may set for `method`."""
+    sig = inspect.signature(method_class(method).__init__)
+    return tuple(name for name, p in sig.parameters.items()
+                 if name not in _PIPELINE_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 @contextlib.contextmanager
@@ -67,12 +86,18 @@ class Artifacts:
         self.progress = progress
 
     # -- models --------------------------------------------------------------------------------------
-    def model_spec(self, spec, datamodule) -> dict:
+    def model_spec(self, spec, datamodule, where: str = "source") -> dict:
+        """The cache key of a model spec; `where` names the spec's config node in error messages."""
         method = spec.get("method", "standard")
         if method not in SOURCE_METHODS:
-            raise ConfigError("source.method", f"unknown method {method!r}; allowed: {', '.join(SOURCE_METHODS)}")
+            raise ConfigError(f"{where}.method", f"unknown method {method!r}; allowed: {', '.join(SOURCE_METHODS)}")
         if method == "adversarial" and not spec.get("attack"):
-            raise ConfigError("source.attack", "source.method=adversarial needs an attack: add attack@source.attack=pgd_linf (or another attack option)")
+            raise ConfigError(f"{where}.attack", f"{where}.method=adversarial needs an attack: add attack@{where}.attack=pgd_linf (or another attack option)")
+        params = plain(spec.get("params")) or {}
+        allowed = method_params(method)
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{where}.params", f"unknown key(s) {', '.join(unknown)} for method {method}; allowed: {', '.join(allowed) or 'none'}")
         key = {
             "data": datamodule.describe(),
             "batch_size": datamodule.batch_size,
@@ -85,30 +110,30 @@ class Artifacts:
         }
         if method == "adversarial":
             key["attack"] = plain(spec.attack)
+        if params:  # only when given: the keys of specs without params stay what they were
+            key["params"] = params
         return key
 
-    def model(self, spec, datamodule, name: str = "source model"):
+    def model(self, spec, datamodule, name: str = "source model", where: str = "source"):
         """Return (eval-mode model on self.device, its metrics dict, its cache key spec)."""
-        key = self.model_spec(spec, datamodule)
+        key = self.model_spec(spec, datamodule, where)
         payload, _ = self.cache.get_or_create("models", key, lambda: self._train(spec, datamodule, name, key), what=name)
         model = build_model(spec.arch, datamodule)
         model.load_state_dict(payload["state_dict"])
         return model.to(self.device).eval(), dict(payload["metrics"]), key
 
     def _train(self, spec, datamodule, name: str, key: dict) -> dict:
-        from advlab.methods import AdversarialTraining, StandardTraining
-
         with preserved_rng():
             # Seeded from the whole spec, not from `seed` alone: a source model and the model trained
             # later in the same run (seeded with `seed`) must not share their initial weights.
             pl.seed_everything(int(spec_key(key), 16) % 2**31, verbose=False)
             model = build_model(spec.arch, datamodule)
-            if spec.get("method", "standard") == "adversarial":
-                attack = instantiate(spec.attack, bounds=datamodule.bounds)
-                module = AdversarialTraining(model, spec.optimizer, spec.get("scheduler"), attack=attack)
-            else:
-                module = StandardTraining(model, spec.optimizer, spec.get("scheduler"))
-            log.info("Training %s: %s, %s epochs", name, OmegaConf.select(spec, "arch._target_"), spec.max_epochs)
+            method = spec.get("method", "standard")
+            attack = instantiate(spec.attack, bounds=datamodule.bounds) if method == "adversarial" else None
+            module = method_class(method)(model, spec.optimizer, spec.get("scheduler"), attack=attack, **key.get("params", {}))
+            # a fresh copy: the data order must not depend on what this datamodule trained before
+            datamodule = module.prepare(datamodule.fresh(), self)
+            log.info("Training %s: %s, %s, %s epochs", name, method, OmegaConf.select(spec, "arch._target_"), spec.max_epochs)
             trainer = pl.Trainer(
                 max_epochs=int(spec.max_epochs),
                 accelerator="gpu" if self.device.type == "cuda" else "cpu",

@@ -47,6 +47,7 @@ def precheck(args: list[str], config_name: str = "train") -> None:
     from hydra._internal.utils import get_args_parser
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
     ns, _ = get_args_parser().parse_known_args(args)
     if ns.help or ns.hydra_help or ns.info or ns.shell_completion or ns.cfg or ns.config_dir or ns.config_path:
@@ -72,6 +73,17 @@ def precheck(args: list[str], config_name: str = "train") -> None:
                 raise ConfigError(shown, f"unknown option {value!r}; allowed: {', '.join(allowed)}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="advlab_check"):
+        # sweeps defined in configs (`sweep=...` presets set hydra.sweeper.params) are checked too
+        try:
+            first = compose(config_name=config_name, overrides=[o.input_line for o in parsed if not o.is_sweep_override()],
+                            return_hydra_config=True)
+        except Exception as err:
+            raise ConfigError("overrides", _one_line(err)) from None
+        params = OmegaConf.select(first, "hydra.sweeper.params") or {}
+        if params:
+            swept = {o.key_or_group + (f"@{o.package}" if o.package else "") for o in parsed if o.is_sweep_override()}
+            extra = [f"{k}={v}" for k, v in params.items() if k.lstrip("+") not in swept]
+            parsed = OverridesParser.create().parse_overrides(extra) + list(parsed)
         for variant in _variants(parsed):
             try:
                 cfg = compose(config_name=config_name, overrides=variant)
@@ -84,7 +96,7 @@ def precheck(args: list[str], config_name: str = "train") -> None:
 
 
 def run_hydra_app(hydra_entry, prog: str, config_name: str, argv: list[str] | None = None) -> None:
-    args = rewrite_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = rewrite_overrides(list(sys.argv[1:] if argv is None else argv), config_name)
     try:
         precheck(args, config_name)
     except ConfigError as err:

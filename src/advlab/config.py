@@ -30,23 +30,81 @@ if not OmegaConf.has_resolver("advlab.wandb_offline"):
     OmegaConf.register_new_resolver("advlab.wandb_offline", lambda: os.environ.get("WANDB_MODE", "offline").lower() not in ("online", "run"))
 
 
+def run_group(name: str) -> str:
+    """W&B group of a run: `name` alone, or `name-<date>_<time>` of its sweep in a Hydra multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            sweep_dir = Path(hydra_cfg.sweep.dir)
+            return f"{name}-{sweep_dir.parent.name}_{sweep_dir.name}"
+    except Exception:  # not inside a Hydra job (compose API, tests)
+        pass
+    return name
+
+
+def choice(group: str) -> str | None:
+    """The option chosen for a defaults-list entry, also one at a package (`arch@source.arch`), which
+    `${hydra:runtime.choices...}` cannot address (its key contains a dot)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get(group)
+    except Exception:
+        return None
+
+
+def root_dir() -> str:
+    return str(Path(os.environ.get("ADVLAB_ROOT") or os.getcwd()).resolve())
+
+
+if not OmegaConf.has_resolver("advlab.run_group"):
+    OmegaConf.register_new_resolver("advlab.root", root_dir)
+    OmegaConf.register_new_resolver("advlab.run_group", run_group)
+    OmegaConf.register_new_resolver("advlab.choice", choice)
+
+
 def group_options(group: str) -> list[str]:
     folder = CONF_DIR / group
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment")
-# CLI shorthands for groups composed at another package: `source.arch=cnn`, `eval_attack=pgd_linf`.
-ALIASES = {"source.arch": "+arch@source.arch", "eval_attack": "attack@eval_attack", "source.attack": "+attack@source.attack"}
+GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep")
+# CLI shorthands for groups composed at another package: `source.arch=cnn` means `arch@source.arch=cnn`
+# (with a `+` where the app's defaults list does not compose that package already).
+ALIASES = {
+    "source": "spec", "target": "spec",
+    "source.arch": "arch", "target.arch": "arch",
+    "source.attack": "attack", "target.attack": "attack",
+    "source.dataset": "dataset", "target.dataset": "dataset",
+    "eval_attack": "attack",
+    "off_support.dataset": "dataset",
+}
+
+
+def composed_packages(config_name: str) -> set[str]:
+    """`group@package` entries of an app's defaults list (conf/<config_name>.yaml)."""
+    path = CONF_DIR / f"{config_name}.yaml"
+    if not path.is_file():
+        return set()
+    entries = OmegaConf.load(path).get("defaults") or []
+    return {str(k).lstrip("/") for e in entries if isinstance(e, (dict, DictConfig)) for k in e.keys()}
+
+
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
-def rewrite_overrides(args: list[str]) -> list[str]:
+def rewrite_overrides(args: list[str], config_name: str = "train") -> list[str]:
     """Apply the CLI shorthands.
 
     `eps=0.37` (or `-m eps=0.1,0.37`): a number names the ε directly. Hydra group options must be
     strings, so numbers become `eps='0.3'` where an option file exists, else `eps.value=0.37`.
+    `source.arch=cnn`, `target.dataset=mnist`, `eval_attack=fgsm`: a group option composed at
+    that node (see ALIASES).
     """
+    composed = composed_packages(config_name)
     out = []
     for arg in args:
         prefix = ""
@@ -57,8 +115,8 @@ def rewrite_overrides(args: list[str]) -> list[str]:
                 break
         key, sep, value = body.partition("=")
         if sep and key in ALIASES and not prefix:
-            alias = ALIASES[key]
-            prefix, body = ("+", f"{alias[1:]}={value}") if alias.startswith("+") else ("", f"{alias}={value}")
+            name = f"{ALIASES[key]}@{key}"
+            prefix, body = ("" if name in composed else "+"), f"{name}={value}"
         elif sep and key == "eps" and not prefix:
             values = value.split(",")
             if values and all(_NUMBER.match(v.strip()) for v in values):
@@ -106,23 +164,130 @@ TRAIN_ON = ("adv", "delta")
 # Mutual-information estimators (advlab.analysis.information) and the MI callback's key.
 MI_ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
 MI_CALLBACK = "callbacks.mutual_information"
+# Methods a model spec (`source`, advlab-eval's `models`) can name.
+MODEL_METHODS = ("standard", "adversarial", "sparsity")
+# advlab-eval's choices.
+ANALYSES = ("robustness", "deepfool", "off_support", "linearity")
+POINTS = ("all", "common_correct")
+ATTACK_LOSSES = ("ce", "margin")
+NOISE_KINDS = ("uniform", "gaussian")
+
+
+def _attack_node(cfg, node: str) -> None:
+    if _get(cfg, node) is None:
+        return
+    _number(cfg, f"{node}.eps", minimum=0)
+    _choice(cfg, f"{node}.norm", ("linf", "l2"))
+    _number(cfg, f"{node}.steps", minimum=1, integer=True)
+    _number(cfg, f"{node}.restarts", minimum=1, integer=True)
+    _number(cfg, f"{node}.step_size", minimum=0)
+    _number(cfg, f"{node}.rel_step_size", minimum=0)
+    _choice(cfg, f"{node}.loss", ATTACK_LOSSES)
+
+
+def _sparsity_params(cfg, node: str) -> None:
+    """The data-sparsity method's arguments (`method.*`, or a model spec's `params.*`)."""
+    for key in ("sigma_u", "lam", "adv_ratio", "adv_eps"):
+        _number(cfg, f"{node}.{key}", minimum=0)
+    _number(cfg, f"{node}.sigma_n", minimum=0, strict_min=True)
+    _number(cfg, f"{node}.n_unlabeled", minimum=0, integer=True)
+    _number(cfg, f"{node}.n_neighbors", minimum=1, integer=True)
+
+
+def _list(cfg, key: str, allowed=None, *, numbers=False, ascending=False, nonempty=True) -> list:
+    value = _get(cfg, key)
+    if value is None:
+        return []
+    if not OmegaConf.is_list(value) and not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"expected a list, e.g. [a, b], got {value!r}")
+    items = list(value)
+    if nonempty and not items:
+        raise ConfigError(key, "must not be empty" + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
+    for item in items:
+        if allowed is not None and item not in allowed:
+            raise ConfigError(key, f"unknown value {item!r}; allowed: {', '.join(allowed)}")
+        if numbers and (isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0):
+            raise ConfigError(key, f"expected numbers >= 0, got {item!r}")
+    if ascending and any(b < a for a, b in zip(items, items[1:])):
+        raise ConfigError(key, f"must be in ascending order, got {items}")
+    return items
+
+
+def _validate_eval(cfg: DictConfig) -> None:
+    """advlab-eval's own keys: models, seeds, analyses and their settings."""
+    from advlab.model_sources import checkpoint_files  # no torch: cheap
+
+    seeds = _list(cfg, "seeds", nonempty=True)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds):
+        raise ConfigError("seeds", f"expected a list of integers >= 0, got {list(seeds)}")
+    models = _get(cfg, "models")
+    if models is not None and not OmegaConf.is_dict(models):
+        raise ConfigError("models", f"expected a mapping name -> model spec or {{checkpoint: <run dir>}}, got {models!r}")
+    for name in models or {}:
+        entry = models[name]
+        key = f"models.{name}"
+        if entry is not None and not OmegaConf.is_dict(entry):
+            raise ConfigError(key, f"expected a model spec (method, params, ...) or {{checkpoint: <run dir>}}, got {entry!r}")
+        if entry is not None and "checkpoint" in entry:
+            extra = sorted(set(entry) - {"checkpoint"})
+            if extra:
+                raise ConfigError(key, f"a checkpoint entry takes no spec keys ({', '.join(extra)}): the run's config gives them")
+            paths = entry.checkpoint if OmegaConf.is_list(entry.checkpoint) else [entry.checkpoint]
+            for path in paths:
+                checkpoint_files(path, f"{key}.checkpoint")
+            continue
+        _choice(cfg, f"{key}.method", MODEL_METHODS)
+        _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
+        _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
+        params = _get(cfg, f"{key}.params")
+        if params is not None and not OmegaConf.is_dict(params):
+            raise ConfigError(f"{key}.params", f"expected a mapping of the method's arguments, got {params!r}")
+        _sparsity_params(cfg, f"{key}.params")
+        _attack_node(cfg, f"{key}.attack")
+    _choice(cfg, "model_defaults.method", MODEL_METHODS)
+    _number(cfg, "model_defaults.max_epochs", minimum=1, integer=True)
+    _number(cfg, "model_defaults.optimizer.lr", minimum=0, strict_min=True)
+    _attack_node(cfg, "model_defaults.attack")
+    checkpoints = _list(cfg, "checkpoints", nonempty=False)
+    for i, path in enumerate(checkpoints):
+        checkpoint_files(path, f"checkpoints[{i}]")
+    if not models and not checkpoints:
+        raise ConfigError("models", "nothing to evaluate: give model specs in `models` or run directories in `checkpoints`")
+    _list(cfg, "analyses", ANALYSES, nonempty=False)
+    _choice(cfg, "points", POINTS)
+    _number(cfg, "max_points", minimum=1, integer=True)
+    _number(cfg, "batch_size", minimum=1, integer=True)
+    attacks = _get(cfg, "robustness.attacks") or {}
+    _list(cfg, "robustness.run", tuple(attacks), nonempty=False)
+    for name in attacks:
+        _attack_node(cfg, f"robustness.attacks.{name}")
+    for norm in ("linf", "l2"):
+        _list(cfg, f"robustness.eps.{norm}", numbers=True, ascending=True)
+    _list(cfg, "robustness.losses", ATTACK_LOSSES)
+    _list(cfg, "deepfool.norms", ("l2", "linf"), nonempty=False)
+    _number(cfg, "deepfool.steps", minimum=1, integer=True)
+    _number(cfg, "deepfool.overshoot", minimum=0)
+    _number(cfg, "deepfool.candidates", minimum=1, integer=True)
+    _number(cfg, "deepfool.refine_steps", minimum=0, integer=True)
+    _list(cfg, "off_support.kinds", NOISE_KINDS, nonempty=False)
+    _number(cfg, "off_support.n", minimum=1, integer=True)
+    _number(cfg, "linearity.eps_max", minimum=0, strict_min=True)
+    _number(cfg, "linearity.points", minimum=3, integer=True)
+    _number(cfg, "linearity.n", minimum=1, integer=True)
+    _number(cfg, "linearity.examples", minimum=0, integer=True)
+    _choice(cfg, "linearity.loss", ATTACK_LOSSES)
 
 
 def validate(cfg: DictConfig) -> None:
     """Type and range checks of the keys users set most; raises ConfigError."""
+    if _get(cfg, "task_name") == "train" and _get(cfg, "models") is not None:
+        raise ConfigError("experiment", "this preset compares several models: it is an advlab-eval preset (advlab-eval experiment=...)")
     _number(cfg, "eps.value", minimum=0, required=True)
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     _number(cfg, "source.max_epochs", minimum=1, integer=True)
     for node in ("attack", "eval_attack", "source.attack", f"{MI_CALLBACK}.attack"):
-        if _get(cfg, node) is None:
-            continue
-        _number(cfg, f"{node}.eps", minimum=0)
-        _choice(cfg, f"{node}.norm", ("linf", "l2"))
-        _number(cfg, f"{node}.steps", minimum=1, integer=True)
-        _number(cfg, f"{node}.restarts", minimum=1, integer=True)
-        _number(cfg, f"{node}.step_size", minimum=0)
-        _number(cfg, f"{node}.rel_step_size", minimum=0)
+        _attack_node(cfg, node)
     for key in ("batch_size", "eval_batch_size"):
         _number(cfg, f"dataset.{key}", minimum=1, integer=True)
     _number(cfg, "dataset.val_fraction", minimum=0)
@@ -130,8 +295,10 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "method.target_rule", TARGET_RULES)
     _choice(cfg, "method.base", BASES)
     _choice(cfg, "method.train_on", TRAIN_ON)
-    _choice(cfg, "source.method", ("standard", "adversarial"))
+    _choice(cfg, "source.method", MODEL_METHODS)
     _number(cfg, "method.adv_ratio", minimum=0)
+    _sparsity_params(cfg, "method")
+    _sparsity_params(cfg, "source.params")
     for key in ("method.optimizer.lr", "source.optimizer.lr"):
         _number(cfg, key, minimum=0, strict_min=True)
     _number(cfg, "arch.width", minimum=1, integer=True)
@@ -151,6 +318,8 @@ def validate(cfg: DictConfig) -> None:
     offline = _get(cfg, "logger.offline")
     if offline is not None and not isinstance(offline, bool):
         raise ConfigError("logger.offline", f"expected true or false, got {offline!r}")
+    if _get(cfg, "task_name") == "eval":
+        _validate_eval(cfg)
     if _get(cfg, "probe") is not None:
         _validate_probe(cfg)
 
@@ -175,7 +344,7 @@ def _validate_probe(cfg: DictConfig) -> None:
     if not models:
         raise ConfigError("models", "name at least one model spec, e.g. models.NT.method=standard")
     for name in models:
-        _choice(cfg, f"models.{name}.method", ("standard", "adversarial"))
+        _choice(cfg, f"models.{name}.method", MODEL_METHODS)
         _number(cfg, f"models.{name}.max_epochs", minimum=1, integer=True)
         if _get(cfg, f"models.{name}.method") == "adversarial" and _get(cfg, f"models.{name}.attack") is None:
             raise ConfigError(f"models.{name}.attack", "an adversarial model needs an attack, e.g. models.AT.attack=${attack}")

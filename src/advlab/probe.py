@@ -17,12 +17,12 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
 from advlab.errors import ConfigError
-from advlab.utils.io import write_json, write_text
+from advlab.utils.io import write_json
 from advlab.utils.wrapper import task_wrapper
 
 log = logging.getLogger("advlab.probe")
@@ -54,26 +54,19 @@ def transforms(probe_cfg, shape):
 def probe(cfg: DictConfig) -> None:
     started = time.time()
     validate(cfg)
-    import pytorch_lightning as pl
     import torch
 
     from advlab.analysis.activations import layer_outputs, resolve_layers
     from advlab.analysis.information import InformationEstimator
     from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache
     from advlab.report.grids import image_rows
     from advlab.report.information import texture_shape, texture_shape_information
-    from advlab.train import _instantiate_all, _log_images, _wandb_logger
+    from advlab.utils.run import data_and_cache, finish_loggers, start_loggers
 
     out_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.dataset)
-    datamodule.check()
-    cache = ArtifactCache(cfg.paths.cache_dir)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule.setup()
+    datamodule, cache, bounds = data_and_cache(cfg)
     if not datamodule.is_image:
         raise ConfigError("dataset", "the texture / shape probes need image data; allowed: digits, mnist, fashion_mnist, cifar10, cifar10_jpeg")
-    bounds = list(datamodule.bounds) if datamodule.bounds is not None else None
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.probe.adversarial else None
     levels = transforms(cfg.probe, tuple(datamodule.input_shape))
     mi_cfg = cfg.probe.get("mi") or {}
@@ -84,10 +77,7 @@ def probe(cfg: DictConfig) -> None:
         except ConfigError as err:
             raise ConfigError(f"probe.mi.{err.key}", str(err).split(": ", 1)[1]) from None
 
-    write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loggers = _instantiate_all(cfg.get("logger"))
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    loggers = start_loggers(cfg, out_dir)
 
     n = cfg.probe.get("n_points") or len(datamodule.y_test)
     x, y = datamodule.x_test[:n], datamodule.y_test[:n]
@@ -131,13 +121,7 @@ def probe(cfg: DictConfig) -> None:
     if information:
         images["texture_shape_information"] = texture_shape_information(information, out_dir / "plots" / "texture_shape_information.png",
                                                                         n_points=len(y), num_classes=datamodule.num_classes)
-    _log_images(loggers, images)
-    wandb_logger = _wandb_logger(loggers)
-    if wandb_logger is not None:
-        wandb_logger.experiment.summary.update(metrics)
-    for lg in loggers:
-        lg.log_metrics(metrics)
-        lg.finalize("success")
+    finish_loggers(loggers, metrics, images)
     log.info("Run directory: %s", out_dir)
 
 

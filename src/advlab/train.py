@@ -16,30 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
-from advlab.utils.io import write_json, write_text
+from advlab.utils.run import data_and_cache, finish_run, instantiate_all, start_loggers
 from advlab.utils.wrapper import task_wrapper
 
 # torch, Lightning and friends are imported inside the task, so that bad input is reported at once.
 
 log = logging.getLogger("advlab.train")
-
-
-def _instantiate_all(node) -> list:
-    """Instantiate every `_target_` entry of a mapping config (loggers, callbacks)."""
-    if not node:
-        return []
-    return [instantiate(v) for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
-
-
-def _wandb_logger(loggers):
-    return next((lg for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
-
-
-def _log_images(loggers, images: dict[str, Path]) -> None:
-    wandb_logger = _wandb_logger(loggers)
-    if wandb_logger is not None and images:
-        for key, path in images.items():
-            wandb_logger.log_image(key=f"plots/{key}", images=[str(path)])
 
 
 def _plots(method, datamodule, out_dir: Path, device) -> dict[str, Path]:
@@ -84,31 +66,26 @@ def train(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
 
     from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache
     from advlab.models import build_model
     from advlab.report import plots
 
     out_dir = Path(cfg.paths.output_dir)
     # Everything that can be checked is checked before any work: data, cache dir, attacks, model.
-    datamodule = instantiate(cfg.dataset)
-    datamodule.check()
-    cache = ArtifactCache(cfg.paths.cache_dir)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule.setup()
-    bounds = list(datamodule.bounds) if datamodule.bounds is not None else None
+    datamodule, cache, bounds = data_and_cache(cfg)
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
     eval_attack = instantiate(cfg.eval_attack, bounds=bounds) if cfg.get("eval_attack") else None
     model = build_model(cfg.arch, datamodule)
     source = cfg.get("source")
     if source is not None and source.get("arch") is None:  # default: the source has the trained model's architecture
         source = OmegaConf.merge(source, {"arch": cfg.arch})
-    method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=source, _recursive_=False)
+    extra = {}
+    if cfg.method.get("measure_transfer"):  # a standard model of the trained architecture, from the source's spec
+        target = {k: v for k, v in OmegaConf.to_container(source, resolve=True).items() if k not in ("arch", "attack")}
+        extra["transfer_target"] = OmegaConf.create({**target, "arch": OmegaConf.to_container(cfg.arch, resolve=True), "method": "standard"})
+    method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=source, _recursive_=False, **extra)
 
-    write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loggers = _instantiate_all(cfg.get("logger"))
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = start_loggers(cfg, out_dir)
+    callbacks = instantiate_all(cfg.get("callbacks"))
 
     artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
     fit_datamodule = method.prepare(datamodule, artifacts)
@@ -132,16 +109,7 @@ def train(cfg: DictConfig) -> float | None:
             curve = plots.training_curves(csv_file, out_dir / "plots" / "training_curves.png", title=cfg.run_name)
             if curve:
                 images["training_curves"] = curve
-        write_json(out_dir / "metrics.json", metrics)
-        _log_images(loggers, images)
-        wandb_logger = _wandb_logger(loggers)
-        if wandb_logger is not None:
-            wandb_logger.experiment.summary.update(metrics)
-        for lg in loggers:
-            lg.log_metrics({f"final/{k}": v for k, v in metrics.items()})
-            lg.finalize("success")
-        log.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-        log.info("Run directory: %s", out_dir)
+        finish_run(loggers, metrics, out_dir, images)
     optimized = cfg.get("optimized_metric")
     return metrics.get(optimized) if optimized else None
 

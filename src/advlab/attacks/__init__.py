@@ -4,10 +4,12 @@
     x_adv = attack(model, x, y)            # untargeted: y = true labels
     attack.targeted = True
     x_adv = attack(model, x, targets)      # targeted: y = target classes
+    r = DeepFool(norm="l2").run(model, x, y)   # minimal perturbation: r.l2, r.linf, r.success per sample
     acc = robust_accuracy(model, attack, test_loader, device)
 """
 from advlab.attacks.base import LOSSES, NORMS, Attack, as_logits, eval_mode, per_sample_loss, success
-from advlab.attacks.evaluate import evaluate_attack, robust_accuracy, robust_accuracy_curve
+from advlab.attacks.deepfool import DeepFool, DeepFoolResult
+from advlab.attacks.evaluate import evaluate_attack, robust_accuracy, robust_accuracy_curve, robust_curve_per_sample
 from advlab.attacks.pgd import FGSM, MIFGSM, PGD, OneStepL2
 from advlab.errors import ConfigError
 
@@ -23,6 +25,7 @@ def make_attack(name: str, **kwargs) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "Attack", "FGSM", "LOSSES", "MIFGSM", "NORMS", "OneStepL2", "PGD", "as_logits", "eval_mode",
-    "evaluate_attack", "make_attack", "per_sample_loss", "robust_accuracy", "robust_accuracy_curve", "success",
+    "ATTACKS", "Attack", "DeepFool", "DeepFoolResult", "FGSM", "LOSSES", "MIFGSM", "NORMS", "OneStepL2", "PGD", "as_logits", "eval_mode",
+    "evaluate_attack", "make_attack", "per_sample_loss", "robust_accuracy", "robust_accuracy_curve", "robust_curve_per_sample",
+    "success",
 ]

@@ -82,14 +82,15 @@ def robust_accuracy(model: nn.Module, attack: Attack, loader_or_tensors, device=
     return evaluate_attack(model, attack, loader_or_tensors, device, batch_size)["robust_acc"]
 
 
-def robust_accuracy_curve(model: nn.Module, attack: Attack, loader_or_tensors, eps_grid, device=None,
-                          batch_size: int = 256) -> list[float]:
-    """Robust accuracy at each ε of ``eps_grid`` (ascending), non-increasing by construction.
+def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors, eps_grid, device=None,
+                            batch_size: int = 256, progress=None) -> torch.Tensor:
+    """Per-sample robustness at each ε of ``eps_grid`` (ascending): a bool tensor (len(grid), N).
 
-    Independent attacks at each ε are not guaranteed to be monotone (a local search can do worse at
-    a larger ε). Here a sample counts as broken at ε if the attack broke it at any ε' ≤ ε: the point
-    found at ε' lies in the ε-ball too, so this is a valid attack at ε that is at least as strong
-    as the independent run. ``attack.eps`` is restored afterwards.
+    A sample is robust at ε if the model classifies it correctly clean and the attack broke it at no
+    ε' ≤ ε: the point found at ε' lies in the ε-ball too, so this is a valid attack at ε that is at
+    least as strong as the independent run, and robustness never rises with ε. Independent attacks
+    at each ε carry no such guarantee (a local search can do worse at a larger ε).
+    ``attack.eps`` is restored afterwards. ``progress`` (a tqdm bar or None) is advanced per batch.
     """
     _check_untargeted(attack)
     grid = [float(e) for e in eps_grid]
@@ -97,19 +98,29 @@ def robust_accuracy_curve(model: nn.Module, attack: Attack, loader_or_tensors, e
         raise ConfigError("attack.eps_grid", f"must be a non-empty ascending list of eps >= 0, got {list(eps_grid)!r}")
     dev = _device_of(model, device)
     saved_eps = attack.eps
-    n = 0
-    robust = [0] * len(grid)
+    masks = []
     try:
         for x, y in _batches(loader_or_tensors, batch_size):
             x, y = x.to(dev), y.to(dev)
             ok = _predict(model, x, y)
-            for i, eps in enumerate(grid):
+            rows = []
+            for eps in grid:
                 attack.eps = eps
                 ok = ok & _predict(model, attack(model, x, y), y)
-                robust[i] += int(ok.sum())
-            n += x.shape[0]
+                rows.append(ok.cpu())
+            masks.append(torch.stack(rows))
+            if progress is not None:
+                progress.update(1)
     finally:
         attack.eps = saved_eps
-    if n == 0:
+    if not masks:
         raise ValueError("no samples to evaluate")
-    return [r / n for r in robust]
+    return torch.cat(masks, dim=1)
+
+
+def robust_accuracy_curve(model: nn.Module, attack: Attack, loader_or_tensors, eps_grid, device=None,
+                          batch_size: int = 256) -> list[float]:
+    """Robust accuracy at each ε of ``eps_grid`` (ascending), non-increasing by construction (see
+    ``robust_curve_per_sample``). ``attack.eps`` is restored afterwards."""
+    mask = robust_curve_per_sample(model, attack, loader_or_tensors, eps_grid, device, batch_size)
+    return mask.float().mean(dim=1).tolist()

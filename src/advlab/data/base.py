@@ -446,15 +446,23 @@ class ArrayDataModule(pl.LightningDataModule):
         if unknown:
             raise TypeError(f"with_train: unknown override(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
-        new = copy.copy(self)
-        new.trainer = None
+        new = self.fresh()
         for key, value in overrides.items():
             setattr(new, key, value)
         new.x_train, new.y_train = x, y
         new._train_tag = tag or "custom"
+        new._make_datasets()
+        return new
+
+    def fresh(self) -> "ArrayDataModule":
+        """A copy sharing this one's data whose random streams (training order, augmentation) start
+        over, as in a newly built datamodule: a model trained on it does not depend on what was
+        trained on this one before (cached models must not depend on who built them)."""
+        self._ensure_setup()
+        new = copy.copy(self)
+        new.trainer = None
         new._loader_generator = None
         new._augment_generator = None
-        new._make_datasets()
         return new
 
     # ---------------------------------------------------------------- internals

@@ -35,12 +35,6 @@ def make_targets(y: torch.Tensor, num_classes: int, rule: str, generator: torch.
     raise ConfigError("method.target_rule", f"unknown rule {rule!r}; allowed: {', '.join(TARGET_RULES)}")
 
 
-@torch.no_grad()
-def predict(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
-
-
 def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base="natural", train_on="adv",
                   seed=0, batch_size=512, device="cpu", bounds=(0.0, 1.0), progress=True) -> dict:
     """Attack every (base) training input towards its target; return the relabelled dataset.
@@ -90,7 +84,7 @@ class PerturbationLearning(ClassifierModule):
 
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, source=None,
                  target_rule: str = "det", base: str = "natural", train_on: str = "adv",
-                 craft_seed: int = 0, craft_batch_size: int = 512, **kw):
+                 craft_seed: int = 0, craft_batch_size: int = 512, measure_transfer: bool = False, transfer_target=None, transfer_eps: float | None = None, **kw):
         super().__init__(model, optimizer, scheduler, eval_attack)
         if attack is None:
             raise ConfigError("attack", "method=perturbation needs an attack to craft its dataset")
@@ -103,6 +97,12 @@ class PerturbationLearning(ClassifierModule):
         self.source_cfg = source
         self.target_rule, self.base, self.train_on = target_rule, base, train_on
         self.craft_seed, self.craft_batch_size = int(craft_seed), int(craft_batch_size)
+        if measure_transfer and transfer_target is None:
+            raise ConfigError("method.measure_transfer", "needs the spec of a standard model of the trained architecture (transfer_target)")
+        # Ilyas et al. Fig. 3: how well the source's (untargeted) attack transfers to an independently
+        # trained standard model of the trained architecture, next to what perturbation learning reaches.
+        self.transfer_target = transfer_target if measure_transfer else None
+        self.transfer_eps = None if transfer_eps is None else float(transfer_eps)
         self.test_agreement = MeanMetric()
         # kept outside the module tree (not a registered submodule): not trained, not checkpointed,
         # never switched to train mode by Lightning
@@ -127,6 +127,8 @@ class PerturbationLearning(ClassifierModule):
 
         payload, _ = artifacts.cache.get_or_create("datasets", spec, craft, what="perturbation dataset")
         self.__dict__["_source"] = source
+        if self.transfer_target is not None:
+            self.extra_metrics.update(self._transfer_metrics(source, source_key, datamodule, artifacts))
         self.extra_metrics.update({
             "source/test/acc": float(source_metrics["test/acc"]),
             "perturb/success_rate": float(payload["success_rate"]),
@@ -138,6 +140,22 @@ class PerturbationLearning(ClassifierModule):
         self.preview = {k: payload[k] for k in ("preview_base", "preview_y")} | {"x": payload["x"][: len(payload["preview_y"])], "t": payload["y"][: len(payload["preview_y"])]}
         tag = f"perturbation-{spec_key(spec)}"
         return datamodule.with_train(payload["x"], payload["y"], tag=tag, check_bounds=self.train_on != "delta")
+
+    def _transfer_metrics(self, source, source_key, datamodule, artifacts) -> dict:
+        from advlab.analysis.transfer import adversarial_test_set, evaluate_transfer, untargeted
+
+        target, _, target_key = artifacts.model(self.transfer_target, datamodule, name="transfer target model")
+        attack = untargeted(self.attack)
+        if self.transfer_eps is not None:  # the crafting ε can be far too large to tell architectures apart
+            attack.eps = self.transfer_eps
+        x_adv, _ = adversarial_test_set(artifacts, source, source_key, attack, datamodule, batch_size=self.craft_batch_size)
+        metrics, _ = evaluate_transfer(source, target, datamodule.x_test, x_adv, datamodule.y_test,
+                                       batch_size=self.craft_batch_size, device=artifacts.device)
+        metrics["transfer/same_model"] = float(target_key == source_key)
+        metrics["transfer/eps"] = float(attack.eps)
+        log.info("Transfer of the source's untargeted attack to a standard %s: fool rate %.3f",
+                 self.transfer_target.arch.get("_target_", "model"), metrics["transfer/fool_rate"])
+        return metrics
 
     @property
     def source(self):

@@ -76,3 +76,48 @@ def training_curves(metrics_csv, path, *, title: str = "training"):
         ax.set_xlabel("epoch"), ax.set_ylabel(name), ax.grid(alpha=0.3), ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, Path(path))
+
+
+def heatmap(mean, std, rows, cols, path, *, title: str, row_label: str = "source", col_label: str = "target",
+            value_label: str = "", vmin: float = 0.0, vmax: float = 1.0):
+    """A matrix as colours with `mean ± std` written in every cell (NaN cells stay blank)."""
+    import numpy as np
+
+    mean = np.asarray(mean, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.25 * len(cols), 1.0 + 0.8 * len(rows)))
+    image = ax.imshow(np.ma.masked_invalid(mean), cmap="viridis", vmin=vmin, vmax=vmax)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if math.isnan(mean[i, j]):
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="gray")
+                continue
+            text = f"{mean[i, j]:.3f}"
+            if std is not None and not math.isnan(std[i][j]):
+                text += f"\n±{std[i][j]:.3f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if mean[i, j] < (vmin + vmax) / 2 else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(col_label), ax.set_ylabel(row_label)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=value_label)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, Path(path))
+
+
+def transfer_scatter(points, path, *, title: str, x_label: str, y_label: str):
+    """Ilyas et al. Fig. 3: one point per (source, architecture); `points` are dicts with
+    source, target, x, y, x_err, y_err. Colour: source; text: architecture."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    sources = sorted({p["source"] for p in points})
+    colours = plt.get_cmap("tab10")
+    for k, source in enumerate(sources):
+        mine = [p for p in points if p["source"] == source]
+        ax.errorbar([p["x"] for p in mine], [p["y"] for p in mine],
+                    xerr=[0 if math.isnan(p["x_err"]) else p["x_err"] for p in mine],
+                    yerr=[0 if math.isnan(p["y_err"]) else p["y_err"] for p in mine],
+                    fmt="o", color=colours(k % 10), label=f"source {source}", capsize=3)
+        for p in mine:
+            ax.annotate(p["target"], (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(x_label), ax.set_ylabel(y_label), ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, Path(path))

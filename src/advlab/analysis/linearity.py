@@ -1,0 +1,61 @@
+"""Goodfellow et al. (2015): networks are nearly linear along the adversarial direction. The logits
+of x + ε·sign(∇x L(x, y)) are traced for ε from −ε_max to ε_max (unclipped: the function along a
+straight line) and fitted with straight lines; R² (pooled over the classes of a sample) says how
+straight they are: 1 for an affine model, and close to 1 for ReLU networks in the paper's plots."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from advlab.attacks import FGSM
+
+
+def fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """sign(∇x L(x, y)): one unclipped FGSM step of size 1 from x."""
+    return FGSM(eps=1.0, bounds=None, loss=loss)(model, x, y) - x
+
+
+@torch.no_grad()
+def logits_along(model: nn.Module, x: torch.Tensor, direction: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Logits of x + ε·direction for every ε: shape (N, len(eps), C)."""
+    was_training = model.training
+    model.eval()
+    try:
+        n, p = len(x), len(eps)
+        view = (1, p) + (1,) * (x.dim() - 1)
+        points = x.unsqueeze(1) + eps.to(x).view(view) * direction.unsqueeze(1)
+        out = model(points.reshape((n * p,) + tuple(x.shape[1:])))
+    finally:
+        model.train(was_training)
+    return out.reshape(n, p, -1)
+
+
+def linearity_r2(eps: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample R² of straight-line fits of every class's logit against ε, pooled over classes:
+    1 − Σ residual² / Σ (logit − its mean)². NaN where the logits do not vary at all."""
+    e = (eps - eps.mean()).to(logits).view(1, -1, 1)
+    z = logits - logits.mean(dim=1, keepdim=True)
+    slope = (e * z).sum(dim=1, keepdim=True) / (e * e).sum()
+    ss_res = (z - slope * e).pow(2).sum(dim=(1, 2))
+    ss_tot = z.pow(2).sum(dim=(1, 2))
+    return torch.where(ss_tot > 0, 1 - ss_res / ss_tot.clamp_min(1e-30), torch.full_like(ss_tot, float("nan")))
+
+
+def linearity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_max: float, points: int = 41, loss: str = "ce",
+              batch_size: int = 128, device=None) -> dict:
+    """Logits along each sample's FGSM direction and their straightness.
+
+    Returns ``eps`` (points,), ``logits`` (N, points, C), per-sample ``r2`` and ``zero_direction``
+    (samples whose loss gradient vanished, e.g. a saturated softmax: no direction, R² NaN)."""
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    eps = torch.linspace(-float(eps_max), float(eps_max), int(points))
+    logits, zero = [], []
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        d = fgsm_direction(model, xb, yb, loss)
+        zero.append((d.flatten(1).abs().amax(dim=1) == 0).cpu())
+        logits.append(logits_along(model, xb, d, eps).cpu())
+    logits = torch.cat(logits)
+    return {"eps": eps, "logits": logits, "r2": linearity_r2(eps, logits), "zero_direction": torch.cat(zero)}

@@ -1,0 +1,77 @@
+"""Softmax behaviour off the data support (Paknezhad et al.): far from the data a model has no
+evidence, and the data-sparsity hypothesis says a robust model should say so with a flat softmax
+(low max-softmax, high entropy) instead of a confident guess.
+
+Inputs: ``uniform`` noise over the pixel box, ``gaussian`` noise with the data's per-channel mean
+and std (clipped to the box), or another ``dataset``'s test images resized to this input shape.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from advlab.errors import ConfigError
+
+KINDS = ("uniform", "gaussian", "dataset")
+
+
+def noise_inputs(kind: str, n: int, like: torch.Tensor, bounds, generator: torch.Generator) -> torch.Tensor:
+    """``n`` noise inputs shaped like the rows of ``like`` (the training inputs)."""
+    shape = (n,) + tuple(like.shape[1:])
+    if kind == "uniform":
+        lo, hi = bounds if bounds is not None else (float(like.min()), float(like.max()))
+        return lo + (hi - lo) * torch.rand(shape, generator=generator)
+    if kind == "gaussian":
+        dims = (0, 2, 3) if like.dim() == 4 else tuple(range(like.dim()))
+        view = (1, -1, 1, 1) if like.dim() == 4 else (1,) * like.dim()
+        mean, std = like.mean(dim=dims).reshape(view), like.std(dim=dims).reshape(view)
+        out = mean + std * torch.randn(shape, generator=generator)
+        return out.clamp(*bounds) if bounds is not None else out
+    raise ConfigError("off_support.kinds", f"unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+
+
+def match_shape(x: torch.Tensor, shape: tuple[int, ...], key: str = "off_support.dataset") -> torch.Tensor:
+    """Bring another dataset's inputs to ``shape``: images are converted to the channel count (grey
+    = mean of RGB; grey repeated for RGB) and area-resized; vectors must have as many entries."""
+    shape = tuple(shape)
+    if tuple(x.shape[1:]) == shape:
+        return x
+    if len(shape) == 3 and x.dim() == 4:
+        c = shape[0]
+        if x.shape[1] != c:
+            if c == 1:
+                x = x.mean(dim=1, keepdim=True)
+            elif x.shape[1] == 1:
+                x = x.repeat(1, c, 1, 1)
+            else:
+                raise ConfigError(key, f"cannot map {x.shape[1]} channels to {c}")
+        return F.interpolate(x, size=shape[1:], mode="area") if tuple(x.shape[2:]) != shape[1:] else x
+    if x[0].numel() == math.prod(shape):
+        return x.reshape((len(x),) + shape)
+    raise ConfigError(key, f"its inputs {tuple(x.shape[1:])} cannot be brought to this dataset's input shape {shape}")
+
+
+@torch.no_grad()
+def softmax_statistics(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device=None) -> dict:
+    """Mean max-softmax, mean entropy (nats), entropy / log C (1 = uniform) and the mean softmax per
+    class over ``x`` (the paper's bar chart)."""
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        probs = torch.cat([model(x[i:i + batch_size].to(device)).softmax(dim=1).cpu() for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(dim=1)
+    c = probs.shape[1]
+    return {
+        "max_softmax": float(probs.max(dim=1).values.mean()),
+        "entropy": float(entropy.mean()),
+        "entropy_ratio": float(entropy.mean() / math.log(c)),
+        "mean_softmax": probs.mean(dim=0).tolist(),
+    }

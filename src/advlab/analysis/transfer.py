@@ -1,0 +1,102 @@
+"""Attack transfer (Szegedy; Goodfellow; Ilyas et al. §3): adversarial examples crafted on a source
+model, evaluated on a target model.
+
+The crafted test set is an artifact like a trained model: keyed by the source model's key, the
+attack's parameters and the data, built once (under a lock) and shared by every target of a sweep.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from tqdm.auto import tqdm
+
+from advlab.artifacts import describe_object
+from advlab.attacks.base import eval_mode
+from advlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """Predicted labels of `x` (on CPU), in batches."""
+    with eval_mode(model):
+        out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def untargeted(attack):
+    """An untargeted copy of `attack` (perturbation learning crafts with a targeted one)."""
+    attack = copy.copy(attack)
+    attack.targeted = False
+    attack.reset_rng()  # draws as a freshly built attack would: what its cache key (the seed) says
+    return attack
+
+
+def craft_adversarial(source, attack, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, device, progress: bool = True,
+                      desc: str = "Crafting adversarial test set") -> torch.Tensor:
+    """Untargeted adversarial examples of (x, y) against `source`, on CPU."""
+    if attack.targeted:
+        raise ConfigError("attack.targeted", "attack transfer needs an untargeted attack; allowed: false")
+    out = torch.empty_like(x)
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        out[i : i + batch_size] = attack(source, xb, yb).detach().cpu()
+    return out
+
+
+def adversarial_test_set(artifacts, source, source_key: dict, attack, datamodule, batch_size: int = 512) -> tuple[torch.Tensor, bool]:
+    """(x_adv of the datamodule's test split against `source`, whether it came from the cache)."""
+    spec = {"source": source_key, "attack": describe_object(attack), "data": datamodule.describe(), "split": "test"}
+
+    def craft():
+        x_adv = craft_adversarial(source, attack, datamodule.x_test, datamodule.y_test, batch_size=batch_size,
+                                  device=artifacts.device, progress=artifacts.progress)
+        return {"x_adv": x_adv}
+
+    payload, cached = artifacts.cache.get_or_create("adversarial", spec, craft, what="adversarial test set")
+    return payload["x_adv"], cached
+
+
+def transfer_metrics(y: torch.Tensor, source_clean: torch.Tensor, source_adv: torch.Tensor,
+                     target_clean: torch.Tensor, target_adv: torch.Tensor) -> dict[str, float]:
+    """Accuracies and fooling rates from predicted labels (all tensors of shape (n,)).
+
+    Accuracies on adversarial examples are plain accuracies with the true labels, for source and
+    target alike, so a target identical to the source reproduces the white-box number exactly.
+    A fooling rate counts, among the examples a model classifies correctly when clean, those it
+    misclassifies after the attack (NaN if it gets none right).
+    """
+    n = len(y)
+    if n == 0:
+        raise ValueError("no test examples")
+
+    def acc(pred):
+        return float((pred == y).float().mean())
+
+    def fool_rate(clean, adv):
+        ok = clean == y
+        return float((adv[ok] != y[ok]).float().mean()) if ok.any() else float("nan")
+
+    return {
+        "source/clean_acc": acc(source_clean),
+        "source/adv_acc": acc(source_adv),
+        "source/fool_rate": fool_rate(source_clean, source_adv),
+        "target/clean_acc": acc(target_clean),
+        "transfer/target_acc": acc(target_adv),
+        "transfer/fool_rate": fool_rate(target_clean, target_adv),
+        "transfer/n": float(n),
+    }
+
+
+def evaluate_transfer(source, target, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *, batch_size: int, device) -> tuple[dict, dict]:
+    """(metrics, predictions) of the transfer of x_adv (crafted on source) to target."""
+    preds = {
+        "source_clean": predict(source, x, batch_size, device),
+        "source_adv": predict(source, x_adv, batch_size, device),
+        "target_clean": predict(target, x, batch_size, device),
+        "target_adv": predict(target, x_adv, batch_size, device),
+    }
+    return transfer_metrics(y.cpu(), **preds), preds

@@ -1,0 +1,119 @@
+"""Data-sparsity training (Paknezhad et al. 2022, "Explaining adversarial vulnerability with a data
+sparsity hypothesis"; RECIPES.md §5).
+
+Most of input space lies off the data support, and a network is free to put its decision boundary
+anywhere there, e.g. right next to the data: that is where adversarial examples live. This method
+fills the space around the data with unlabelled points and asks the softmax to be flat there, which
+pushes the boundary away from the labelled points:
+
+* unlabelled anchors ``x_u = x + N(0, σ_u² I)``, ``n_unlabeled`` copies per labelled point;
+* neighbours ``x' = a + N(0, σ_n² I)``, ``n_neighbors`` per anchor a (labelled or unlabelled);
+* loss = cross-entropy on the labelled points (unlabelled ones are masked out) +
+  ``lam`` · mean over (anchor, neighbour) pairs and classes of ``((softmax(a) − softmax(x')) / ‖a − x'‖₂)²``.
+
+The reference implementation handles one anchor per step (batch size 1); here a whole batch of
+labelled points, their unlabelled copies and every neighbour go through one forward pass.
+
+``adv_ratio > 0`` adds FGSM adversarial training as in the paper: the FGSM images of the labelled
+points (L∞, ``adv_eps``) and their own neighbours join the batch; the cross-entropy is
+``(CE(clean) + adv_ratio · CE(adversarial)) / (1 + adv_ratio)`` (a weight, not a batch fraction) and
+the slope penalty is added for the adversarial anchors too. Noise points are not clipped to the
+pixel box: they are meant to lie off the data support.
+
+Too large a λ has a degenerate minimum: a saturated softmax (huge logits) is flat almost everywhere,
+so the penalty vanishes while the decision boundary stays where it was. Cross-entropy attacks then
+see zero gradients and report robustness that margin-loss attacks and DeepFool do not confirm;
+advlab-eval attacks with both losses for that reason.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from advlab.attacks import FGSM
+from advlab.attacks.base import _is_int, _is_real
+from advlab.errors import ConfigError
+from advlab.methods.base import ClassifierModule
+
+
+def softmax_slope_penalty(p_anchor: torch.Tensor, p_neighbor: torch.Tensor, x_anchor: torch.Tensor,
+                          x_neighbor: torch.Tensor) -> torch.Tensor:
+    """Mean over pairs and classes of ``((p(a) − p(x')) / ‖a − x'‖₂)²``.
+
+    ``p_anchor`` (A, C) and ``x_anchor`` (A, ...); ``p_neighbor`` (A·k, C) and ``x_neighbor`` (A·k, ...)
+    hold the k neighbours of anchor i in rows i·k … i·k + k − 1 (``repeat_interleave`` order).
+    """
+    a, c = p_anchor.shape
+    if a == 0 or p_neighbor.shape[0] == 0:
+        return p_anchor.sum() * 0.0
+    k = p_neighbor.shape[0] // a
+    if k * a != p_neighbor.shape[0] or x_neighbor.shape[0] != p_neighbor.shape[0]:
+        raise ValueError(f"expected k neighbours per anchor: {a} anchors, {p_neighbor.shape[0]} neighbour outputs, "
+                         f"{x_neighbor.shape[0]} neighbour inputs")
+    dist = torch.linalg.vector_norm((x_neighbor.reshape(a, k, -1) - x_anchor.reshape(a, 1, -1)), dim=2)  # (A, k)
+    slope = (p_neighbor.reshape(a, k, c) - p_anchor.reshape(a, 1, c)) / dist.unsqueeze(2)
+    return slope.pow(2).mean()
+
+
+def _number(key: str, value, minimum: float, *, integer: bool = False, strict: bool = False):
+    ok = _is_int(value) if integer else _is_real(value)
+    if not ok or value != value or (value <= minimum if strict else value < minimum):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(key, f"must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+class SparsityTraining(ClassifierModule):
+    """Cross-entropy on labelled points + ``lam`` × the softmax-slope penalty on labelled and
+    Gaussian unlabelled anchors and their neighbours; optionally FGSM adversarial training."""
+
+    def __init__(self, model, optimizer, scheduler=None, eval_attack=None, sigma_u: float = 0.2, n_unlabeled: int = 4,
+                 sigma_n: float = 0.02, n_neighbors: int = 1, lam: float = 100.0, adv_ratio: float = 0.0,
+                 adv_eps: float = 0.1, **kw):
+        super().__init__(model, optimizer, scheduler, eval_attack)
+        self.sigma_u = _number("method.sigma_u", sigma_u, 0)
+        self.n_unlabeled = _number("method.n_unlabeled", n_unlabeled, 0, integer=True)
+        self.sigma_n = _number("method.sigma_n", sigma_n, 0, strict=True)
+        self.n_neighbors = _number("method.n_neighbors", n_neighbors, 1, integer=True)
+        self.lam = _number("method.lam", lam, 0)
+        self.adv_ratio = _number("method.adv_ratio", adv_ratio, 0)
+        self.adv_eps = _number("method.adv_eps", adv_eps, 0)
+        # the FGSM adversarial-training option composes the FGSM attack; bounds follow the data (prepare)
+        self.adv_attack = FGSM(eps=self.adv_eps, norm="linf") if self.adv_ratio > 0 else None
+
+    def prepare(self, datamodule, artifacts):
+        if self.adv_attack is not None:
+            self.adv_attack.bounds = datamodule.bounds
+        return datamodule
+
+    def _neighbors(self, anchors: torch.Tensor) -> torch.Tensor:
+        near = anchors.repeat_interleave(self.n_neighbors, dim=0)
+        return near + self.sigma_n * torch.randn_like(near)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        unlabeled = x.repeat_interleave(self.n_unlabeled, dim=0)
+        unlabeled = unlabeled + self.sigma_u * torch.randn_like(unlabeled)
+        groups = [torch.cat([x, unlabeled])]  # anchors: the labelled points first
+        if self.adv_attack is not None:
+            groups.append(self.adv_attack(self.model, x, y))
+        inputs = []
+        for anchors in groups:
+            inputs += [anchors, self._neighbors(anchors)]
+        # one forward pass for every anchor and neighbour of the batch
+        logits = self.model(torch.cat(inputs))
+        parts = logits.split([len(t) for t in inputs])
+        probs = [p.softmax(dim=1) for p in parts]
+        penalty = sum(softmax_slope_penalty(probs[i], probs[i + 1], inputs[i], inputs[i + 1]) for i in range(0, len(inputs), 2))
+        clean_logits = parts[0][: len(y)]
+        ce = F.cross_entropy(clean_logits, y)
+        if self.adv_attack is not None:
+            ce = (ce + self.adv_ratio * F.cross_entropy(parts[2], y)) / (1.0 + self.adv_ratio)
+        loss = ce + self.lam * penalty
+        self.train_acc(clean_logits, y)
+        n = len(y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/ce", ce, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/penalty", penalty, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        return loss
