@@ -32,8 +32,10 @@ def information_plane(histories: dict[str, dict], path, *, title: str = "Informa
     norm = colors.Normalize(vmin=min(epochs, default=0), vmax=max(max(epochs, default=1), min(epochs, default=0) + 1))
     cmap = plt.get_cmap("viridis")
     # fixed spacing (constrained layout would take longer than drawing the whole figure)
-    fig, axes = plt.subplots(len(estimators), len(columns), figsize=(3.4 * len(columns) + 1, 3.0 * len(estimators) + 0.4), squeeze=False,
-                             gridspec_kw={"hspace": 0.45, "wspace": 0.3, "right": 0.9, "top": 1 - 0.45 / (3.0 * len(estimators) + 0.4)})
+    height = 3.0 * len(estimators) + 0.8
+    # the top margin leaves room for the panel titles under the figure's title (in inches / height)
+    fig, axes = plt.subplots(len(estimators), len(columns), figsize=(3.4 * len(columns) + 1, height), squeeze=False,
+                             gridspec_kw={"hspace": 0.45, "wspace": 0.3, "right": 0.9, "top": 1 - 0.75 / height})
     for j, (label, kind) in enumerate(columns):
         meta, rows = histories[label]["meta"], [r for r in histories[label]["rows"] if r["input"] == kind]
         layers = list(dict.fromkeys(r["layer"] for r in rows))
