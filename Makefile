@@ -32,6 +32,7 @@ data: install
 bench: install
 	$(BIN)/python benchmarks/bench_attacks.py
 	$(BIN)/python benchmarks/bench_lightning.py
+	$(BIN)/python benchmarks/bench_mutual_information.py
 
 clean-outputs:
 	rm -rf outputs/train outputs/*/ multirun

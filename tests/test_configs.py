@@ -31,7 +31,7 @@ def _compose(*overrides, app="train"):
 
 def test_groups_have_the_designed_options():
     assert set(group_options("arch")) >= {"wide_mlp", "mlp", "cnn", "resnet18"}
-    assert set(group_options("method")) == {"standard", "adversarial", "perturbation", "sparsity"}
+    assert set(group_options("method")) == {"standard", "adversarial", "perturbation", "sparsity", "robust_dataset"}
     assert set(group_options("dataset")) >= {"digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar10_jpeg"}
     assert set(group_options("attack")) >= {"fgsm", "pgd_linf", "pgd_l2", "one_step_l2"}
     assert set(group_options("logger")) >= {"wandb", "csv", "none"}

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from advlab.errors import ConfigError
 
@@ -161,6 +161,9 @@ def _choice(cfg, key, allowed: Iterable[str]):
 TARGET_RULES = ("det", "rand", "uniform")
 BASES = ("natural", "uniform")
 TRAIN_ON = ("adv", "delta")
+# Mutual-information estimators (advlab.analysis.information) and the MI callback's key.
+MI_ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
+MI_CALLBACK = "callbacks.mutual_information"
 # Methods a model spec (`source`, advlab-eval's `models`) can name.
 MODEL_METHODS = ("standard", "adversarial", "sparsity")
 # advlab-eval's choices.
@@ -283,7 +286,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     _number(cfg, "source.max_epochs", minimum=1, integer=True)
-    for node in ("attack", "eval_attack", "source.attack"):
+    for node in ("attack", "eval_attack", "source.attack", f"{MI_CALLBACK}.attack"):
         _attack_node(cfg, node)
     for key in ("batch_size", "eval_batch_size"):
         _number(cfg, f"dataset.{key}", minimum=1, integer=True)
@@ -301,8 +304,50 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "arch.width", minimum=1, integer=True)
     _number(cfg, "arch.depth", minimum=1, integer=True)
     _choice(cfg, "arch.normalize", ("standardize", "center", "none"))
+    # method=robust_dataset (representation inversion)
+    _number(cfg, "method.steps", minimum=1, integer=True)
+    _number(cfg, "method.step_size", minimum=0, strict_min=True)
+    # callbacks=mi (mutual information during training)
+    _number(cfg, f"{MI_CALLBACK}.n_points", minimum=2, integer=True)
+    _choice(cfg, f"{MI_CALLBACK}.split", ("test", "val", "train"))
+    for key in ("noise_var", "bin_size", "renyi_alpha"):
+        _number(cfg, f"{MI_CALLBACK}.{key}", minimum=0, strict_min=True)
+    for estimator in _get(cfg, f"{MI_CALLBACK}.estimators") or ():
+        if estimator not in MI_ESTIMATORS:
+            raise ConfigError(f"{MI_CALLBACK}.estimators", f"unknown estimator {estimator!r}; allowed: {', '.join(MI_ESTIMATORS)}")
     offline = _get(cfg, "logger.offline")
     if offline is not None and not isinstance(offline, bool):
         raise ConfigError("logger.offline", f"expected true or false, got {offline!r}")
     if _get(cfg, "task_name") == "eval":
         _validate_eval(cfg)
+    if _get(cfg, "probe") is not None:
+        _validate_probe(cfg)
+
+
+def _validate_probe(cfg: DictConfig) -> None:
+    """advlab-probe's keys (whether the patch grids divide the image size is checked once the data is loaded)."""
+    for key in ("saturation", "patch_shuffle"):
+        levels = _get(cfg, f"probe.{key}")
+        if not isinstance(levels, ListConfig) or not len(levels):
+            raise ConfigError(f"probe.{key}", f"must be a non-empty list of levels, got {levels!r}")
+    for p in cfg.probe.saturation:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
+            raise ConfigError("probe.saturation", f"levels must be numbers > 0, got {p!r}")
+    for k in cfg.probe.patch_shuffle:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError("probe.patch_shuffle", f"levels must be integers >= 1, got {k!r}")
+    n = _get(cfg, "probe.n_points")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError("probe.n_points", f"must be null (the whole test set) or an integer >= 1, got {n!r}")
+    _number(cfg, "probe.batch_size", minimum=1, integer=True)
+    models = _get(cfg, "models")
+    if not models:
+        raise ConfigError("models", "name at least one model spec, e.g. models.NT.method=standard")
+    for name in models:
+        _choice(cfg, f"models.{name}.method", MODEL_METHODS)
+        _number(cfg, f"models.{name}.max_epochs", minimum=1, integer=True)
+        if _get(cfg, f"models.{name}.method") == "adversarial" and _get(cfg, f"models.{name}.attack") is None:
+            raise ConfigError(f"models.{name}.attack", "an adversarial model needs an attack, e.g. models.AT.attack=${attack}")
+    for estimator in _get(cfg, "probe.mi.estimators") or ():
+        if estimator not in MI_ESTIMATORS:
+            raise ConfigError("probe.mi.estimators", f"unknown estimator {estimator!r}; allowed: {', '.join(MI_ESTIMATORS)}")

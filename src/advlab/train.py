@@ -55,6 +55,7 @@ def _plots(method, datamodule, out_dir: Path, device) -> dict[str, Path]:
         bottom = [f"g:{names[int(b)]}" for b in p_adv]
         images["eval_attack"] = plots.adversarial_grid(x.cpu(), adv.cpu(), top, bottom, out_dir / "plots" / "eval_attack.png",
                                                        title=f"Evaluation attack {type(method.eval_attack).__name__} ε={method.eval_attack.eps:g}")
+    images.update(method.plots(out_dir, datamodule))
     return images
 
 

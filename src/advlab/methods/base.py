@@ -83,6 +83,11 @@ class ClassifierModule(pl.LightningModule):
         """Return the datamodule to fit on. Default: the given one."""
         return datamodule
 
+    # -- hook for methods with figures of their own (see RobustDataset) ------------------------------
+    def plots(self, out_dir, datamodule) -> dict:
+        """Draw the method's own figures under `out_dir`; return {name: png path} (logged to W&B)."""
+        return {}
+
 
 class StandardTraining(ClassifierModule):
     """Empirical risk minimisation on clean data."""

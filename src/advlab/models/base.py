@@ -37,7 +37,17 @@ class Classifier(nn.Module):
         return math.prod(self.input_shape)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Logits of normalised inputs: ``readout(penultimate(x))``."""
+        raise NotImplementedError
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Penultimate-layer activations (N, D) of normalised inputs: the input of the final linear readout."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features((x - self.mean) / self.std)
+
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer representation g(x) of pixel-space inputs (Ilyas et al.'s robust /
+        non-robust dataset construction inverts it)."""
+        return self.penultimate((x - self.mean) / self.std)

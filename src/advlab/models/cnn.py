@@ -22,5 +22,8 @@ class CNN(Classifier):
         self.body = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, int(hidden)), nn.ReLU(), nn.Linear(int(hidden), self.num_classes))
 
+    def penultimate(self, x):
+        return self.head[:-1](self.body(x))
+
     def features(self, x):
-        return self.head(self.body(x))
+        return self.head[-1](self.penultimate(x))

@@ -22,8 +22,11 @@ class MLP(Classifier):
         layers.append(nn.Linear(d, self.num_classes))
         self.net = nn.Sequential(*layers)
 
+    def penultimate(self, x):
+        return self.net[:-1](x)
+
     def features(self, x):
-        return self.net(x)
+        return self.net[-1](self.penultimate(x))
 
 
 class WideMLP(Classifier):
@@ -50,8 +53,11 @@ class WideMLP(Classifier):
         outputs = 1 if self.num_classes == 2 else self.num_classes
         self.register_buffer("readout_weight", torch.randn(m, outputs, generator=gen) / m**0.5)
 
+    def penultimate(self, x):
+        return torch.relu(self.hidden(x.flatten(1)))
+
     def features(self, x):
-        h = torch.relu(self.hidden(x.flatten(1)))
+        h = self.penultimate(x)
         if not self.kumano:
             return self.readout(h)
         out = h @ self.readout_weight

@@ -72,6 +72,8 @@ class ResNet(Classifier):
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, self.num_classes)
 
+    def penultimate(self, x):
+        return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
+
     def features(self, x):
-        out = self.layers(self.stem(x))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.fc(self.penultimate(x))

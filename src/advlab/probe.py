@@ -1,0 +1,138 @@
+"""advlab-probe: texture vs shape probes of several models (Zhang et al. 2022; RECIPES.md §6).
+
+    advlab-probe                                   # NT vs AT cnn on digits (conf/probe.yaml)
+    advlab-probe probe.mi.enabled=true             # per-layer mutual information at every level too
+    advlab-probe probe.saturation=[2,4,1024] probe.patch_shuffle=[1,2]
+
+Each model of `models` (a model spec, like advlab-train's `source`) is trained once and cached.
+Clean test images and adversarial ones (the `attack`, crafted against each model) are transformed
+by saturation (levels p) and patch shuffle (grids k×k); the accuracy at each level goes to
+metrics.json, probe.json, W&B, and one figure for all models (plots/texture_shape.png).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from advlab.cli import run_hydra_app
+from advlab.config import CONF_DIR, validate
+from advlab.errors import ConfigError
+from advlab.utils.io import write_json
+from advlab.utils.wrapper import task_wrapper
+
+log = logging.getLogger("advlab.probe")
+
+
+def accuracy(model, x, y, batch_size: int, device) -> float:
+    import torch
+
+    with torch.no_grad():
+        pred = torch.cat([model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    return float((pred == y).float().mean())
+
+
+def transforms(probe_cfg, shape):
+    """[(probe, level, function x -> x')]; patch shuffles reuse one seed per level, so clean and
+    adversarial images of the same index get the same permutation."""
+    import torch
+
+    from advlab.analysis.texture_shape import check_patch_grid, patch_shuffle, saturate
+
+    out = [("saturation", float(p), lambda x, p=p: saturate(x, p)) for p in probe_cfg.saturation]
+    for k in probe_cfg.patch_shuffle:
+        check_patch_grid(int(k), shape)
+        out.append(("patch_shuffle", int(k), lambda x, k=int(k): patch_shuffle(x, k, torch.Generator().manual_seed(int(probe_cfg.seed) + k))))
+    return out
+
+
+@task_wrapper
+def probe(cfg: DictConfig) -> None:
+    started = time.time()
+    validate(cfg)
+    import torch
+
+    from advlab.analysis.activations import layer_outputs, resolve_layers
+    from advlab.analysis.information import InformationEstimator
+    from advlab.artifacts import Artifacts
+    from advlab.report.grids import image_rows
+    from advlab.report.information import texture_shape, texture_shape_information
+    from advlab.utils.run import data_and_cache, finish_loggers, start_loggers
+
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule, cache, bounds = data_and_cache(cfg)
+    if not datamodule.is_image:
+        raise ConfigError("dataset", "the texture / shape probes need image data; allowed: digits, mnist, fashion_mnist, cifar10, cifar10_jpeg")
+    attack = instantiate(cfg.attack, bounds=bounds) if cfg.probe.adversarial else None
+    levels = transforms(cfg.probe, tuple(datamodule.input_shape))
+    mi_cfg = cfg.probe.get("mi") or {}
+    estimator = None
+    if mi_cfg.get("enabled"):
+        try:
+            estimator = InformationEstimator(list(mi_cfg.estimators), mi_cfg.noise_var, mi_cfg.bin_size, mi_cfg.renyi_alpha, mi_cfg.get("renyi_sigma"))
+        except ConfigError as err:
+            raise ConfigError(f"probe.mi.{err.key}", str(err).split(": ", 1)[1]) from None
+
+    loggers = start_loggers(cfg, out_dir)
+
+    n = cfg.probe.get("n_points") or len(datamodule.y_test)
+    x, y = datamodule.x_test[:n], datamodule.y_test[:n]
+    artifacts = Artifacts(cache, accelerator=cfg.get("accelerator"))
+    device = artifacts.device
+    batch = int(cfg.probe.batch_size)
+    results, information, metrics = {}, {}, {}
+    for name, spec in cfg.models.items():
+        model, model_metrics, _ = artifacts.model(spec, datamodule, name=f"model {name}")
+        inputs = {"clean": x}
+        if attack is not None:
+            inputs["adversarial"] = torch.cat([attack(model, x[i : i + batch].to(device), y[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
+        res = results[name] = {"saturation": {}, "patch_shuffle": {}}
+        layers = resolve_layers(model, mi_cfg.get("layers")) if estimator is not None else []
+        for probe_name, level, fn in levels:
+            entry = res[probe_name][level] = {}
+            for kind, xi in inputs.items():
+                xt = fn(xi)
+                entry[kind] = accuracy(model, xt, y, batch, device)
+                metrics[f"{name}/{probe_name}/{level:g}/{kind}_acc"] = entry[kind]
+                if estimator is not None:
+                    acts = layer_outputs(model, xt, layers, batch)
+                    for est, per_layer in estimator.measure(xt, y, acts).items():
+                        for layer, (i_xt, i_ty) in per_layer.items():
+                            information.setdefault(name, []).append({"probe": probe_name, "level": level, "input": kind, "estimator": est,
+                                                                     "layer": layer, "I_XT": i_xt, "I_TY": i_ty})
+        metrics[f"{name}/test/acc"] = float(model_metrics["test/acc"])  # the whole test set
+        metrics[f"{name}/clean_acc"] = accuracy(model, x, y, batch, device)  # the probed points
+        if attack is not None:
+            metrics[f"{name}/adversarial_acc"] = accuracy(model, inputs["adversarial"], y, batch, device)
+        summary = ", ".join(f"{p}={lv:g}: {res[p][lv].get('clean', float('nan')):.3f}/{res[p][lv].get('adversarial', float('nan')):.3f}" for p, lv, _ in levels)
+        log.info("%s (clean/adversarial accuracy) %s", name, summary)
+
+    metrics["time/total_s"] = round(time.time() - started, 2)
+    write_json(out_dir / "probe.json", {"n_points": len(y), "attack": repr(attack), "results": results, "information": information})
+    write_json(out_dir / "metrics.json", metrics)
+    title = f"Texture vs shape on {datamodule.name}" + (f", adversarial: {type(attack).__name__} ε={attack.eps:.3g}" if attack is not None else "")
+    images = {"texture_shape": texture_shape(results, out_dir / "plots" / "texture_shape.png", title=title)}
+    rows = [(f"{p} {lv:g}", fn(x[:8]), [str(int(c)) for c in y[:8]]) for p, lv, fn in levels]
+    images["texture_shape_samples"] = image_rows(rows, out_dir / "plots" / "texture_shape_samples.png", title="Probe transforms of the first test images")
+    if information:
+        images["texture_shape_information"] = texture_shape_information(information, out_dir / "plots" / "texture_shape_information.png",
+                                                                        n_points=len(y), num_classes=datamodule.num_classes)
+    finish_loggers(loggers, metrics, images)
+    log.info("Run directory: %s", out_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="probe")
+def _hydra_main(cfg: DictConfig):
+    return probe(cfg)
+
+
+def main() -> None:
+    run_hydra_app(_hydra_main, "advlab-probe", "probe")
+
+
+if __name__ == "__main__":
+    main()
