@@ -74,7 +74,11 @@ def test_mnist_robust_dataset_presets_run_on_the_shared_files(tmp_path, shared_d
     from advlab.data import install_shared_mnist
 
     install_shared_mnist(shared_dir, tmp_path / "data")
-    small = ["dataset.max_train=1000", "source.max_epochs=5", "method.steps=100", "trainer.max_epochs=10", "eval_attack.steps=10", "logger=csv"]
+    # a CPU-sized run: 1000 images, 12 epochs, 50 inversion steps; the AT source at half the preset's
+    # ε (1 instead of 2) and 5 PGD steps, which it learns within 12 epochs; 50 inversion steps of 0.4
+    # (the preset: 500 of 0.1) cover the L2 distance between two MNIST images (~10)
+    small = ["dataset.max_train=1000", "dataset.batch_size=64", "source.max_epochs=12", "source.attack.eps=1.0", "source.attack.steps=5",
+             "method.steps=50", "method.step_size=0.4", "trainer.max_epochs=12", "eval_attack.steps=10", "logger=csv"]
     m = _ok(run_advlab(tmp_path, f"experiment={preset}", *small, timeout=3600))
     print(preset, m)
     assert m["test/acc"] > 0.5 and m["dataset/distance_reduction"] > 2
