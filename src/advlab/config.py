@@ -213,6 +213,25 @@ def _list(cfg, key: str, allowed=None, *, numbers=False, ascending=False, nonemp
     return items
 
 
+def _mi_estimators(cfg, key: str) -> None:
+    for estimator in _get(cfg, key) or ():
+        if estimator not in MI_ESTIMATORS:
+            raise ConfigError(key, f"unknown estimator {estimator!r}; allowed: {', '.join(MI_ESTIMATORS)}")
+
+
+def _model_spec(cfg, key: str) -> None:
+    """A model spec's keys: advlab-train's `source`, advlab-transfer's `source` / `target`, the
+    `models.<name>` of advlab-eval and advlab-probe, advlab-eval's `model_defaults`."""
+    _choice(cfg, f"{key}.method", MODEL_METHODS)
+    _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
+    _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
+    params = _get(cfg, f"{key}.params")
+    if params is not None and not OmegaConf.is_dict(params):
+        raise ConfigError(f"{key}.params", f"expected a mapping of the method's arguments, got {params!r}")
+    _sparsity_params(cfg, f"{key}.params")
+    _attack_node(cfg, f"{key}.attack")
+
+
 def _validate_eval(cfg: DictConfig) -> None:
     """advlab-eval's own keys: models, seeds, analyses and their settings."""
     from advlab.model_sources import checkpoint_files  # no torch: cheap
@@ -236,18 +255,8 @@ def _validate_eval(cfg: DictConfig) -> None:
             for path in paths:
                 checkpoint_files(path, f"{key}.checkpoint")
             continue
-        _choice(cfg, f"{key}.method", MODEL_METHODS)
-        _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
-        _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
-        params = _get(cfg, f"{key}.params")
-        if params is not None and not OmegaConf.is_dict(params):
-            raise ConfigError(f"{key}.params", f"expected a mapping of the method's arguments, got {params!r}")
-        _sparsity_params(cfg, f"{key}.params")
-        _attack_node(cfg, f"{key}.attack")
-    _choice(cfg, "model_defaults.method", MODEL_METHODS)
-    _number(cfg, "model_defaults.max_epochs", minimum=1, integer=True)
-    _number(cfg, "model_defaults.optimizer.lr", minimum=0, strict_min=True)
-    _attack_node(cfg, "model_defaults.attack")
+        _model_spec(cfg, key)
+    _model_spec(cfg, "model_defaults")
     checkpoints = _list(cfg, "checkpoints", nonempty=False)
     for i, path in enumerate(checkpoints):
         checkpoint_files(path, f"checkpoints[{i}]")
@@ -285,8 +294,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "eps.value", minimum=0, required=True)
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
-    _number(cfg, "source.max_epochs", minimum=1, integer=True)
-    for node in ("attack", "eval_attack", "source.attack", f"{MI_CALLBACK}.attack"):
+    for node in ("attack", "eval_attack", f"{MI_CALLBACK}.attack"):
         _attack_node(cfg, node)
     for key in ("batch_size", "eval_batch_size"):
         _number(cfg, f"dataset.{key}", minimum=1, integer=True)
@@ -295,12 +303,11 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "method.target_rule", TARGET_RULES)
     _choice(cfg, "method.base", BASES)
     _choice(cfg, "method.train_on", TRAIN_ON)
-    _choice(cfg, "source.method", MODEL_METHODS)
+    for spec in ("source", "target"):
+        _model_spec(cfg, spec)
     _number(cfg, "method.adv_ratio", minimum=0)
     _sparsity_params(cfg, "method")
-    _sparsity_params(cfg, "source.params")
-    for key in ("method.optimizer.lr", "source.optimizer.lr"):
-        _number(cfg, key, minimum=0, strict_min=True)
+    _number(cfg, "method.optimizer.lr", minimum=0, strict_min=True)
     _number(cfg, "arch.width", minimum=1, integer=True)
     _number(cfg, "arch.depth", minimum=1, integer=True)
     _choice(cfg, "arch.normalize", ("standardize", "center", "none"))
@@ -312,9 +319,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, f"{MI_CALLBACK}.split", ("test", "val", "train"))
     for key in ("noise_var", "bin_size", "renyi_alpha"):
         _number(cfg, f"{MI_CALLBACK}.{key}", minimum=0, strict_min=True)
-    for estimator in _get(cfg, f"{MI_CALLBACK}.estimators") or ():
-        if estimator not in MI_ESTIMATORS:
-            raise ConfigError(f"{MI_CALLBACK}.estimators", f"unknown estimator {estimator!r}; allowed: {', '.join(MI_ESTIMATORS)}")
+    _mi_estimators(cfg, f"{MI_CALLBACK}.estimators")
     offline = _get(cfg, "logger.offline")
     if offline is not None and not isinstance(offline, bool):
         raise ConfigError("logger.offline", f"expected true or false, got {offline!r}")
@@ -344,10 +349,7 @@ def _validate_probe(cfg: DictConfig) -> None:
     if not models:
         raise ConfigError("models", "name at least one model spec, e.g. models.NT.method=standard")
     for name in models:
-        _choice(cfg, f"models.{name}.method", MODEL_METHODS)
-        _number(cfg, f"models.{name}.max_epochs", minimum=1, integer=True)
+        _model_spec(cfg, f"models.{name}")
         if _get(cfg, f"models.{name}.method") == "adversarial" and _get(cfg, f"models.{name}.attack") is None:
             raise ConfigError(f"models.{name}.attack", "an adversarial model needs an attack, e.g. models.AT.attack=${attack}")
-    for estimator in _get(cfg, "probe.mi.estimators") or ():
-        if estimator not in MI_ESTIMATORS:
-            raise ConfigError("probe.mi.estimators", f"unknown estimator {estimator!r}; allowed: {', '.join(MI_ESTIMATORS)}")
+    _mi_estimators(cfg, "probe.mi.estimators")

@@ -69,13 +69,6 @@ def _flatten(tree, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _predict(model, x, batch_size: int, device):
-    import torch
-
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
-
-
 @task_wrapper
 def evaluate(cfg: DictConfig) -> float | None:
     started = time.time()
@@ -89,6 +82,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     from advlab.artifacts import Artifacts
     from advlab.attacks import DeepFool
     from advlab.model_sources import check_checkpoints, load_models, resolve_entries, validate_specs
+    from advlab.models.base import predict
     from advlab.report import analysis_plots
 
     out_dir = Path(cfg.paths.output_dir)
@@ -120,7 +114,7 @@ def evaluate(cfg: DictConfig) -> float | None:
 
     # -- the test points every analysis uses ---------------------------------------------------
     x_test, y_test = datamodule.x_test, datamodule.y_test
-    correct = {id(m): _predict(m.model, x_test, batch, device) == y_test for m in models}
+    correct = {id(m): predict(m.model, x_test, batch, device) == y_test for m in models}
     common = torch.stack(list(correct.values())).all(dim=0)
     index = common.nonzero().squeeze(1) if cfg.points == "common_correct" else torch.arange(len(y_test))
     if cfg.get("max_points"):
@@ -150,7 +144,7 @@ def evaluate(cfg: DictConfig) -> float | None:
                                         "by_loss": {loss: robustness_analysis.accuracy(mask) for loss, mask in c["by_loss"].items()}}
                                  for name, c in curves.items()}
         if "deepfool" in analyses:
-            pred = _predict(m.model, x, batch, device)  # the distance to the model's own decision boundary
+            pred = predict(m.model, x, batch, device)  # the distance to the model's own decision boundary
             res["deepfool"] = {}
             for norm, attack in deepfools.items():
                 d = deepfool_analysis.deepfool_summary(m.model, x, pred, attack, batch_size=batch, device=device, desc=label)

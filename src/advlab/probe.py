@@ -29,11 +29,9 @@ log = logging.getLogger("advlab.probe")
 
 
 def accuracy(model, x, y, batch_size: int, device) -> float:
-    import torch
+    from advlab.models.base import predict
 
-    with torch.no_grad():
-        pred = torch.cat([model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
-    return float((pred == y).float().mean())
+    return float((predict(model, x, batch_size, device) == y).float().mean())
 
 
 def transforms(probe_cfg, shape):

@@ -13,18 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 from advlab.artifacts import describe_object
-from advlab.attacks.base import eval_mode
 from advlab.errors import ConfigError
+from advlab.models.base import predict
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def predict(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """Predicted labels of `x` (on CPU), in batches."""
-    with eval_mode(model):
-        out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
 def untargeted(attack):

@@ -11,6 +11,20 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from advlab.errors import ConfigError
+
+
+def check_number(key: str, value, minimum: float, *, integer: bool = False, strict: bool = False):
+    """A method's numeric argument (also when the method is built in Python, not from a config):
+    ConfigError naming `key` unless it is a number (an integer) >= `minimum` (> with `strict`)."""
+    from advlab.attacks.base import _is_int, _is_real
+
+    ok = _is_int(value) if integer else _is_real(value)
+    if not ok or value != value or (value <= minimum if strict else value < minimum):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(key, f"must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}")
+    return int(value) if integer else float(value)
+
 
 class ClassifierModule(pl.LightningModule):
     """Standard (clean) training. Subclasses change what a training batch is.

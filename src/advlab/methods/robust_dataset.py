@@ -19,16 +19,10 @@ from advlab.analysis.representation import invert_representations, other_indices
 from advlab.attacks import evaluate_attack
 from advlab.cache import spec_key
 from advlab.errors import ConfigError
-from advlab.methods.base import ClassifierModule
+from advlab.methods.base import ClassifierModule, check_number
+from advlab.models.base import predict
 
 log = logging.getLogger(__name__)
-
-
-def _positive(key: str, value, integer: bool = False):
-    ok = not isinstance(value, bool) and (isinstance(value, int) if integer else isinstance(value, (int, float))) and value > 0
-    if not ok:
-        raise ConfigError(key, f"must be {'an integer' if integer else 'a number'} > 0, got {value!r}")
-    return int(value) if integer else float(value)
 
 
 class RobustDataset(ClassifierModule):
@@ -44,10 +38,10 @@ class RobustDataset(ClassifierModule):
         if source is None:
             raise ConfigError("source", "method=robust_dataset needs a representation model spec (the `source` config node)")
         self.source_cfg = source
-        self.steps = _positive("method.steps", steps, integer=True)
-        self.step_size = _positive("method.step_size", step_size)
+        self.steps = check_number("method.steps", steps, 1, integer=True)
+        self.step_size = check_number("method.step_size", step_size, 0, strict=True)
         self.construct_seed = int(construct_seed)
-        self.construct_batch_size = _positive("method.construct_batch_size", construct_batch_size, integer=True)
+        self.construct_batch_size = check_number("method.construct_batch_size", construct_batch_size, 1, integer=True)
         self.dataset_name = None
         self.construction_preview = None
 
@@ -62,8 +56,7 @@ class RobustDataset(ClassifierModule):
             starts = other_indices(len(x), torch.Generator().manual_seed(self.construct_seed))
             out = invert_representations(source, x, x[starts], steps=self.steps, step_size=self.step_size, bounds=datamodule.bounds,
                                          batch_size=self.construct_batch_size, device=artifacts.device, progress=artifacts.progress)
-            with torch.no_grad():
-                agree = torch.cat([source(out["x"][i : i + 1024].to(artifacts.device)).argmax(1).cpu() for i in range(0, len(y), 1024)]) == y
+            agree = predict(source, out["x"], device=artifacts.device) == y
             return {"x": out["x"], "y": y.clone(), "start_index": starts, "distance_initial": out["distance_initial"],
                     "distance_final": out["distance_final"], "source_agreement": float(agree.float().mean())}
 

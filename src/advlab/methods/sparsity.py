@@ -31,9 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from advlab.attacks import FGSM
-from advlab.attacks.base import _is_int, _is_real
-from advlab.errors import ConfigError
-from advlab.methods.base import ClassifierModule
+from advlab.methods.base import ClassifierModule, check_number
 
 
 def softmax_slope_penalty(p_anchor: torch.Tensor, p_neighbor: torch.Tensor, x_anchor: torch.Tensor,
@@ -55,14 +53,6 @@ def softmax_slope_penalty(p_anchor: torch.Tensor, p_neighbor: torch.Tensor, x_an
     return slope.pow(2).mean()
 
 
-def _number(key: str, value, minimum: float, *, integer: bool = False, strict: bool = False):
-    ok = _is_int(value) if integer else _is_real(value)
-    if not ok or value != value or (value <= minimum if strict else value < minimum):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(key, f"must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
 class SparsityTraining(ClassifierModule):
     """Cross-entropy on labelled points + ``lam`` × the softmax-slope penalty on labelled and
     Gaussian unlabelled anchors and their neighbours; optionally FGSM adversarial training."""
@@ -71,13 +61,13 @@ class SparsityTraining(ClassifierModule):
                  sigma_n: float = 0.02, n_neighbors: int = 1, lam: float = 100.0, adv_ratio: float = 0.0,
                  adv_eps: float = 0.1, **kw):
         super().__init__(model, optimizer, scheduler, eval_attack)
-        self.sigma_u = _number("method.sigma_u", sigma_u, 0)
-        self.n_unlabeled = _number("method.n_unlabeled", n_unlabeled, 0, integer=True)
-        self.sigma_n = _number("method.sigma_n", sigma_n, 0, strict=True)
-        self.n_neighbors = _number("method.n_neighbors", n_neighbors, 1, integer=True)
-        self.lam = _number("method.lam", lam, 0)
-        self.adv_ratio = _number("method.adv_ratio", adv_ratio, 0)
-        self.adv_eps = _number("method.adv_eps", adv_eps, 0)
+        self.sigma_u = check_number("method.sigma_u", sigma_u, 0)
+        self.n_unlabeled = check_number("method.n_unlabeled", n_unlabeled, 0, integer=True)
+        self.sigma_n = check_number("method.sigma_n", sigma_n, 0, strict=True)
+        self.n_neighbors = check_number("method.n_neighbors", n_neighbors, 1, integer=True)
+        self.lam = check_number("method.lam", lam, 0)
+        self.adv_ratio = check_number("method.adv_ratio", adv_ratio, 0)
+        self.adv_eps = check_number("method.adv_eps", adv_eps, 0)
         # the FGSM adversarial-training option composes the FGSM attack; bounds follow the data (prepare)
         self.adv_attack = FGSM(eps=self.adv_eps, norm="linf") if self.adv_ratio > 0 else None
 

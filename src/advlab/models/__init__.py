@@ -1,10 +1,10 @@
 """Architectures. Every model maps pixel-space inputs to logits; see `Classifier`."""
-from advlab.models.base import Classifier
+from advlab.models.base import Classifier, predict
 from advlab.models.cnn import CNN
 from advlab.models.mlp import MLP, WideMLP
 from advlab.models.resnet import ResNet
 
-__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "build_model"]
+__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "build_model", "predict"]
 
 
 def build_model(arch_cfg, datamodule) -> Classifier:

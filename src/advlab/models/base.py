@@ -51,3 +51,15 @@ class Classifier(nn.Module):
         """Penultimate-layer representation g(x) of pixel-space inputs (Ilyas et al.'s robust /
         non-robust dataset construction inverts it)."""
         return self.penultimate((x - self.mean) / self.std)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, device=None) -> torch.Tensor:
+    """Predicted labels (on the CPU) of inputs `x`, in batches on `device` (default: the model's),
+    in eval mode (the mode is restored)."""
+    from advlab.attacks.base import eval_mode  # attacks import models' neighbours: import late
+
+    device = device if device is not None else next(model.parameters()).device
+    with eval_mode(model):
+        out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
