@@ -21,7 +21,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
@@ -104,8 +104,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         foreign_dm.setup()
         foreign = (foreign_dm.name, off_support_analysis.match_shape(foreign_dm.x_test, datamodule.input_shape))
 
-    write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loggers = start_loggers(cfg)
+    loggers = start_loggers(cfg, out_dir)
 
     models = load_models(entries, artifacts, datamodule, run_datamodules)
     device = artifacts.device
@@ -114,7 +113,8 @@ def evaluate(cfg: DictConfig) -> float | None:
 
     # -- the test points every analysis uses ---------------------------------------------------
     x_test, y_test = datamodule.x_test, datamodule.y_test
-    correct = {id(m): predict(m.model, x_test, batch, device) == y_test for m in models}
+    predictions = {id(m): predict(m.model, x_test, batch, device) for m in models}
+    correct = {key: pred == y_test for key, pred in predictions.items()}
     common = torch.stack(list(correct.values())).all(dim=0)
     index = common.nonzero().squeeze(1) if cfg.points == "common_correct" else torch.arange(len(y_test))
     if cfg.get("max_points"):
@@ -144,7 +144,7 @@ def evaluate(cfg: DictConfig) -> float | None:
                                         "by_loss": {loss: robustness_analysis.accuracy(mask) for loss, mask in c["by_loss"].items()}}
                                  for name, c in curves.items()}
         if "deepfool" in analyses:
-            pred = predict(m.model, x, batch, device)  # the distance to the model's own decision boundary
+            pred = predictions[id(m)][index]  # the distance to the model's own decision boundary
             res["deepfool"] = {}
             for norm, attack in deepfools.items():
                 d = deepfool_analysis.deepfool_summary(m.model, x, pred, attack, batch_size=batch, device=device, desc=label)
