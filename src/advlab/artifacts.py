@@ -21,6 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from advlab.cache import ArtifactCache, plain, spec_key
+from advlab.callbacks.history import EpochHistory
+from advlab.callbacks.progress import progress_bar
 from advlab.config import MODEL_METHODS
 from advlab.errors import ConfigError
 from advlab.models import build_model
@@ -84,6 +86,8 @@ class Artifacts:
         self.accelerator = accelerator
         self.device = pick_device(accelerator)
         self.progress = progress
+        # {spec node: {"metrics", "history"}} of every model this run took from the cache or trained
+        self.trained: dict[str, dict] = {}
 
     # -- models --------------------------------------------------------------------------------------
     def model_spec(self, spec, datamodule, where: str = "source") -> dict:
@@ -120,6 +124,7 @@ class Artifacts:
         payload, _ = self.cache.get_or_create("models", key, lambda: self._train(spec, datamodule, name, key), what=name)
         model = build_model(spec.arch, datamodule)
         model.load_state_dict(payload["state_dict"])
+        self.trained.setdefault(where, {"metrics": dict(payload["metrics"]), "history": list(payload.get("history", []))})
         return model.to(self.device).eval(), dict(payload["metrics"]), key
 
     def _train(self, spec, datamodule, name: str, key: dict) -> dict:
@@ -134,6 +139,7 @@ class Artifacts:
             # a fresh copy: the data order must not depend on what this datamodule trained before
             datamodule = module.prepare(datamodule.fresh(), self)
             log.info("Training %s: %s, %s, %s epochs", name, method, OmegaConf.select(spec, "arch._target_"), spec.max_epochs)
+            history = EpochHistory()
             trainer = pl.Trainer(
                 max_epochs=int(spec.max_epochs),
                 accelerator="gpu" if self.device.type == "cuda" else "cpu",
@@ -142,11 +148,14 @@ class Artifacts:
                 enable_checkpointing=False,
                 enable_model_summary=False,
                 enable_progress_bar=self.progress,
+                callbacks=[history, progress_bar()] if self.progress else [history],
                 inference_mode=False,
                 num_sanity_val_steps=0,
             )
             trainer.fit(module, datamodule=datamodule)
-            result = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-        metrics = {"test/acc": float(result["test/acc"]), "val/acc": float(trainer.callback_metrics.get("val/acc", float("nan")))}
+            # read before testing: trainer.test resets the callback metrics
+            metrics = {k: float(trainer.callback_metrics[k]) for k in ("val/acc", "train/acc") if k in trainer.callback_metrics}
+            metrics["test/acc"] = float(trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"])
         log.info("Trained %s: test/acc = %.4f", name, metrics["test/acc"])
-        return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metrics": metrics}
+        return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metrics": metrics,
+                "history": history.rows}

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
-from advlab.utils.run import data_and_cache, finish_run, instantiate_all, start_loggers
+from advlab.utils.run import data_and_cache, finish_run, finished_run, log_source_history, start_loggers
 from advlab.utils.wrapper import task_wrapper
 
 # torch, Lightning and friends are imported inside the task, so that bad input is reported at once.
@@ -59,51 +59,66 @@ def _plots(method, datamodule, out_dir: Path, device) -> dict[str, Path]:
     return images
 
 
-@task_wrapper
-def train(cfg: DictConfig) -> float | None:
-    started = time.time()
-    validate(cfg)
-    import pytorch_lightning as pl
-
-    from advlab.artifacts import Artifacts
+def _build_method(cfg: DictConfig, datamodule, bounds):
     from advlab.models import build_model
-    from advlab.report import plots
 
-    out_dir = Path(cfg.paths.output_dir)
-    # Everything that can be checked is checked before any work: data, cache dir, attacks, model.
-    datamodule, cache, bounds = data_and_cache(cfg)
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
     eval_attack = instantiate(cfg.eval_attack, bounds=bounds) if cfg.get("eval_attack") else None
     model = build_model(cfg.arch, datamodule)
     source = cfg.get("source")
-    if source is not None and source.get("arch") is None:  # default: the source has the trained model's architecture
-        source = OmegaConf.merge(source, {"arch": cfg.arch})
+    if source is not None and source.get("arch") is None:
+        # default: the source has the trained model's architecture; recorded as used (config_resolved, W&B)
+        cfg.source.arch = cfg.arch
     extra = {}
     if cfg.method.get("measure_transfer"):  # a standard model of the trained architecture, from the source's spec
         target = {k: v for k, v in OmegaConf.to_container(source, resolve=True).items() if k not in ("arch", "attack")}
         extra["transfer_target"] = OmegaConf.create({**target, "arch": OmegaConf.to_container(cfg.arch, resolve=True), "method": "standard"})
     method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=source, _recursive_=False, **extra)
+    method.record_configs(arch=cfg.arch, datamodule=datamodule, attack=cfg.get("attack"), eval_attack=cfg.get("eval_attack"))
+    return method
 
-    loggers = start_loggers(cfg, out_dir)
-    callbacks = instantiate_all(cfg.get("callbacks"))
 
+def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from) -> tuple[dict, object]:
+    import pytorch_lightning as pl
+
+    from advlab.callbacks.checkpoint import completed_epochs
+    from advlab.utils.run import make_callbacks
+
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # same stream whether artifacts were cached or built
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=make_callbacks(cfg))
+    if resume_from:
+        log.info("Resuming from %s (%d epochs done)", resume_from, completed_epochs(resume_from))
+    trainer.fit(method, datamodule=fit_datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/acc", "train/acc")}
+    trainer.test(method, datamodule=fit_datamodule, verbose=False)  # with the last epoch's weights (last.ckpt)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    return metrics, trainer
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> float | None:
+    started = time.time()
+    validate(cfg)
+    from advlab.artifacts import Artifacts
+    from advlab.callbacks.checkpoint import resume_checkpoint, torch_load_plain
+    from advlab.report import plots
+
+    out_dir = Path(cfg.paths.output_dir)
+    finished = finished_run(cfg, out_dir)
+    if finished is not None:
+        return None if finished is True else finished
+    # Everything that can be checked is checked before any work: data, cache dir, attacks, model.
+    datamodule, cache, bounds = data_and_cache(cfg)
+    method = _build_method(cfg, datamodule, bounds)
+    resume_from = resume_checkpoint(out_dir / "checkpoints") if cfg.get("resume") else None
+    loggers = start_loggers(cfg, out_dir, resume_step=int(torch_load_plain(resume_from)["global_step"]) if resume_from else None)
     artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
     fit_datamodule = method.prepare(datamodule, artifacts)
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # same stream whether artifacts were cached or built
-
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    last = out_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.get("resume") and last.exists() else None
-    if ckpt_path:
-        log.info("Resuming from %s", ckpt_path)
-    trainer.fit(method, datamodule=fit_datamodule, ckpt_path=ckpt_path)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/acc", "train/acc")}
-    trainer.test(method, datamodule=fit_datamodule, verbose=False)
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    metrics.update(method.extra_metrics)
-    metrics["time/total_s"] = round(time.time() - started, 2)
+    source_metrics, images = log_source_history(loggers, artifacts, out_dir, fresh=resume_from is None)
+    metrics, trainer = _fit_and_test(cfg, method, fit_datamodule, loggers, resume_from)
+    metrics.update({**source_metrics, **method.extra_metrics, "time/total_s": round(time.time() - started, 2)})
     if trainer.is_global_zero:
-        images = _plots(method, fit_datamodule, out_dir, method.device)
+        images.update(_plots(method, fit_datamodule, out_dir, method.device))
         csv_file = out_dir / "csv" / "metrics.csv"
         if csv_file.exists():
             curve = plots.training_curves(csv_file, out_dir / "plots" / "training_curves.png", title=cfg.run_name)

@@ -392,13 +392,29 @@ class ArrayDataModule(pl.LightningDataModule):
             len(self.y_test), tuple(self.x_test.shape[1:]), len(names),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        self._ensure_setup()
+    def _generators(self) -> dict[str, torch.Generator]:
+        """The training order's and the augmentation's streams (created on first use)."""
         if self._loader_generator is None:
             self._loader_generator = torch.Generator().manual_seed(self.seed)
+        if self._augment_generator is None:
+            self._augment_generator = torch.Generator().manual_seed(self.seed + 1)
+        return {"loader": self._loader_generator, "augment": self._augment_generator}
+
+    # Lightning stores these in every checkpoint: a resumed run shuffles and augments its next epoch
+    # exactly as the uninterrupted run would have.
+    def state_dict(self) -> dict[str, Any]:
+        return {name: g.get_state() for name, g in self._generators().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, g in self._generators().items():
+            if name in state:
+                g.set_state(state[name])
+
+    def train_dataloader(self) -> DataLoader:
+        self._ensure_setup()
         return make_loader(
             self.train_dataset, self.batch_size, shuffle=True, num_workers=self.num_workers,
-            generator=self._loader_generator,
+            generator=self._generators()["loader"],
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -414,9 +430,7 @@ class ArrayDataModule(pl.LightningDataModule):
         if self.augment and trainer is not None and trainer.training:
             x = batch[0]
             if x.dim() == 4:
-                if self._augment_generator is None:
-                    self._augment_generator = torch.Generator().manual_seed(self.seed + 1)
-                x = random_crop_flip(x, self.augment_padding, generator=self._augment_generator)
+                x = random_crop_flip(x, self.augment_padding, generator=self._generators()["augment"])
                 batch = type(batch)([x, *batch[1:]]) if isinstance(batch, (list, tuple)) else batch
         return batch
 

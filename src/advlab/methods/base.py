@@ -7,6 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -35,6 +36,12 @@ class ClassifierModule(pl.LightningModule):
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None, **_ignored):
         super().__init__()
+        # Every init argument but the objects, as plain values (checkpoints load with weights_only=True);
+        # `record_configs` adds how to rebuild the objects, so `load_from_checkpoint(path)` needs nothing else.
+        self.save_hyperparameters(ignore=["model", "attack", "eval_attack"], logger=False)
+        for key, value in list(self.hparams.items()):
+            if OmegaConf.is_config(value):
+                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
         self.model = model
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
@@ -49,6 +56,51 @@ class ClassifierModule(pl.LightningModule):
 
     def forward(self, x):
         return self.model(x)
+
+    # -- checkpoints: what rebuilds the module, and the attacks' random streams ------------------------
+    def record_configs(self, arch, datamodule, attack=None, eval_attack=None) -> None:
+        """Store how to rebuild the model and the attacks (plain configs) in the hyperparameters."""
+        plain = lambda node: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node  # noqa: E731
+        bounds = list(datamodule.bounds) if datamodule.bounds is not None else None
+        self.hparams["model_build"] = {
+            "arch": plain(arch), "input_shape": list(datamodule.input_shape), "num_classes": int(datamodule.num_classes),
+            "mean": datamodule.mean.flatten().tolist(), "std": datamodule.std.flatten().tolist(), "bounds": bounds}
+        self.hparams["attack_config"] = plain(attack)
+        self.hparams["eval_attack_config"] = plain(eval_attack)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+        """Lightning's loader (`weights_only=True`), with the model and attacks rebuilt from the
+        checkpoint's own record of them (see `record_configs`)."""
+        from advlab.models import build_from_record
+
+        hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        build = hparams.get("model_build")
+        if build is None:
+            raise ValueError(f"{checkpoint_path}: no `model_build` hyperparameters; pass model=... (not an advlab-train checkpoint)")
+        objects = {"model": build_from_record(build)}
+        for name in ("attack", "eval_attack"):
+            node = hparams.get(f"{name}_config")
+            objects[name] = instantiate(node, bounds=build["bounds"]) if node else None
+        kwargs = {**objects, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True, **kwargs)
+
+    def _attacks(self) -> dict:
+        from advlab.attacks.base import Attack
+
+        return {name: value for name, value in vars(self).items() if isinstance(value, Attack)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["attack_rng"] = {name: {f"{t}:{i}": state for (t, i), state in attack.__getstate__()["_pending_states"].items()}
+                                    for name, attack in self._attacks().items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # a resumed run's attacks continue their random streams (PGD-AT's random starts)
+        for name, attack in self._attacks().items():
+            states = checkpoint.get("attack_rng", {}).get(name, {})
+            attack.reset_rng()
+            attack._pending_states = {(key.split(":")[0], None if key.split(":")[1] == "None" else int(key.split(":")[1])): state
+                                      for key, state in states.items()}
 
     # -- what a training batch is: methods override this ------------------------------------------
     def training_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

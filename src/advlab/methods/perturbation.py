@@ -144,7 +144,8 @@ class PerturbationLearning(ClassifierModule):
     def _transfer_metrics(self, source, source_key, datamodule, artifacts) -> dict:
         from advlab.analysis.transfer import adversarial_test_set, evaluate_transfer, untargeted
 
-        target, _, target_key = artifacts.model(self.transfer_target, datamodule, name="transfer target model")
+        target, _, target_key = artifacts.model(self.transfer_target, datamodule, name="transfer target model",
+                                            where="method.transfer_target")
         attack = untargeted(self.attack)
         if self.transfer_eps is not None:  # the crafting ε can be far too large to tell architectures apart
             attack.eps = self.transfer_eps

@@ -4,7 +4,7 @@ from advlab.models.cnn import CNN
 from advlab.models.mlp import MLP, WideMLP
 from advlab.models.resnet import ResNet
 
-__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "build_model", "predict"]
+__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "build_model", "build_from_record", "predict"]
 
 
 def build_model(arch_cfg, datamodule) -> Classifier:
@@ -13,3 +13,14 @@ def build_model(arch_cfg, datamodule) -> Classifier:
 
     factory = instantiate(arch_cfg)
     return factory(input_shape=datamodule.input_shape, num_classes=datamodule.num_classes, mean=datamodule.mean, std=datamodule.std)
+
+
+def build_from_record(record: dict) -> Classifier:
+    """Rebuild a model from the record a method stores in its checkpoint (`record_configs`)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    shape = SimpleNamespace(input_shape=tuple(record["input_shape"]), num_classes=int(record["num_classes"]),
+                            mean=torch.tensor(record["mean"]), std=torch.tensor(record["std"]))
+    return build_model(record["arch"], shape)

@@ -30,6 +30,68 @@ def data_and_cache(cfg: DictConfig):
     return datamodule, cache, bounds
 
 
+def make_callbacks(cfg: DictConfig) -> list:
+    """The `callbacks` node's callbacks; without the progress display when the trainer has it off."""
+    from pytorch_lightning.callbacks import ProgressBar
+
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
+def finished_run(cfg: DictConfig, out_dir: Path) -> float | None | bool:
+    """When this run directory holds a finished run (metrics.json and a last.ckpt of every epoch) and
+    `resume` is on: say so and return the run's result (the optimized metric, or True); else None."""
+    import json
+
+    from advlab.callbacks.checkpoint import LAST, completed_epochs, readable_checkpoint
+
+    metrics_file, last = out_dir / "metrics.json", out_dir / "checkpoints" / LAST
+    if not (cfg.get("resume") and metrics_file.is_file() and last.is_file()) or readable_checkpoint(last):
+        return None
+    done = completed_epochs(last)
+    if done < int(cfg.trainer.max_epochs):
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    log.info("Run already finished (%d of %d epochs): nothing to train; metrics in %s: %s", done, int(cfg.trainer.max_epochs),
+             metrics_file, ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test/")))
+    optimized = cfg.get("optimized_metric")
+    return metrics.get(optimized) if optimized else True
+
+
+def log_source_history(loggers, artifacts, out_dir: Path, fresh: bool) -> tuple[dict[str, float], dict[str, Path]]:
+    """The source model's training (cached or just trained): its curves as `source/*` W&B rows (once,
+    not again on resume) and `plots/source_training_curves.png`. Returns (its metrics as `source/*`,
+    {figure name: png})."""
+    from advlab.report import plots
+    from advlab.utils.io import atomic_path
+
+    entry = artifacts.trained.get("source")
+    if entry is None:
+        return {}, {}
+    history = entry["history"]
+    wb = wandb_logger(loggers)
+    if wb is not None and fresh:
+        for row in history:
+            wb.experiment.log({f"source/{k}": v for k, v in row.items()})
+    images = {}
+    if history:
+        import csv
+
+        keys = sorted({k for row in history for k in row})
+        csv_file = out_dir / "source" / "metrics.csv"
+        csv_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(csv_file) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+        curve = plots.training_curves(csv_file, out_dir / "plots" / "source_training_curves.png", title="source model")
+        if curve:
+            images["source_training_curves"] = curve
+    return {f"source/{k}": float(v) for k, v in entry["metrics"].items()}, images
+
+
 def instantiate_all(node) -> list:
     """Instantiate every `_target_` entry of a mapping config (loggers, callbacks)."""
     if not node:
@@ -48,31 +110,48 @@ def log_images(loggers, images: dict[str, Path]) -> None:
             logger.log_image(key=f"plots/{key}", images=[str(path)])
 
 
-def start_loggers(cfg: DictConfig, out_dir: Path | None = None) -> list:
+def start_loggers(cfg: DictConfig, out_dir: Path | None = None, resume_step: int | None = None) -> list:
     """The run's loggers (`logger` node), with the resolved config as their hyperparameters; with
-    `out_dir`, the resolved config is written there first."""
+    `out_dir`, the resolved config is written there first. `resume_step`: the global step of the
+    checkpoint the run resumes from (the CSV history is kept up to it, the W&B run continues)."""
+    from advlab.loggers import ResumableCSVLogger, dashboard_config, define_wandb_axes, wandb_run_id
+
     if out_dir is not None:
         write_text(Path(out_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    loggers = instantiate_all(cfg.get("logger"))
+    nodes = {k: v for k, v in (cfg.get("logger") or {}).items() if isinstance(v, DictConfig) and "_target_" in v}
+    loggers = []
+    for node in nodes.values():
+        extra = {}
+        if out_dir is not None and node._target_.endswith("WandbLogger"):
+            extra["id"] = wandb_run_id(Path(out_dir), resume=resume_step is not None)
+        logger = instantiate(node, **extra)
+        if isinstance(logger, ResumableCSVLogger):
+            logger.keep_until_step = resume_step
+        loggers.append(logger)
+    wb = wandb_logger(loggers)
+    if wb is not None:
+        define_wandb_axes(wb.experiment)
+        wb.log_hyperparams(dashboard_config(cfg))
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if lg is not wb:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return loggers
 
 
-def finish_loggers(loggers, metrics: dict[str, float], images: dict[str, Path], prefix: str = "") -> None:
-    """End of a run: plots as W&B images, final metrics in the W&B summary and every logger, loggers closed."""
+def finish_loggers(loggers, metrics: dict[str, float], images: dict[str, Path]) -> None:
+    """End of a run: plots as W&B images, final metrics in the W&B summary (not as another history
+    row), loggers closed."""
     log_images(loggers, images)
     wb = wandb_logger(loggers)
     if wb is not None:
         wb.experiment.summary.update(metrics)
     for lg in loggers:
-        lg.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()})
         lg.finalize("success")
 
 
 def finish_run(loggers, metrics: dict, out_dir: Path, images: dict[str, Path] | None = None) -> None:
-    """`metrics.json` (atomically), then `finish_loggers` with the metrics as `final/*`."""
+    """`metrics.json` (atomically), then `finish_loggers`."""
     write_json(Path(out_dir) / "metrics.json", metrics)
-    finish_loggers(loggers, metrics, images or {}, prefix="final/")
+    finish_loggers(loggers, metrics, images or {})
     log.info("Final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     log.info("Run directory: %s", out_dir)

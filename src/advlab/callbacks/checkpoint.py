@@ -1,0 +1,96 @@
+"""What makes a run resumable: atomic checkpoint writes, the random streams in every checkpoint,
+and the choice of the checkpoint to resume from (a corrupt one is set aside, never crashes a run).
+
+`checkpoints/last.ckpt` is the last completed epoch (every epoch); `checkpoints/best.ckpt` the best
+by `val/acc`. `test/acc` is computed with the last epoch's weights: the ones in `last.ckpt`.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from advlab.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "last.ckpt", "best.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint is written to a temp file and renamed: a kill (or a full disk) during the
+    write leaves the previous checkpoint intact."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class RandomState(Callback):
+    """The global random streams (torch, numpy, python) in every checkpoint, as tensors and plain
+    values (so `weights_only=True` loading reads them): a resumed run draws what the uninterrupted
+    one would have drawn."""
+
+    def state_dict(self) -> dict[str, Any]:
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        return {"torch": torch.get_rng_state(),
+                "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)},
+                "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def torch_load_plain(path: Path) -> dict:
+    """A checkpoint's contents, tensors and plain values only (never code: `weights_only=True`)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def readable_checkpoint(path: Path) -> str | None:
+    """None when `path` loads as a checkpoint (tensors and plain values only), else why not."""
+    try:
+        ckpt = torch_load_plain(path)
+    except Exception as err:  # truncated, garbage or unsafe: all mean "do not resume from it"
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
+        return "not a Lightning checkpoint"
+    return None
+
+
+def set_aside(path: Path, why: str) -> Path:
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    path.rename(aside)
+    log.warning("%s is unreadable (%s): set aside as %s", path, why, aside.name)
+    return aside
+
+
+def resume_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The checkpoint to resume from: `last.ckpt`, else (when it is corrupt, set aside) `best.ckpt`,
+    else None (start fresh)."""
+    for name in (LAST, BEST):
+        path = Path(checkpoint_dir) / name
+        if not path.is_file():
+            continue
+        why = readable_checkpoint(path)
+        if why is None:
+            return path
+        set_aside(path, why)
+    return None
+
+
+def completed_epochs(path: Path) -> int:
+    """How many epochs the checkpoint at `path` has completed (advlab's are written at epoch ends)."""
+    return int(torch_load_plain(path)["epoch"]) + 1
