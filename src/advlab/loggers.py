@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import csv
+import secrets
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
@@ -60,14 +62,21 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's WandbLogger without the `anonymous` argument, which W&B deprecated (it warns on
+    every run even when unset)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)
+
+
 def wandb_run_id(out_dir: Path, resume: bool) -> str:
     """The W&B run id of this run directory: the stored one when resuming, else a new one (stored)."""
     path = Path(out_dir) / WANDB_ID_FILE
     if resume and path.is_file() and path.read_text().strip():
         return path.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
     write_text(path, run_id + "\n")
     return run_id
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from advlab.utils.progress import progress_bar
 
 from advlab.attacks import DeepFool
 
@@ -25,7 +25,7 @@ def deepfool_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     rs, succ = [], []
-    for i in tqdm(range(0, len(x), batch_size), desc=f"DeepFool {attack.norm} {desc}".strip(), disable=not progress, leave=False):
+    for i in progress_bar(range(0, len(x), batch_size), desc=f"DeepFool {attack.norm} {desc}".strip(), disable=not progress, leave=False):
         res = attack.run(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
         rs.append((res.l2 if attack.norm == "l2" else res.linf).cpu())
         succ.append(res.success.cpu())

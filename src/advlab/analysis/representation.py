@@ -9,7 +9,7 @@ model, the non-robust ones too (D_NR). RECIPES.md §4.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from advlab.utils.progress import progress_bar
 
 from advlab.attacks.base import eval_mode
 
@@ -78,7 +78,7 @@ def invert_representations(model, x_target: torch.Tensor, x_start: torch.Tensor,
     initial = torch.empty(len(x_start))
     final = torch.empty(len(x_start))
     n_batches = (len(x_start) + batch_size - 1) // batch_size
-    with tqdm(total=steps * n_batches, desc="Inverting representations", disable=not progress) as bar:
+    with progress_bar(total=steps * n_batches, desc="Inverting representations", disable=not progress) as bar:
         for i in range(0, len(x_start), batch_size):
             xb, d0, d1 = invert_batch(model, x_target[i : i + batch_size].to(device), x_start[i : i + batch_size].to(device),
                                       steps, step_size, bounds, progress=bar)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from advlab.utils.progress import progress_bar
 
 from advlab.attacks import Attack, robust_curve_per_sample
 from advlab.errors import ConfigError
@@ -40,7 +40,7 @@ def robustness_curves(model: nn.Module, attacks: Mapping[str, Attack], eps_grids
         raise ConfigError("robustness.losses", f"needs at least one loss; allowed: {', '.join(LOSSES)}")
     n_batches = -(-len(x) // batch_size)
     total = sum(len(losses) for _ in attacks) * n_batches
-    bar = tqdm(total=total, desc=f"Robustness curves {desc}".strip(), disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"Robustness curves {desc}".strip(), disable=not progress, leave=False)
     results: dict[str, dict] = {}
     robust_so_far: dict[str, torch.Tensor] = {}  # per norm: robust under every attack run so far
     try:

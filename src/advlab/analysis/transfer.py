@@ -10,7 +10,7 @@ import copy
 import logging
 
 import torch
-from tqdm.auto import tqdm
+from advlab.utils.progress import progress_bar
 
 from advlab.artifacts import describe_object
 from advlab.errors import ConfigError
@@ -33,7 +33,7 @@ def craft_adversarial(source, attack, x: torch.Tensor, y: torch.Tensor, *, batch
     if attack.targeted:
         raise ConfigError("attack.targeted", "attack transfer needs an untargeted attack; allowed: false")
     out = torch.empty_like(x)
-    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress):
+    for i in progress_bar(range(0, len(x), batch_size), desc=desc, disable=not progress):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         out[i : i + batch_size] = attack(source, xb, yb).detach().cpu()
     return out

@@ -12,11 +12,15 @@ log = logging.getLogger("advlab.progress")
 
 
 class EpochLines(ProgressBar):
-    """One log line per training epoch with its metrics: readable in CI logs and W&B's output.log,
-    where tqdm's refreshes would pile up as hundreds of kilobytes."""
+    """A log line per epoch (at most about `max_lines` per fit, the first and last epochs always)
+    with its main metrics: readable in CI logs and W&B's output.log, where tqdm's refreshes would
+    pile up as hundreds of kilobytes."""
 
-    def __init__(self):
+    SHOWN = (("train/loss_epoch", "loss"), ("train/acc", "train/acc"), ("val/acc", "val/acc"))
+
+    def __init__(self, max_lines: int = 10):
         super().__init__()
+        self.max_lines = max(1, int(max_lines))
         self._enabled = True
         self._epoch_started = time.time()
 
@@ -30,12 +34,13 @@ class EpochLines(ProgressBar):
         self._epoch_started = time.time()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not self._enabled or not trainer.is_global_zero:
+        epoch, total = trainer.current_epoch + 1, trainer.max_epochs
+        every = max(1, total // self.max_lines) if total and total > 0 else 1
+        if not self._enabled or not trainer.is_global_zero or (epoch % every and epoch not in (1, total)):
             return
-        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
-        log.info("epoch %d/%d (%.1f s): %s", trainer.current_epoch + 1, trainer.max_epochs,
-                 time.time() - self._epoch_started, shown)
+        metrics = self.get_metrics(trainer, pl_module)
+        shown = " ".join(f"{short}={metrics[key]:.4g}" for key, short in self.SHOWN if isinstance(metrics.get(key), float))
+        log.info("epoch %d/%d (%.1f s) %s", epoch, total, time.time() - self._epoch_started, shown)
 
 
 def progress_bar(refresh_rate: int = 10) -> ProgressBar:

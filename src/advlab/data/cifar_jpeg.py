@@ -20,7 +20,7 @@ import torch
 from filelock import FileLock
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
-from tqdm.auto import tqdm
+from advlab.utils.progress import progress_bar
 
 from advlab.data._io import torch_save_atomic
 from advlab.data.base import ArrayDataModule
@@ -131,7 +131,7 @@ class CIFAR10JPEGDataModule(ArrayDataModule):
         first = self._decode(folder, 0)
         x = torch.empty((n, *first.shape), dtype=torch.uint8)
         y = torch.as_tensor(folder.targets, dtype=torch.int64)
-        with tqdm(total=n, desc=f"decoding CIFAR-10 JPEG {split}", unit="img", mininterval=1.0) as bar:
+        with progress_bar(total=n, desc=f"decoding CIFAR-10 JPEG {split}", unit="img", mininterval=1.0) as bar:
             for i in range(n):
                 img = first if i == 0 else self._decode(folder, i)
                 if img.shape != first.shape:

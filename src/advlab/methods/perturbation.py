@@ -11,7 +11,7 @@ import logging
 
 import torch
 from torchmetrics import MeanMetric
-from tqdm.auto import tqdm
+from advlab.utils.progress import progress_bar
 
 from advlab.artifacts import describe_object
 from advlab.cache import spec_key
@@ -56,7 +56,7 @@ def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base=
     source.eval()
     out = torch.empty_like(x_base)
     hits, l2, linf = 0, 0.0, 0.0
-    for i in tqdm(range(0, len(x_base), batch_size), desc="Crafting perturbation dataset", disable=not progress):
+    for i in progress_bar(range(0, len(x_base), batch_size), desc="Crafting perturbation dataset", disable=not progress):
         xb, tb = x_base[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
         adv = attack(source, xb, tb)
         with torch.no_grad():

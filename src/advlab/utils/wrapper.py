@@ -66,6 +66,9 @@ def record_failure(job_dir: Path, exc: BaseException) -> None:
 def task_wrapper(task):
     @functools.wraps(task)
     def wrapped(cfg):
+        from advlab.utils.quiet import silence_third_party
+
+        silence_third_party()
         failed = True
         try:
             result = task(cfg)
