@@ -69,6 +69,12 @@ class WandbLogger(_LightningWandbLogger):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._wandb_init.pop("anonymous", None)
+        import wandb
+
+        # W&B writes an offline run's file every 15 s by default: a killed run would lose that much
+        # history before its resumed part continues the run
+        if "x_transaction_log_flush_interval" in getattr(wandb.Settings, "model_fields", {}):
+            self._wandb_init.setdefault("settings", {"x_transaction_log_flush_interval": 1.0})
 
 
 def wandb_run_id(out_dir: Path, resume: bool) -> str:

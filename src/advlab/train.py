@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -78,10 +79,23 @@ def _build_method(cfg: DictConfig, datamodule, bounds):
     return method
 
 
+EPOCH_METRICS = ("val/acc", "train/acc")
+
+
+def _last_logged(csv_file: Path) -> dict[str, float]:
+    import csv
+
+    if not csv_file.is_file():
+        return {}
+    rows = list(csv.DictReader(open(csv_file)))
+    return {k: float(r[k]) for k in EPOCH_METRICS for r in rows if r.get(k)}  # the last value of each
+
+
 def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from) -> tuple[dict, object]:
     import pytorch_lightning as pl
 
-    from advlab.callbacks.checkpoint import completed_epochs
+    from advlab.callbacks.checkpoint import LAST, completed_epochs
+    from advlab.utils.io import atomic_path
     from advlab.utils.run import make_callbacks
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # same stream whether artifacts were cached or built
@@ -89,7 +103,13 @@ def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from)
     if resume_from:
         log.info("Resuming from %s (%d epochs done)", resume_from, completed_epochs(resume_from))
     trainer.fit(method, datamodule=fit_datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/acc", "train/acc")}
+    last = Path(cfg.paths.output_dir) / "checkpoints" / LAST
+    if resume_from and resume_from.name != LAST and not last.exists():  # best.ckpt was the final epoch: nothing trained
+        with atomic_path(last) as tmp:
+            shutil.copyfile(resume_from, tmp)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in EPOCH_METRICS}
+    if len(metrics) < len(EPOCH_METRICS):  # resumed at the final epoch: nothing trained, the history has them
+        metrics = {**_last_logged(Path(cfg.paths.output_dir) / "csv" / "metrics.csv"), **metrics}
     trainer.test(method, datamodule=fit_datamodule, verbose=False)  # with the last epoch's weights (last.ckpt)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     return metrics, trainer

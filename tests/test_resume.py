@@ -1,0 +1,118 @@
+"""Checkpoints and resume with real advlab-train runs in subprocesses: last.ckpt is the last epoch,
+a `kill -9` loses at most one epoch and the resumed run ends bit-identical to an uninterrupted one
+(one CSV history, one W&B run), a finished run trains nothing, a corrupt last.ckpt is set aside."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import time
+
+import pytest
+import torch
+
+from conftest import run_advlab
+from wandb_records import read_run
+
+EPOCHS = 6
+ARGS = ["method=standard", "arch=cnn", f"trainer.max_epochs={EPOCHS}", "logger=wandb"]
+
+
+def _epoch(path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def _history(run_dir) -> list[tuple]:
+    rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    return [(r["epoch"], r["step"], r.get("val/acc"), r.get("train/loss_epoch")) for r in rows]
+
+
+def _result(run_dir) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.pop("time/total_s")
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """An uninterrupted run: the reference for every resume."""
+    root = tmp_path_factory.mktemp("resume")
+    run = run_advlab(root, *ARGS, run_dir=root / "uninterrupted")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root, run
+
+
+def test_last_ckpt_is_the_last_epoch_and_best_sits_beside_it(finished):
+    _, run = finished
+    ckpts = run.run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert _epoch(ckpts / "last.ckpt") == EPOCHS - 1
+    val = [(float(r["val/acc"]), int(r["epoch"])) for r in csv.DictReader(open(run.run_dir / "csv" / "metrics.csv")) if r.get("val/acc")]
+    assert len(val) == EPOCHS
+    best_epoch = max(val, key=lambda t: (t[0], -t[1]))[1]  # the first epoch reaching the best val/acc
+    assert _epoch(ckpts / "best.ckpt") == best_epoch
+
+
+def test_kill_9_then_resume_ends_bit_identical_with_one_history(finished):
+    root, reference = finished
+    run_dir = root / "killed"
+    proc, _ = run_advlab(root, *ARGS, run_dir=run_dir, wait=False)
+    last, killed_at = run_dir / "checkpoints" / "last.ckpt", None
+    while proc.poll() is None and killed_at is None:
+        if last.is_file() and _epoch(last) >= 3:
+            proc.send_signal(signal.SIGKILL)  # a real kill -9 of a real run, mid-training
+            killed_at = _epoch(last)
+        time.sleep(0.02)
+    proc.communicate()
+    assert killed_at is not None and not (run_dir / "metrics.json").exists(), "the run finished before the kill"
+    resumed = run_advlab(root, *ARGS, run_dir=run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"({killed_at + 1} epochs done)" in resumed.log  # resumed after the last completed epoch
+    assert _result(run_dir) == _result(reference.run_dir)  # bit-identical on CPU
+    assert _history(run_dir) == _history(reference.run_dir)  # one CSV history, every epoch once
+    parts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2
+    records = [read_run(next(p.glob("run-*.wandb"))) for p in parts]
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    assert {r["run_id"] for r in records} == {run_id}  # one W&B run, continued
+    epochs = [sorted({h["epoch"] for h in r["history"] if "val/acc" in h}) for r in records]
+    assert epochs[0] and epochs[0][-1] <= killed_at  # the first part's history reached W&B ...
+    assert epochs[1] == list(range(killed_at + 1, EPOCHS))  # ... and the second continues it
+    assert records[1]["summary"]["test/acc"] == pytest.approx(_result(reference.run_dir)["test/acc"])
+
+
+def test_a_finished_run_run_again_trains_nothing(finished):
+    _, run = finished
+    before = {p.name: p.stat().st_mtime_ns for p in (run.run_dir / "checkpoints").iterdir()}
+    metrics = (run.run_dir / "metrics.json").read_text()
+    again = run_advlab(run.run_dir.parent, *ARGS, run_dir=run.run_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Run already finished" in again.log and "nothing to train" in again.log
+    assert "epoch 1/" not in again.log
+    assert (run.run_dir / "metrics.json").read_text() == metrics
+    assert {p.name: p.stat().st_mtime_ns for p in (run.run_dir / "checkpoints").iterdir()} == before
+
+
+def test_a_truncated_last_ckpt_is_set_aside_and_the_run_recovers(finished, tmp_path):
+    _, reference = finished
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.run_dir, run_dir)
+    (run_dir / "metrics.json").unlink()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:5000])  # the disk filled up during a (non-atomic) write
+    best_epoch = _epoch(run_dir / "checkpoints" / "best.ckpt")
+    again = run_advlab(tmp_path, *ARGS[:-1], "logger=csv", run_dir=run_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    warnings = [line for line in again.log.splitlines() if "last.ckpt is unreadable" in line]
+    assert len(warnings) == 1 and "set aside as last.ckpt.corrupt-" in warnings[0]
+    assert len(list((run_dir / "checkpoints").glob("last.ckpt.corrupt-*"))) == 1
+    assert f"best.ckpt ({best_epoch + 1} epochs done)" in again.log  # the previous good checkpoint
+    assert _epoch(last) == EPOCHS - 1
+    assert _result(run_dir) == _result(reference.run_dir)
+
+
+def test_progress_bar_can_be_switched_off(tmp_path):
+    run = run_advlab(tmp_path, "method=standard", "trainer.max_epochs=1", "logger=csv", "trainer.enable_progress_bar=false")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "epoch 1/1" not in run.log and "%|" not in run.log
