@@ -12,7 +12,7 @@ MNIST / Fashion-MNIST: IDX files in torchvision's layout ``<data_dir>/<MNIST|Fas
 
 CIFAR-10: the pickled batches in ``<data_dir>/cifar-10-batches-py``. When they match the official md5
 sums (torchvision's ``CIFAR10.train_list`` / ``test_list`` / ``meta``), they are read by
-``SafeCIFAR10``, torchvision's ``CIFAR10`` with its ``pickle.load`` replaced by an unpickler that admits
+``SafeCIFAR10``, torchvision's ``CIFAR10`` with its unrestricted unpickling replaced by an unpickler that admits
 numpy arrays only (a planted batch is refused, one line naming it, instead of running its code).
 torchvision refuses other files (its integrity check is md5-based); files in the same format but not
 byte-identical to the release are read by the same class without the md5 check, with a warning.
@@ -216,7 +216,7 @@ def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
 
 class SafeCIFAR10(tvd.CIFAR10):
     """torchvision's CIFAR10 (same attributes: data N×32×32×3 uint8, targets, classes) with its
-    ``pickle.load`` replaced by an unpickler that admits numpy arrays only, so a planted batch cannot
+    unrestricted unpickling replaced by an unpickler that admits numpy arrays only, so a planted batch cannot
     run code. ``check_md5=False`` also reads batches that are not byte-identical to the release."""
 
     def __init__(self, root, train: bool = True, transform=None, target_transform=None,
