@@ -32,11 +32,13 @@ class UnsafeFileError(ConfigError):
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)  # torch's weights_only message is long
+    """The gist of an error; torch's weights_only refusal is a paragraph of advice around one name."""
+    text = str(err)
+    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
     if found:
         return f"it names {found.group(1).rstrip('.')}"
-    return text[:200] or type(err).__name__
+    paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.startswith("Weights only load failed")]
+    return " ".join((paragraphs[0] if paragraphs else text).split())[:200] or type(err).__name__
 
 
 def load_torch(path: str | os.PathLike, key: str | None = None, mmap: bool = False) -> Any:
@@ -47,16 +49,22 @@ def load_torch(path: str | os.PathLike, key: str | None = None, mmap: bool = Fal
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # garbage read as a legacy pickle: damaged, not dangerous
+            raise UnsafeFileError(path, f"cannot be read: damaged or not a PyTorch file ({_one_line(err)})", key) from None
         raise UnsafeFileError(path, "refused: it holds objects other than tensors and plain containers, "
                                     f"which could run code when loaded ({_one_line(err)})", key) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         raise UnsafeFileError(path, f"cannot be read: truncated or not a PyTorch file ({_one_line(err)})", key) from None
 
 
+class Refused(pickle.UnpicklingError):
+    """The pickle names something the unpickler does not admit (as opposed to being damaged)."""
+
+
 def _latin1_bytes(text: str, encoding: str) -> bytes:
     # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(<str>, "latin1"); nothing else is allowed
     if encoding != "latin1" or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+        raise Refused(f"it calls _codecs.encode with {encoding!r}")
     return text.encode("latin1")
 
 
@@ -75,7 +83,7 @@ class ArrayUnpickler(pickle.Unpickler):
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"it names {module}.{name}") from None
+            raise Refused(f"it names {module}.{name}") from None
 
 
 def load_array_pickle(path: str | os.PathLike, key: str | None = None) -> Any:
@@ -84,8 +92,8 @@ def load_array_pickle(path: str | os.PathLike, key: str | None = None) -> Any:
     try:
         data = Path(path).read_bytes()
         return ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as err:
+    except Refused as err:
         raise UnsafeFileError(path, f"refused: the pickle holds more than numpy arrays and builtins, "
                                     f"which could run code when loaded ({_one_line(err)})", key) from None
-    except (EOFError, OSError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
         raise UnsafeFileError(path, f"cannot be read: truncated or not a pickle ({_one_line(err)})", key) from None
