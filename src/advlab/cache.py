@@ -23,6 +23,7 @@ import os
 import socket
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 META = "_cache"  # payload entry with the checksum; not returned to callers
 FORMAT = 1
 WAIT_LOG_INTERVAL_S = 30.0  # a waiting run says whom it waits for this often
+HASH_CHUNK = 1 << 24
 
 
 def plain(spec: Any) -> Any:
@@ -61,11 +63,21 @@ def spec_key(spec: Any) -> str:
     return hashlib.sha256(canonical(spec).encode()).hexdigest()[:16]
 
 
+def _bytes_digest(buf: memoryview) -> bytes:
+    """sha256 of a large buffer as the sha256 of its 16 MB chunks' sha256s, hashed in threads
+    (hashlib releases the GIL): a verified cache hit of a CIFAR-sized set costs far less than one core's pass."""
+    chunks = [buf[i : i + HASH_CHUNK] for i in range(0, len(buf), HASH_CHUNK)]
+    if len(chunks) <= 1:
+        return hashlib.sha256(buf).digest()
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1, 8)) as pool:
+        return hashlib.sha256(b"".join(pool.map(lambda c: hashlib.sha256(c).digest(), chunks))).digest()
+
+
 def _feed(h, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(_bytes_digest(memoryview(t.reshape(-1).view(torch.uint8).numpy())))
     elif isinstance(obj, dict):
         h.update(f"D{len(obj)};".encode())
         for k in sorted(obj, key=str):
@@ -186,8 +198,9 @@ class ArtifactCache:
                 if payload is not None:  # another process built it while we waited for the lock
                     log.info("Cache hit: reusing %s from %s (built by a concurrent run)", what, target)
                     return payload, True
-                aside = move_aside(target)
-                log.warning("Cache: %s is unusable (%s); moved aside to %s, rebuilding %s", target, problem, aside.name, what)
+                with contextlib.suppress(FileNotFoundError):  # unless `advlab-cache clear` just removed it
+                    aside = move_aside(target)
+                    log.warning("Cache: %s is unusable (%s); moved aside to %s, rebuilding %s", target, problem, aside.name, what)
             log.info("Cache miss: building %s -> %s", what, target)
             started = time.time()
             payload = {**create(), "spec": plain(spec)}
