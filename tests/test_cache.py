@@ -90,6 +90,16 @@ def test_artifact_stores_key_and_checksum(tmp_path):
     assert "another key" in check_artifact(target, OTHER)[1]
 
 
+def test_checksum_of_many_chunks_sees_every_byte(monkeypatch):
+    monkeypatch.setattr(cache_mod, "HASH_CHUNK", 64)  # 4000 bytes: 63 chunks hashed in threads
+    x = torch.arange(1000, dtype=torch.float32)
+    base = cache_mod.content_sha256({"x": x})
+    assert cache_mod.content_sha256({"x": x.clone()}) == base
+    for changed in (x.clone().index_fill_(0, torch.tensor([999]), -1.0), torch.cat([x[16:32], x[:16], x[32:]]),
+                    x.reshape(10, 100), x.double()):
+        assert cache_mod.content_sha256({"x": changed}) != base
+
+
 class _Waits(logging.Handler):
     def __init__(self, needed: int):
         super().__init__()
