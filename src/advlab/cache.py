@@ -108,7 +108,7 @@ def check_artifact(path: Path, spec: Any = None) -> tuple[dict | None, str | Non
     try:
         data = load_torch(path)
     except UnsafeFileError as err:
-        return None, str(err).split(": ", 1)[-1]
+        return None, err.reason
     meta = data.get(META) if isinstance(data, dict) else None
     if not isinstance(meta, dict) or "sha256" not in meta or "spec" not in data:
         return None, "not a verifiable advlab cache artifact (no stored key or checksum)"

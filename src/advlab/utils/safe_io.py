@@ -27,7 +27,7 @@ class UnsafeFileError(ConfigError):
     """A file refused because loading it would run code, or unreadable (truncated, not that format)."""
 
     def __init__(self, path: str | os.PathLike, message: str, key: str | None = None):
-        self.path = Path(path)
+        self.path, self.reason = Path(path), message
         super().__init__(key or str(path), message if key is None else f"{path}: {message}")
 
 
