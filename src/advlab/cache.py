@@ -4,25 +4,44 @@ An artifact is keyed by a hash of exactly the config that determines it. Creatio
 lock, so concurrent runs (Hydra multirun with parallel launchers, DDP ranks) build it once and the
 others wait and load it; the payload is written to a temp file and renamed, so a killed run never
 leaves a half-written artifact behind.
+
+Every artifact is verified before use. ``<kind>/<key>.pt`` holds the payload, its full key (the spec,
+``payload["spec"]``) and, under ``_cache``, a sha256 of the payload's content (tensor bytes, dtypes,
+shapes and plain values, the spec included). One file, so key, payload and checksum are replaced
+together by one rename. A file that cannot be read (truncated, garbage, a pickle naming anything but
+tensors and containers), whose checksum mismatches, or that holds another key's artifact is logged
+once, moved aside to ``<key>.pt.corrupt-<UTC time>`` and rebuilt. ``<key>.json`` beside it is a
+readable copy of the spec with what/when (for ``advlab-cache list``); it is never trusted.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from advlab.errors import ConfigError
 from advlab.utils.io import torch_save, write_json
+from advlab.utils.safe_io import UnsafeFileError, load_torch
 
 log = logging.getLogger(__name__)
+
+META = "_cache"  # payload entry with the checksum; not returned to callers
+FORMAT = 1
+WAIT_LOG_INTERVAL_S = 30.0  # a waiting run says whom it waits for this often
+HASH_CHUNK = 1 << 24
 
 
 def plain(spec: Any) -> Any:
@@ -36,9 +55,79 @@ def plain(spec: Any) -> Any:
     return spec
 
 
+def canonical(spec: Any) -> str:
+    return json.dumps(plain(spec), sort_keys=True, default=str)
+
+
 def spec_key(spec: Any) -> str:
-    text = json.dumps(plain(spec), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical(spec).encode()).hexdigest()[:16]
+
+
+def _bytes_digest(buf: memoryview) -> bytes:
+    """sha256 of a large buffer as the sha256 of its 16 MB chunks' sha256s, hashed in threads
+    (hashlib releases the GIL): a verified cache hit of a CIFAR-sized set costs far less than one core's pass."""
+    chunks = [buf[i : i + HASH_CHUNK] for i in range(0, len(buf), HASH_CHUNK)]
+    if len(chunks) <= 1:
+        return hashlib.sha256(buf).digest()
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1, 8)) as pool:
+        return hashlib.sha256(b"".join(pool.map(lambda c: hashlib.sha256(c).digest(), chunks))).digest()
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        h.update(_bytes_digest(memoryview(t.reshape(-1).view(torch.uint8).numpy())))
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for k in sorted(obj, key=str):
+            _feed(h, str(k))
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)};".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(("V" + json.dumps(obj, sort_keys=True, default=str) + ";").encode())
+
+
+def content_sha256(payload: dict) -> str:
+    """sha256 of a payload's content; the same before saving and after loading."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != META})
+    return h.hexdigest()
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def check_artifact(path: Path, spec: Any = None) -> tuple[dict | None, str | None]:
+    """(payload without its checksum, None) for a sound artifact, else (None, what is wrong). With
+    `spec`, the stored key must be that spec; without it, it must be the one the file name says."""
+    try:
+        data = load_torch(path)
+    except UnsafeFileError as err:
+        return None, err.reason
+    meta = data.get(META) if isinstance(data, dict) else None
+    if not isinstance(meta, dict) or "sha256" not in meta or "spec" not in data:
+        return None, "not a verifiable advlab cache artifact (no stored key or checksum)"
+    payload = {k: v for k, v in data.items() if k != META}
+    actual = content_sha256(payload)
+    if actual != meta["sha256"]:
+        return None, f"checksum mismatch (stored {str(meta['sha256'])[:12]}…, content {actual[:12]}…)"
+    stored = spec_key(payload["spec"])
+    wanted = spec_key(spec) if spec is not None else path.stem
+    if stored != wanted or (spec is not None and canonical(payload["spec"]) != canonical(spec)):
+        return None, f"holds the artifact of another key ({stored}, expected {wanted})"
+    return payload, None
+
+
+def move_aside(path: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, aside)
+    return aside
 
 
 def ensure_writable(directory: str | os.PathLike, key: str = "paths.cache_dir") -> Path:
@@ -51,6 +140,38 @@ def ensure_writable(directory: str | os.PathLike, key: str = "paths.cache_dir") 
     except OSError as err:
         raise ConfigError(key, f"{path} is not a writable directory ({err.strerror or err}); point {key} at a writable path") from None
     return path
+
+
+def _owner_text(owner: Path) -> str:
+    try:
+        info = json.loads(owner.read_text())
+        host = f" on {info['host']}" if info.get("host") != socket.gethostname() else ""
+        return f"pid {info['pid']}{host} since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another run (it has not recorded its pid yet)"
+
+
+@contextlib.contextmanager
+def build_lock(target: Path, what: str):
+    """Hold `<target>.lock`; while another run holds it, log whom we wait for every WAIT_LOG_INTERVAL_S."""
+    lock = FileLock(str(target) + ".lock")
+    owner = Path(str(target) + ".lock.owner")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        while True:
+            log.info("Waiting for %s, built by %s (lock %s)", what, _owner_text(owner), lock.lock_file)
+            try:
+                lock.acquire(timeout=WAIT_LOG_INTERVAL_S)
+                break
+            except Timeout:
+                continue
+    try:
+        write_json(owner, {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), "what": what})
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
 
 
 class ArtifactCache:
@@ -66,19 +187,29 @@ class ArtifactCache:
         target = self.path(kind, spec)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
-            log.info("Cache hit: reusing %s from %s", what, target)
-            return self._load(target), True
-        with FileLock(str(target) + ".lock"):
-            if target.exists():  # another process built it while we waited for the lock
-                log.info("Cache hit: reusing %s from %s (built by a concurrent run)", what, target)
-                return self._load(target), True
+            payload, problem = check_artifact(target, spec)
+            if payload is not None:
+                log.info("Cache hit: reusing %s from %s", what, target)
+                return payload, True
+            # a bad file is moved aside only under the lock: a concurrent builder may be replacing it
+        with build_lock(target, what):
+            if target.exists():
+                payload, problem = check_artifact(target, spec)
+                if payload is not None:  # another process built it while we waited for the lock
+                    log.info("Cache hit: reusing %s from %s (built by a concurrent run)", what, target)
+                    return payload, True
+                with contextlib.suppress(FileNotFoundError):  # unless `advlab-cache clear` just removed it
+                    aside = move_aside(target)
+                    log.warning("Cache: %s is unusable (%s); moved aside to %s, rebuilding %s", target, problem, aside.name, what)
             log.info("Cache miss: building %s -> %s", what, target)
-            payload = create()
-            payload = {**payload, "spec": plain(spec)}
-            torch_save(payload, target)
-            write_json(target.with_suffix(".json"), plain(spec))
+            started = time.time()
+            payload = {**create(), "spec": plain(spec)}
+            self._save(target, kind, payload, what, time.time() - started)
             return payload, False
 
     @staticmethod
-    def _load(path: Path) -> dict:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    def _save(target: Path, kind: str, payload: dict, what: str, seconds: float) -> None:
+        meta = {"format": FORMAT, "sha256": content_sha256(payload), "kind": kind, "what": what, "created": utc_now()}
+        # sidecar first: whoever sees the .pt finds a sidecar describing it
+        write_json(target.with_suffix(".json"), {**meta, "build_seconds": round(seconds, 3), "spec": payload["spec"]})
+        torch_save({**payload, META: meta}, target)

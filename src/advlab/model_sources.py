@@ -176,17 +176,25 @@ def check_checkpoints(entries: list[Entry], eval_cfg: DictConfig, datamodule) ->
     return built
 
 
+def checkpoint_state_dict(ckpt: Path) -> dict:
+    """The `state_dict` of a Lightning checkpoint, read with weights_only=True: a checkpoint may come
+    from a shared or copied run directory, and a full unpickle would run whatever it names."""
+    from advlab.utils.safe_io import UnsafeFileError, load_torch
+
+    data = load_torch(ckpt)
+    if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
+        raise UnsafeFileError(ckpt, "not a Lightning checkpoint (no state_dict)")
+    return data["state_dict"]
+
+
 def load_checkpoint(ckpt: Path, config: Path, datamodules: dict, device):
     """The classifier of an advlab-train run's checkpoint, in eval mode on `device`."""
-    import torch
-
     from advlab.models import build_model
 
     run_cfg = OmegaConf.load(config)
     dm = _test_set_of(run_cfg, None, datamodules)
     model = build_model(run_cfg.arch, dm)
-    # Lightning checkpoints hold loop and callback states beyond tensors; these are the user's own runs
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = checkpoint_state_dict(ckpt)
     model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
     metrics_file = config.parent / "metrics.json"
     source = {"checkpoint": str(ckpt)}

@@ -12,15 +12,15 @@ MNIST / Fashion-MNIST: IDX files in torchvision's layout ``<data_dir>/<MNIST|Fas
 
 CIFAR-10: the pickled batches in ``<data_dir>/cifar-10-batches-py``. When they match the official md5
 sums (torchvision's ``CIFAR10.train_list`` / ``test_list`` / ``meta``), they are read by
-``torchvision.datasets.CIFAR10``; torchvision refuses other files (its integrity check is md5-based),
-so files in the same format but not byte-identical to the release are read directly (same pickle
-layout), with a warning in the log.
+``SafeCIFAR10``, torchvision's ``CIFAR10`` with its unrestricted unpickling replaced by an unpickler that admits
+numpy arrays only (a planted batch is refused, one line naming it, instead of running its code).
+torchvision refuses other files (its integrity check is md5-based); files in the same format but not
+byte-identical to the release are read by the same class without the md5 check, with a warning.
 """
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ import torch
 from torchvision import datasets as tvd
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import check_integrity
+from torchvision.datasets.vision import VisionDataset
 
 from advlab.data._io import ensure_decompressed
 from advlab.data.base import ArrayDataModule, check_fraction, stratified_split
 from advlab.errors import ConfigError
+from advlab.utils.safe_io import load_array_pickle
 
 log = logging.getLogger(__name__)
 
@@ -180,39 +182,69 @@ class CIFAR10DataModule(ArrayDataModule):
 
     def _load(self):
         self._prepare()
-        if self.official_files():
-            train = tvd.CIFAR10(root=self.data_dir, train=True, download=False)
-            test = tvd.CIFAR10(root=self.data_dir, train=False, download=False)
-            as_chw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-            return as_chw(train.data), train.targets, as_chw(test.data), test.targets, list(train.classes)
-        log.warning(
-            "%s: the CIFAR-10 batches do not match the official md5 sums, which torchvision's CIFAR10 "
-            "requires; reading the pickled batches directly",
-            self.batches_dir,
-        )
-        x_tr, y_tr = self._read_batches([n for n, _ in tvd.CIFAR10.train_list])
-        x_te, y_te = self._read_batches([n for n, _ in tvd.CIFAR10.test_list])
-        return x_tr, y_tr, x_te, y_te, self._read_names()
+        official = self.official_files()
+        if not official:
+            log.warning(
+                "%s: the CIFAR-10 batches do not match the official md5 sums, which torchvision's CIFAR10 "
+                "requires; reading them without the md5 check (same layout)",
+                self.batches_dir,
+            )
+        train = SafeCIFAR10(root=self.data_dir, train=True, check_md5=official)
+        test = SafeCIFAR10(root=self.data_dir, train=False, check_md5=official)
+        as_chw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+        return as_chw(train.data), train.targets, as_chw(test.data), test.targets, list(train.classes)
 
-    def _read_batches(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for name in names:
-            with open(self.batches_dir / name, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            data = np.asarray(entry["data"], dtype=np.uint8)
-            labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
-            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-                raise ValueError(f"{self.batches_dir / name}: not a CIFAR-10 batch (data {data.shape}, {len(labels)} labels)")
-            xs.append(data.reshape(-1, 3, 32, 32))  # rows are R plane, G plane, B plane (row-major 32×32)
-            ys.extend(int(v) for v in labels)
-        return torch.from_numpy(np.concatenate(xs)), torch.as_tensor(ys, dtype=torch.int64)
 
-    def _read_names(self) -> list[str]:
-        meta = self.batches_dir / tvd.CIFAR10.meta["filename"]
-        if meta.is_file():
-            with open(meta, "rb") as f:
-                return list(pickle.load(f, encoding="latin1")[tvd.CIFAR10.meta["key"]])
-        return list(CIFAR10_CLASSES)
+def _str_keys(entry):
+    """Batches pickled by Python 3 (not the release's Python 2) may have bytes keys."""
+    if not isinstance(entry, dict):
+        return entry
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """(data N×3072 uint8, labels) of one pickled CIFAR batch, read with the array-only unpickler."""
+    entry = _str_keys(load_array_pickle(path, key="dataset.data_dir"))
+    labels = entry.get("labels", entry.get("fine_labels")) if isinstance(entry, dict) else None
+    data = entry.get("data") if isinstance(entry, dict) else None
+    if not isinstance(data, np.ndarray) or labels is None or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
+            or len(data) != len(labels):
+        shape = getattr(data, "shape", None)
+        raise ConfigError("dataset.data_dir", f"{path}: not a CIFAR-10 batch (data {shape}, labels {None if labels is None else len(labels)})")
+    return data.astype(np.uint8, copy=False), [int(v) for v in labels]
+
+
+class SafeCIFAR10(tvd.CIFAR10):
+    """torchvision's CIFAR10 (same attributes: data N×32×32×3 uint8, targets, classes) with its
+    unrestricted unpickling replaced by an unpickler that admits numpy arrays only, so a planted batch cannot
+    run code. ``check_md5=False`` also reads batches that are not byte-identical to the release."""
+
+    def __init__(self, root, train: bool = True, transform=None, target_transform=None,
+                 download: bool = False, check_md5: bool = True) -> None:
+        VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train, self.check_md5 = train, check_md5
+        if download:
+            self.download()
+        if check_md5 and not self._check_integrity():
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        data, self.targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            rows, labels = read_batch(Path(self.root) / self.base_folder / name)
+            data.append(rows)
+            self.targets.extend(labels)
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision
+        self._load_meta()
+
+    def _load_meta(self) -> None:
+        path = Path(self.root) / self.base_folder / self.meta["filename"]
+        if self.check_md5 and not check_integrity(str(path), self.meta["md5"]):
+            raise RuntimeError("Dataset metadata file not found or corrupted. You can use download=True to download it")
+        if path.is_file():
+            names = _str_keys(load_array_pickle(path, key="dataset.data_dir"))[self.meta["key"]]
+            self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        else:  # only without the md5 check: hand-made batches may come without batches.meta
+            self.classes = list(CIFAR10_CLASSES)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
 CIFAR10_CLASSES = (
