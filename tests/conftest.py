@@ -47,6 +47,19 @@ def run_advlab(root: Path, *overrides: str, run_dir: Path | None = None, module:
     return Run(proc.returncode, proc.stdout, proc.stderr, run_dir)
 
 
+# A finished standard run with the default callbacks (last.ckpt, best.ckpt) and W&B offline, shared
+# by the resume, checkpoint and Python-API tests (they copy it before changing anything).
+STANDARD_CNN = ["method=standard", "arch=cnn", "trainer.max_epochs=6", "logger=wandb"]
+
+
+@pytest.fixture(scope="session")
+def standard_cnn_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("standard_cnn")
+    run = run_advlab(root, *STANDARD_CNN, run_dir=root / "run")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 @pytest.fixture
 def advlab_root(tmp_path):
     return tmp_path

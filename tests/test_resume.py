@@ -4,6 +4,7 @@ a `kill -9` loses at most one epoch and the resumed run ends bit-identical to an
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import signal
@@ -12,11 +13,12 @@ import time
 import pytest
 import torch
 
+from conftest import STANDARD_CNN as ARGS
 from conftest import run_advlab
 from wandb_records import read_run
 
 EPOCHS = 6
-ARGS = ["method=standard", "arch=cnn", f"trainer.max_epochs={EPOCHS}", "logger=wandb"]
+assert f"trainer.max_epochs={EPOCHS}" in ARGS
 
 
 def _epoch(path) -> int:
@@ -35,12 +37,11 @@ def _result(run_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """An uninterrupted run: the reference for every resume."""
+def finished(standard_cnn_run, tmp_path_factory):
+    """An uninterrupted run (a copy of the shared one): the reference for every resume."""
     root = tmp_path_factory.mktemp("resume")
-    run = run_advlab(root, *ARGS, run_dir=root / "uninterrupted")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return root, run
+    shutil.copytree(standard_cnn_run.run_dir, root / "uninterrupted")
+    return root, dataclasses.replace(standard_cnn_run, run_dir=root / "uninterrupted")
 
 
 def test_last_ckpt_is_the_last_epoch_and_best_sits_beside_it(finished):
@@ -102,17 +103,12 @@ def test_a_truncated_last_ckpt_is_set_aside_and_the_run_recovers(finished, tmp_p
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:5000])  # the disk filled up during a (non-atomic) write
     best_epoch = _epoch(run_dir / "checkpoints" / "best.ckpt")
-    again = run_advlab(tmp_path, *ARGS[:-1], "logger=csv", run_dir=run_dir)
+    again = run_advlab(tmp_path, *ARGS[:-1], "logger=csv", "trainer.enable_progress_bar=false", run_dir=run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "epoch 6/6" not in again.log and "%|" not in again.log  # the progress display can be switched off
     warnings = [line for line in again.log.splitlines() if "last.ckpt is unreadable" in line]
     assert len(warnings) == 1 and "set aside as last.ckpt.corrupt-" in warnings[0]
     assert len(list((run_dir / "checkpoints").glob("last.ckpt.corrupt-*"))) == 1
     assert f"best.ckpt ({best_epoch + 1} epochs done)" in again.log  # the previous good checkpoint
     assert _epoch(last) == EPOCHS - 1
     assert _result(run_dir) == _result(reference.run_dir)
-
-
-def test_progress_bar_can_be_switched_off(tmp_path):
-    run = run_advlab(tmp_path, "method=standard", "trainer.max_epochs=1", "logger=csv", "trainer.enable_progress_bar=false")
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "epoch 1/1" not in run.log and "%|" not in run.log

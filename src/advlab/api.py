@@ -41,12 +41,9 @@ class LoadedRun:
 
 def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The classifier's weights in an advlab-train checkpoint (read as data: `weights_only=True`)."""
-    from advlab.callbacks.checkpoint import readable_checkpoint, torch_load_plain
+    from advlab.model_sources import checkpoint_state_dict
 
-    why = readable_checkpoint(checkpoint)
-    if why is not None:
-        raise ConfigError("checkpoint", f"{checkpoint} cannot be loaded ({why})")
-    state = torch_load_plain(checkpoint)["state_dict"]
+    state = checkpoint_state_dict(checkpoint)
     return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
 
 

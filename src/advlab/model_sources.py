@@ -189,13 +189,13 @@ def checkpoint_state_dict(ckpt: Path) -> dict:
 
 def load_checkpoint(ckpt: Path, config: Path, datamodules: dict, device):
     """The classifier of an advlab-train run's checkpoint, in eval mode on `device`."""
+    from advlab.api import model_state
     from advlab.models import build_model
 
     run_cfg = OmegaConf.load(config)
     dm = _test_set_of(run_cfg, None, datamodules)
     model = build_model(run_cfg.arch, dm)
-    state = checkpoint_state_dict(ckpt)
-    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    model.load_state_dict(model_state(ckpt))
     metrics_file = config.parent / "metrics.json"
     source = {"checkpoint": str(ckpt)}
     if metrics_file.is_file():

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from advlab.utils.io import atomic_path
+from advlab.utils.safe_io import UnsafeFileError, load_torch
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,15 @@ class RandomState(Callback):
 
 def torch_load_plain(path: Path) -> dict:
     """A checkpoint's contents, tensors and plain values only (never code: `weights_only=True`)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch(path)
 
 
 def readable_checkpoint(path: Path) -> str | None:
     """None when `path` loads as a checkpoint (tensors and plain values only), else why not."""
     try:
         ckpt = torch_load_plain(path)
-    except Exception as err:  # truncated, garbage or unsafe: all mean "do not resume from it"
-        return f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+    except UnsafeFileError as err:  # truncated, garbage or unsafe: all mean "do not resume from it"
+        return err.reason
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
         return "not a Lightning checkpoint"
     return None

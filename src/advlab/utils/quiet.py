@@ -5,8 +5,8 @@ import logging
 import warnings
 
 # (logger name, text in the message) of lines that tell an advlab user nothing
-_LOG_NOISE = (("pytorch_lightning.utilities.rank_zero", "litlogger"),
-              ("lightning.pytorch.utilities.rank_zero", "litlogger"))
+_LOG_NOISE = (("pytorch_lightning.utilities.rank_zero", "💡 Tip:"),  # adverts for Lightning's cloud products
+              ("lightning.pytorch.utilities.rank_zero", "💡 Tip:"))
 # warnings about third-party internals or about what advlab does on purpose (resume into a run dir)
 _WARNING_NOISE = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
                   r"Checkpoint directory .* exists and is not empty.*",

@@ -31,12 +31,17 @@ def data_and_cache(cfg: DictConfig):
 
 
 def make_callbacks(cfg: DictConfig) -> list:
-    """The `callbacks` node's callbacks; without the progress display when the trainer has it off."""
+    """The `callbacks` node's callbacks, with advlab's progress display (see `callbacks.progress`)
+    unless the trainer has it off."""
     from pytorch_lightning.callbacks import ProgressBar
+
+    from advlab.callbacks.progress import progress_bar
 
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        return [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not any(isinstance(c, ProgressBar) for c in callbacks):  # else Lightning adds tqdm bars, also off a terminal
+        callbacks.append(progress_bar())
     return callbacks
 
 
