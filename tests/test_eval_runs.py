@@ -93,7 +93,8 @@ def test_comparison_preset_with_a_train_run_checkpoint(advlab_root, train_run):
     wandb_runs = list((d / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 1
     log = next(wandb_runs[0].glob("run-*.wandb")).read_bytes()
-    for key in (b"standard/clean_acc/mean", b"sparsity/deepfool/l2/rho/mean", b"paknezhad-digits", b"robustness"):
+    for key in (b"standard/clean_acc/mean", b"sparsity/deepfool/l2/rho/mean", b"paknezhad-digits", b"robustness",
+                b"charts/robustness_pgd_linf", b"charts/robustness_pgd_l2"):  # native W&B line charts too
         assert key in log, key
     assert list((wandb_runs[0] / "files" / "media" / "images").rglob("robustness*.png"))
     assert "wandb sync" not in run.stderr

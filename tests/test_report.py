@@ -190,3 +190,20 @@ def test_wandb_sweep_files_expand_to_valid_hydra_overrides(path):
             args = fixed + [f"{k}={value if k == key else vs[0]}" for k, vs in params.items()]
             assert not any(a.startswith("-") for a in args)
             precheck(rewrite_overrides(args, app), app)
+
+
+def test_native_wandb_charts_hold_the_numbers():
+    from advlab.report.wandb_charts import matrix_charts, robustness_charts
+
+    header = ["model", "member", "attack", "norm", "eps", "robust_acc", "attack_alone_acc", "ce_acc", "margin_acc"]
+    rows = [["a", "seed=0", "pgd", "linf", 0.0, 1.0, 1, 1, 1], ["a", "seed=1", "pgd", "linf", 0.0, 0.8, 1, 1, 1],
+            ["a", "seed=0", "pgd", "linf", 0.1, 0.4, 1, 1, 1], ["a", "seed=1", "pgd", "linf", 0.1, 0.2, 1, 1, 1],
+            ["b", "seed=0", "pgd", "linf", 0.1, 0.7, 1, 1, 1]]
+    chart = robustness_charts(header, rows)["charts/robustness_pgd"]
+    points = {(r[1], r[0]): r[2] for r in chart.table.data}  # W&B columns: x, line, y
+    assert points[("a", 0.0)] == pytest.approx(0.9) and points[("a", 0.1)] == pytest.approx(0.3)  # mean over members
+    assert points[("b", 0.1)] == pytest.approx(0.7)
+    mheader = ["panel", "source", "target", "metric", "mean", "std", "n", "expected"]
+    mrows = [["", "cnn", "mlp", "transfer/target_acc", 0.5, 0.1, 3, 3], ["", "cnn", "cnn", "transfer/target_acc", float("nan"), 0, 0, 3]]
+    heat = matrix_charts(mheader, mrows)["charts/transfer_target_acc"]
+    assert heat.table.data == [["cnn", "mlp", 0.5]]  # NaN cells (no finished job) are left out

@@ -119,6 +119,7 @@ def test_transfer_sweep_with_parallel_jobs_trains_each_model_once(advlab_root):
         assert group.encode() in _wandb_log(sweep2 / str(i))
     report_log = _wandb_log(sweep2 / "report")
     assert group.encode() in report_log and b"report" in report_log
+    assert b"charts/transfer_target_acc" in report_log  # the matrix as a native W&B heatmap
     tables = list((sweep2 / "report" / "wandb").glob("offline-run-*/files/media/table/transfer_matrix_*.table.json"))
     assert tables
     table = json.loads(tables[0].read_text())

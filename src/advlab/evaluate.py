@@ -179,7 +179,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     wb = wandb_logger(loggers)
     rows = _robustness_rows(per_member)
     if wb is not None and rows:
+        from advlab.report.wandb_charts import robustness_charts
+
         wb.log_table(key="robustness", columns=_ROBUSTNESS_HEADER, data=rows)
+        wb.experiment.log(robustness_charts(_ROBUSTNESS_HEADER, rows))
     finish_loggers(loggers, flat, images)
     _log_table(summary, points)
     log.info("Run directory: %s", out_dir)

@@ -229,8 +229,12 @@ def log_to_wandb(sweep: Sweep, report: Report, tables: dict[str, tuple[list[str]
                      config={"sweep_dir": str(sweep.dir), "task_name": sweep.task_name, "jobs": len(sweep.jobs),
                              "swept": {display_key(k): v for k, v in sweep.varying.items()}})
     try:
+        from advlab.report.wandb_charts import matrix_charts
+
         for name, (header, rows) in tables.items():
             run.log({name: wandb.Table(columns=header, data=[[("" if isinstance(v, float) and math.isnan(v) else v) for v in r] for r in rows])})
+            if "panel" in header and "source" in header:
+                run.log(matrix_charts(header, rows))
         for name, path in report.files.items():
             if path.suffix == ".png":
                 run.log({f"plots/{name}": wandb.Image(str(path))})
