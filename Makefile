@@ -27,7 +27,7 @@ test-slow: install data
 	$(BIN)/python -m pytest -q -m slow
 
 data: install
-	$(BIN)/python -c 'import sys; from advlab.data.shared import main; sys.exit(main())' --shared $(SHARED) --data data
+	$(BIN)/advlab-data --shared $(SHARED) --data data
 
 bench: install
 	$(BIN)/python benchmarks/bench_attacks.py

@@ -4,7 +4,7 @@
 ``<data_dir>/MNIST/raw/`` (temp file + rename; files already there are kept), where
 ``MNISTDataModule(data_dir=<data_dir>, official_split=False)`` reads them.
 
-    python -m advlab.data.shared --shared ../shared --data data
+    advlab-data --shared ../shared --data data
 """
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ class _IDXDataModule(ArrayDataModule):
             hint += ", or dataset.official_split=false to split the t10k (test) files only"
         if what == "MNIST":
             hint += (
-                ", or install the shared t10k files with `python -m advlab.data.shared --shared ../shared "
+                ", or install the shared t10k files with `advlab-data --shared ../shared "
                 f"--data {self.data_dir}` and use dataset.official_split=false"
             )
         raise ConfigError("dataset.data_dir", f"{head}; {hint}")
