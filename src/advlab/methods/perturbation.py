@@ -85,7 +85,7 @@ class PerturbationLearning(ClassifierModule):
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, source=None,
                  target_rule: str = "det", base: str = "natural", train_on: str = "adv",
                  craft_seed: int = 0, craft_batch_size: int = 512, measure_transfer: bool = False, transfer_target=None, transfer_eps: float | None = None, **kw):
-        super().__init__(model, optimizer, scheduler, eval_attack)
+        super().__init__(model, optimizer, scheduler, eval_attack, **kw)
         if attack is None:
             raise ConfigError("attack", "method=perturbation needs an attack to craft its dataset")
         if source is None:
