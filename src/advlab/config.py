@@ -71,7 +71,8 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep")
+GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep",
+          "scheduler")
 # CLI shorthands for groups composed at another package: `source.arch=cnn` means `arch@source.arch=cnn`
 # (with a `+` where the app's defaults list does not compose that package already).
 ALIASES = {
@@ -81,6 +82,7 @@ ALIASES = {
     "source.dataset": "dataset", "target.dataset": "dataset",
     "eval_attack": "attack",
     "off_support.dataset": "dataset",
+    "method.scheduler": "scheduler", "source.scheduler": "scheduler",
 }
 
 
@@ -114,7 +116,7 @@ def rewrite_overrides(args: list[str], config_name: str = "train") -> list[str]:
                 prefix, body = p, body[len(p):]
                 break
         key, sep, value = body.partition("=")
-        if sep and key in ALIASES and not prefix:
+        if sep and key in ALIASES and not prefix and value != "null":  # `method.scheduler=null`: the plain key
             name = f"{ALIASES[key]}@{key}"
             prefix, body = ("" if name in composed else "+"), f"{name}={value}"
         elif sep and key == "eps" and not prefix:
@@ -320,6 +322,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "method.adv_ratio", minimum=0)
     _sparsity_params(cfg, "method")
     _number(cfg, "method.optimizer.lr", minimum=0, strict_min=True)
+    _number(cfg, "method.label_smoothing", minimum=0)
     _arch_node(cfg, "arch")
     # method=robust_dataset (representation inversion)
     _number(cfg, "method.steps", minimum=1, integer=True)
