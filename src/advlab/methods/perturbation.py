@@ -38,7 +38,8 @@ def weak_attack_check(attack, success_rate: float, delta_norm_mean: float) -> tu
     alpha = getattr(attack, "alpha", None)
     knobs = f"ε={eps:g} ({attack.norm}), steps={getattr(attack, 'steps', 'n/a')}, step size={'n/a' if alpha is None else f'{alpha:g}'}"
     why = (f"budget-bound: mean ‖δ‖ {delta_norm_mean:.4g} ≥ {BUDGET_FRACTION}·ε, raise attack.eps" if budget else
-           f"optimiser-bound: mean ‖δ‖ {delta_norm_mean:.4g} < {BUDGET_FRACTION}·ε, raise attack.steps or attack.step_size")
+           f"optimiser-bound: mean ‖δ‖ {delta_norm_mean:.4g} < {BUDGET_FRACTION}·ε (or clipped at the pixel box), "
+           "raise attack.steps or attack.step_size")
     msg = (f"Weak crafting attack: targeted success rate {success_rate:.3f} < {WEAK_SUCCESS_RATE} with {knobs}; {why}. "
            "The perturbation dataset is weaker than the recipe's.")
     return True, budget, msg
