@@ -90,3 +90,41 @@ def test_channels_last_converts_conv_weights_and_keeps_the_outputs():
     assert torch.allclose(a(x), b(x), atol=1e-5)
     with pytest.raises(ConfigError, match="method.channels_last"):
         StandardTraining(a, {}, channels_last="yes")
+
+
+def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_source():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from advlab.artifacts import Artifacts
+    from advlab.cli import precheck
+    from advlab.config import CONF_DIR, validate
+
+    precheck(["experiment=ilyas_cifar10_cpu", "-m"], "train")  # composes and validates every job of its sweep (both rules)
+    cfgs = {}
+    for rule in ("det", "rand"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfgs[rule] = compose("train", overrides=["experiment=ilyas_cifar10_cpu", f"method.target_rule={rule}"], return_hydra_config=True)
+        validate(cfgs[rule])
+    GlobalHydra.instance().clear()
+    cfg = cfgs["det"]
+    assert list(cfg.hydra.sweeper.params.items()) == [("method.target_rule", "det,rand")]
+    assert cfg.dataset._target_ == "advlab.data.CIFAR10JPEGDataModule" and cfg.arch.width == 16
+    assert cfg.attack.norm == "l2" and cfg.attack.eps == 0.5 and cfg.method.target_rule == "det" and cfgs["rand"].method.target_rule == "rand"
+    assert cfg.method.scheduler._target_.endswith("one_cycle") and cfg.source.scheduler.interval == "step"
+
+    class Data:  # the two parts of a datamodule a model spec's cache key reads
+        batch_size = cfg.dataset.batch_size
+
+        def describe(self):
+            return {"name": "cifar10_jpeg"}
+
+    keys = [Artifacts.model_spec(None, OmegaConf.merge(c.source, {"arch": c.arch}), Data()) for c in cfgs.values()]
+    assert keys[0] == keys[1] and keys[0]["params"] == {"label_smoothing": 0.1}  # one source for both rules
+    model = ResNet9((3, 32, 32), 10, **{k: v for k, v in cfg.arch.items() if k in ("width", "logit_scale")})
+    attack = instantiate(cfg.attack, bounds=[0.0, 1.0])
+    method = instantiate(cfg.method, model=model, attack=attack, eval_attack=None, source=cfg.source, _recursive_=False)
+    assert method.label_smoothing == 0.1 and method.attack.steps == 20 and method.attack.alpha == pytest.approx(0.1)
