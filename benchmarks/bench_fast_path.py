@@ -1,5 +1,5 @@
-"""Benchmark: the fast-training path on this machine (RECIPES.md §8) — fp32 vs bf16 vs
-channels_last + bf16 for (a) one training step through Lightning (`precision="bf16-mixed"`, the
+"""Benchmark: the fast-training path on this machine (RECIPES.md §8) — fp32 vs channels_last vs bf16
+vs channels_last + bf16 for (a) one training step through Lightning (`precision="bf16-mixed"`, the
 same switch as `trainer.precision=bf16-mixed`) and (b) one PGD input-gradient step (advlab's PGD,
 1 step, under `torch.autocast`, as it runs inside a bf16-mixed Lightning loop).
 
@@ -30,7 +30,8 @@ from advlab.attacks import PGD  # noqa: E402
 from advlab.methods import StandardTraining  # noqa: E402
 from advlab.models import ResNet9  # noqa: E402
 
-VARIANTS = {"fp32": ("32-true", False), "bf16": ("bf16-mixed", False), "channels_last+bf16": ("bf16-mixed", True)}
+VARIANTS = {"fp32": ("32-true", False), "channels_last": ("32-true", True), "bf16": ("bf16-mixed", False),
+            "channels_last+bf16": ("bf16-mixed", True)}
 
 
 def _model(width: int) -> ResNet9:
