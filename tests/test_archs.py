@@ -37,7 +37,13 @@ def test_arch_builds_for_the_input_shape_and_takes_an_optimiser_step(name, shape
     model = _build(name, shape, classes)
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(4, *shape, generator=g), torch.randint(0, classes, (4,), generator=g)
+    # CIFAR stem: the first conv is 3×3 at stride 1, so it keeps the input's resolution
+    stem = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    handle = stem.register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape[-2:])))
     assert model(x).shape == (4, classes) and model.representation(x).shape[0] == 4
+    handle.remove()
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1) and seen[0] == shape[1:]
     opt = torch.optim.SGD(model.parameters(), 0.01)
     F.cross_entropy(model(x), y).backward()
     grads = [p.grad for p in model.parameters()]
