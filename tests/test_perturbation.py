@@ -130,3 +130,49 @@ def test_source_and_trained_model_do_not_share_initial_weights(tmp_path):
     pl.seed_everything(0, verbose=False)  # what advlab-train does before building the trained model
     trained = build_model(arch, dm)
     assert not torch.equal(source.net[1].weight.cpu(), trained.net[1].weight)
+
+
+def test_weak_attack_check_tells_budget_from_optimiser_bound():
+    from advlab.methods.perturbation import weak_attack_check
+
+    attack = PGD(eps=0.5, norm="l2", steps=1, step_size=0.01)
+    assert weak_attack_check(attack, 0.96, 0.1) == (False, False, "")
+    weak, budget, msg = weak_attack_check(attack, 0.40, 0.495)
+    assert weak and budget and "budget-bound" in msg and "ε=0.5" in msg and "steps=1" in msg and "step size=0.01" in msg
+    weak, budget, msg = weak_attack_check(attack, 0.40, 0.3)
+    assert weak and not budget and "optimiser-bound" in msg and "attack.steps" in msg
+
+
+def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog):
+    """Digits, a small source MLP: a 1-step, tiny-ε attack is flagged, a strong one is not."""
+    from omegaconf import OmegaConf
+
+    from advlab.artifacts import Artifacts
+    from advlab.data import DigitsDataModule
+    from advlab.methods import PerturbationLearning
+
+    dm = DigitsDataModule(seed=0, max_train=300)
+    dm.setup()
+    arch = OmegaConf.create({"_target_": "advlab.models.MLP", "_partial_": True, "depth": 1, "width": 64})
+    spec = OmegaConf.create({"arch": arch, "method": "standard", "max_epochs": 8, "seed": 0, "scheduler": None,
+                             "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.01}})
+    artifacts = Artifacts(ArtifactCache(tmp_path), accelerator="cpu", progress=False)
+    opt = {"_target_": "torch.optim.SGD", "lr": 0.05}
+    # weak: L∞ (the box clips some pixels, never all, so max |δ| = ε): budget-bound
+    runs = {"weak": PGD(eps=0.01, norm="linf", steps=1, random_start=False),
+            "strong": PGD(eps=4.0, norm="l2", steps=40, rel_step_size=0.1, random_start=False),
+            "short": PGD(eps=4.0, norm="l2", steps=1, step_size=0.05, random_start=False)}
+    metrics = {}
+    for name, attack in runs.items():
+        caplog.clear()
+        method = PerturbationLearning(MLP(dm.input_shape, 10, depth=1, width=16), opt, attack=attack, source=spec)
+        with caplog.at_level("WARNING", logger="advlab.methods.perturbation"):
+            method.prepare(dm, artifacts)
+        metrics[name] = method.extra_metrics
+        warned = [r.getMessage() for r in caplog.records if "Weak crafting attack" in r.getMessage()]
+        assert bool(warned) == (metrics[name]["perturb/weak_attack"] == 1.0), (name, warned)
+    assert metrics["strong"]["perturb/success_rate"] >= 0.95 and metrics["strong"]["perturb/weak_attack"] == 0.0
+    assert metrics["weak"]["perturb/success_rate"] < 0.5 and metrics["weak"]["perturb/weak_attack"] == 1.0
+    assert metrics["weak"]["perturb/budget_bound"] == 1.0 and metrics["weak"]["perturb/delta_linf_mean"] == pytest.approx(0.01)
+    assert metrics["short"]["perturb/weak_attack"] == 1.0 and metrics["short"]["perturb/budget_bound"] == 0.0
+    assert metrics["short"]["perturb/delta_l2_mean"] <= 0.05 + 1e-6

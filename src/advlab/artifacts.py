@@ -42,9 +42,14 @@ def method_class(method: str):
 
 def method_params(method: str) -> tuple[str, ...]:
     """The keyword arguments a spec's `params` may set for `method`."""
-    sig = inspect.signature(method_class(method).__init__)
-    return tuple(name for name, p in sig.parameters.items()
-                 if name not in _PIPELINE_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    from advlab.methods import ClassifierModule
+
+    names = {}  # the method's own, then the base class's (label_smoothing, channels_last)
+    for fn in (method_class(method).__init__, ClassifierModule.__init__):
+        for name, p in inspect.signature(fn).parameters.items():
+            if name not in _PIPELINE_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                names.setdefault(name, None)
+    return tuple(names)
 
 
 @contextlib.contextmanager

@@ -71,7 +71,8 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep")
+GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep",
+          "scheduler")
 # CLI shorthands for groups composed at another package: `source.arch=cnn` means `arch@source.arch=cnn`
 # (with a `+` where the app's defaults list does not compose that package already).
 ALIASES = {
@@ -81,6 +82,7 @@ ALIASES = {
     "source.dataset": "dataset", "target.dataset": "dataset",
     "eval_attack": "attack",
     "off_support.dataset": "dataset",
+    "method.scheduler": "scheduler", "source.scheduler": "scheduler",
 }
 
 
@@ -114,7 +116,7 @@ def rewrite_overrides(args: list[str], config_name: str = "train") -> list[str]:
                 prefix, body = p, body[len(p):]
                 break
         key, sep, value = body.partition("=")
-        if sep and key in ALIASES and not prefix:
+        if sep and key in ALIASES and not prefix and value != "null":  # `method.scheduler=null`: the plain key
             name = f"{ALIASES[key]}@{key}"
             prefix, body = ("" if name in composed else "+"), f"{name}={value}"
         elif sep and key == "eps" and not prefix:
@@ -185,6 +187,17 @@ def _attack_node(cfg, node: str) -> None:
     _choice(cfg, f"{node}.loss", ATTACK_LOSSES)
 
 
+def _arch_node(cfg, node: str) -> None:
+    """An architecture's size knobs: `arch`, or a model spec's `arch`."""
+    for key in ("width", "depth", "growth_rate", "num_init_features", "bn_size"):
+        _number(cfg, f"{node}.{key}", minimum=1, integer=True)
+    for key in ("width_mult", "logit_scale"):
+        _number(cfg, f"{node}.{key}", minimum=0, strict_min=True)
+    for key in ("dropout", "drop_rate"):
+        _number(cfg, f"{node}.{key}", minimum=0)
+    _choice(cfg, f"{node}.normalize", ("standardize", "center", "none"))
+
+
 def _sparsity_params(cfg, node: str) -> None:
     """The data-sparsity method's arguments (`method.*`, or a model spec's `params.*`)."""
     for key in ("sigma_u", "lam", "adv_ratio", "adv_eps"):
@@ -230,6 +243,7 @@ def _model_spec(cfg, key: str) -> None:
         raise ConfigError(f"{key}.params", f"expected a mapping of the method's arguments, got {params!r}")
     _sparsity_params(cfg, f"{key}.params")
     _attack_node(cfg, f"{key}.attack")
+    _arch_node(cfg, f"{key}.arch")
 
 
 def _validate_eval(cfg: DictConfig) -> None:
@@ -308,9 +322,8 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "method.adv_ratio", minimum=0)
     _sparsity_params(cfg, "method")
     _number(cfg, "method.optimizer.lr", minimum=0, strict_min=True)
-    _number(cfg, "arch.width", minimum=1, integer=True)
-    _number(cfg, "arch.depth", minimum=1, integer=True)
-    _choice(cfg, "arch.normalize", ("standardize", "center", "none"))
+    _number(cfg, "method.label_smoothing", minimum=0)
+    _arch_node(cfg, "arch")
     # method=robust_dataset (representation inversion)
     _number(cfg, "method.steps", minimum=1, integer=True)
     _number(cfg, "method.step_size", minimum=0, strict_min=True)

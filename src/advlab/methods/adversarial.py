@@ -15,7 +15,7 @@ class AdversarialTraining(ClassifierModule):
     """
 
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, adv_ratio: float = 1.0, **kw):
-        super().__init__(model, optimizer, scheduler, eval_attack)
+        super().__init__(model, optimizer, scheduler, eval_attack, **kw)
         if attack is None:
             raise ConfigError("attack", "method=adversarial needs an attack; choose one of the attack group's options")
         if not 0.0 <= float(adv_ratio) <= 1.0:

@@ -34,7 +34,8 @@ class ClassifierModule(pl.LightningModule):
     `configure_optimizers`; `eval_attack` (an `advlab.attacks.Attack` or None) adds `test/adv_acc`.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None, **_ignored):
+    def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None,
+                 label_smoothing: float = 0.0, channels_last: bool = False, **_ignored):
         super().__init__()
         # Every init argument but the objects, as plain values (checkpoints load with weights_only=True);
         # `record_configs` adds how to rebuild the objects, so `load_from_checkpoint(path)` needs nothing else.
@@ -42,6 +43,14 @@ class ClassifierModule(pl.LightningModule):
         for key, value in list(self.hparams.items()):
             if OmegaConf.is_config(value):
                 self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+        self.label_smoothing = check_number("method.label_smoothing", label_smoothing, 0.0)
+        if self.label_smoothing >= 1.0:
+            raise ConfigError("method.label_smoothing", f"must be in [0, 1), got {label_smoothing!r}")
+        if channels_last not in (True, False):
+            raise ConfigError("method.channels_last", f"must be a boolean, got {channels_last!r}; allowed: true, false")
+        self.channels_last = bool(channels_last)
+        if self.channels_last and len(getattr(model, "input_shape", ())) == 3:
+            model.to(memory_format=torch.channels_last)  # NHWC weights: convolutions then run NHWC
         self.model = model
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
@@ -106,10 +115,16 @@ class ClassifierModule(pl.LightningModule):
     def training_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x
 
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of every method: cross-entropy, with `label_smoothing`."""
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(self.training_inputs(x, y))
-        loss = F.cross_entropy(logits, y)
+        loss = self.loss(logits, y)
         self.train_acc(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
@@ -141,8 +156,15 @@ class ClassifierModule(pl.LightningModule):
         optimizer = instantiate(self.optimizer_cfg, params=params)
         if not self.scheduler_cfg:
             return optimizer
-        scheduler = instantiate(self.scheduler_cfg, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        cfg = dict(self.scheduler_cfg)
+        # `interval: step` steps the scheduler every batch; `total_steps: null` = the run's optimiser steps
+        interval = cfg.pop("interval", "epoch")
+        if interval not in ("epoch", "step"):
+            raise ConfigError("method.scheduler.interval", f"unknown value {interval!r}; allowed: epoch, step")
+        if "total_steps" in cfg and cfg["total_steps"] is None:
+            cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(cfg, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     # -- hook for methods that need extra data work before fitting (see PerturbationLearning) --------
     def prepare(self, datamodule, artifacts):

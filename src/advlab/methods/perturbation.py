@@ -21,6 +21,28 @@ from advlab.methods.base import ClassifierModule
 
 log = logging.getLogger(__name__)
 
+# below this targeted success rate the crafted dataset is flagged (RECIPES.md §1: a weak attack
+# silently produces a weak dataset)
+WEAK_SUCCESS_RATE = 0.95
+BUDGET_FRACTION = 0.98
+
+
+def weak_attack_check(attack, success_rate: float, delta_norm_mean: float) -> tuple[bool, bool, str]:
+    """(weak, budget_bound, message) of a crafting run. Weak: targeted success < 0.95. Budget-bound:
+    the mean ‖δ‖ (in the attack's norm) reaches 0.98·ε, so only a larger ε helps; otherwise the
+    optimiser stopped short (more steps or a larger step size)."""
+    eps = float(attack.eps)
+    budget = delta_norm_mean >= BUDGET_FRACTION * eps
+    if success_rate >= WEAK_SUCCESS_RATE:
+        return False, budget, ""
+    alpha = getattr(attack, "alpha", None)
+    knobs = f"ε={eps:g} ({attack.norm}), steps={getattr(attack, 'steps', 'n/a')}, step size={'n/a' if alpha is None else f'{alpha:g}'}"
+    why = (f"budget-bound: mean ‖δ‖ {delta_norm_mean:.4g} ≥ {BUDGET_FRACTION}·ε, raise attack.eps" if budget else
+           f"optimiser-bound: mean ‖δ‖ {delta_norm_mean:.4g} < {BUDGET_FRACTION}·ε (or clipped at the pixel box), "
+           "raise attack.steps or attack.step_size")
+    msg = (f"Weak crafting attack: targeted success rate {success_rate:.3f} < {WEAK_SUCCESS_RATE} with {knobs}; {why}. "
+           "The perturbation dataset is weaker than the recipe's.")
+    return True, budget, msg
 
 
 def make_targets(y: torch.Tensor, num_classes: int, rule: str, generator: torch.Generator) -> torch.Tensor:
@@ -55,7 +77,7 @@ def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base=
     attack.targeted = True
     source.eval()
     out = torch.empty_like(x_base)
-    hits, l2, linf = 0, 0.0, 0.0
+    hits, l2, linf, linf_sum = 0, 0.0, 0.0, 0.0
     for i in progress_bar(range(0, len(x_base), batch_size), desc="Crafting perturbation dataset", disable=not progress):
         xb, tb = x_base[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
         adv = attack(source, xb, tb)
@@ -63,13 +85,15 @@ def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base=
             hits += int((source(adv).argmax(1) == tb).sum())
         delta = (adv - xb).flatten(1)
         l2 += float(delta.norm(dim=1).sum())
-        linf = max(linf, float(delta.abs().max())) if delta.numel() else linf
+        if delta.numel():
+            per_sample = delta.abs().amax(dim=1)
+            linf, linf_sum = max(linf, float(per_sample.max())), linf_sum + float(per_sample.sum())
         out[i : i + batch_size] = (adv - xb if train_on == "delta" else adv).detach().cpu()
     n = max(len(x_base), 1)
     k = min(16, len(x_base))
     return {
         "x": out, "y": targets,
-        "success_rate": hits / n, "delta_l2_mean": l2 / n, "delta_linf_max": linf,
+        "success_rate": hits / n, "delta_l2_mean": l2 / n, "delta_linf_max": linf, "delta_linf_mean": linf_sum / n,
         "preview_base": x_base[:k].clone(), "preview_y": y[:k].clone(),
     }
 
@@ -85,7 +109,7 @@ class PerturbationLearning(ClassifierModule):
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, source=None,
                  target_rule: str = "det", base: str = "natural", train_on: str = "adv",
                  craft_seed: int = 0, craft_batch_size: int = 512, measure_transfer: bool = False, transfer_target=None, transfer_eps: float | None = None, **kw):
-        super().__init__(model, optimizer, scheduler, eval_attack)
+        super().__init__(model, optimizer, scheduler, eval_attack, **kw)
         if attack is None:
             raise ConfigError("attack", "method=perturbation needs an attack to craft its dataset")
         if source is None:
@@ -137,9 +161,21 @@ class PerturbationLearning(ClassifierModule):
         })
         log.info("Perturbation dataset: %d examples, targeted success rate %.3f (source test acc %.3f)",
                  len(payload["y"]), payload["success_rate"], source_metrics["test/acc"])
+        self._flag_weak_attack(payload)
         self.preview = {k: payload[k] for k in ("preview_base", "preview_y")} | {"x": payload["x"][: len(payload["preview_y"])], "t": payload["y"][: len(payload["preview_y"])]}
         tag = f"perturbation-{spec_key(spec)}"
         return datamodule.with_train(payload["x"], payload["y"], tag=tag, check_bounds=self.train_on != "delta")
+
+    def _flag_weak_attack(self, payload) -> None:
+        """perturb/weak_attack (1.0 / 0.0) and perturb/budget_bound; a warning naming the knobs."""
+        # datasets cached before delta_linf_mean existed: the max bounds the mean from above
+        linf = payload.get("delta_linf_mean", payload["delta_linf_max"])
+        norm_mean = float(payload["delta_l2_mean"] if self.attack.norm == "l2" else linf)
+        weak, budget, msg = weak_attack_check(self.attack, float(payload["success_rate"]), norm_mean)
+        self.extra_metrics.update({"perturb/weak_attack": float(weak), "perturb/budget_bound": float(budget),
+                                   "perturb/delta_linf_mean": float(linf)})
+        if weak:
+            log.warning(msg)
 
     def _transfer_metrics(self, source, source_key, datamodule, artifacts) -> dict:
         from advlab.analysis.transfer import adversarial_test_set, evaluate_transfer, untargeted

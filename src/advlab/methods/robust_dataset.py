@@ -34,7 +34,7 @@ class RobustDataset(ClassifierModule):
 
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, source=None, steps: int = 1000,
                  step_size: float = 0.1, construct_seed: int = 0, construct_batch_size: int = 512, **kw):
-        super().__init__(model, optimizer, scheduler, eval_attack)
+        super().__init__(model, optimizer, scheduler, eval_attack, **kw)
         if source is None:
             raise ConfigError("source", "method=robust_dataset needs a representation model spec (the `source` config node)")
         self.source_cfg = source

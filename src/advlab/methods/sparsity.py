@@ -28,7 +28,6 @@ advlab-eval attacks with both losses for that reason.
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from advlab.attacks import FGSM
 from advlab.methods.base import ClassifierModule, check_number
@@ -60,7 +59,7 @@ class SparsityTraining(ClassifierModule):
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, sigma_u: float = 0.2, n_unlabeled: int = 4,
                  sigma_n: float = 0.02, n_neighbors: int = 1, lam: float = 100.0, adv_ratio: float = 0.0,
                  adv_eps: float = 0.1, **kw):
-        super().__init__(model, optimizer, scheduler, eval_attack)
+        super().__init__(model, optimizer, scheduler, eval_attack, **kw)
         self.sigma_u = check_number("method.sigma_u", sigma_u, 0)
         self.n_unlabeled = check_number("method.n_unlabeled", n_unlabeled, 0, integer=True)
         self.sigma_n = check_number("method.sigma_n", sigma_n, 0, strict=True)
@@ -96,9 +95,9 @@ class SparsityTraining(ClassifierModule):
         probs = [p.softmax(dim=1) for p in parts]
         penalty = sum(softmax_slope_penalty(probs[i], probs[i + 1], inputs[i], inputs[i + 1]) for i in range(0, len(inputs), 2))
         clean_logits = parts[0][: len(y)]
-        ce = F.cross_entropy(clean_logits, y)
+        ce = self.loss(clean_logits, y)
         if self.adv_attack is not None:
-            ce = (ce + self.adv_ratio * F.cross_entropy(parts[2], y)) / (1.0 + self.adv_ratio)
+            ce = (ce + self.adv_ratio * self.loss(parts[2], y)) / (1.0 + self.adv_ratio)
         loss = ce + self.lam * penalty
         self.train_acc(clean_logits, y)
         n = len(y)

@@ -1,10 +1,16 @@
 """Architectures. Every model maps pixel-space inputs to logits; see `Classifier`."""
 from advlab.models.base import Classifier, predict
 from advlab.models.cnn import CNN
+from advlab.models.densenet import DenseNet
+from advlab.models.googlenet import GoogLeNet
 from advlab.models.mlp import MLP, WideMLP
+from advlab.models.mobilenet import MobileNetV2
 from advlab.models.resnet import ResNet
+from advlab.models.resnet9 import ResNet9
+from advlab.models.vgg import VGG
 
-__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "build_model", "build_from_record", "predict"]
+__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "ResNet9", "VGG", "DenseNet", "GoogLeNet", "MobileNetV2",
+           "build_model", "build_from_record", "predict"]
 
 
 def build_model(arch_cfg, datamodule) -> Classifier:

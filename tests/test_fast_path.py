@@ -1,0 +1,130 @@
+"""The fast-training path (issue 12): per-step lr schedules, label smoothing, channels_last."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from advlab.errors import ConfigError
+from advlab.methods import StandardTraining
+from advlab.methods.schedules import one_cycle, warmup_linear
+from advlab.models import MLP, ResNet9
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _lrs(scheduler, n):
+    out = []
+    for _ in range(n):
+        out.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_warmup_linear_rises_to_the_configured_lr_then_decays_to_final():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4)
+    lrs = _lrs(warmup_linear(opt, total_steps=10, warmup=0.2, final=0.1), 10)
+    assert lrs[:2] == pytest.approx([0.2, 0.4])  # warm-up: 2 of 10 steps
+    assert max(lrs) == pytest.approx(0.4) and lrs[-1] == pytest.approx(0.04)
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))  # then strictly down
+    with pytest.raises(ConfigError, match="method.scheduler.warmup"):
+        warmup_linear(opt, 10, warmup=1.5)
+
+
+def test_one_cycle_peaks_at_the_optimisers_lr():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2, momentum=0.9)
+    lrs = _lrs(one_cycle(opt, total_steps=20, pct_start=0.25), 20)
+    assert lrs[0] == pytest.approx(0.2 / 25) and max(lrs) == pytest.approx(0.2, rel=1e-3)
+    assert lrs.index(max(lrs)) in (4, 5) and lrs[-1] < 0.01 * 0.2
+    with pytest.raises(ConfigError, match="total_steps"):
+        one_cycle(opt, total_steps=0)
+
+
+def test_step_schedule_fills_total_steps_from_the_trainer_and_steps_every_batch(tmp_path):
+    import pytorch_lightning as pl
+
+    from advlab.data import DigitsDataModule
+
+    dm = DigitsDataModule(seed=0, max_train=64, batch_size=16)
+    dm.setup()
+    sched = {"_target_": "advlab.methods.schedules.warmup_linear", "interval": "step", "total_steps": None, "warmup": 0.25}
+    module = StandardTraining(MLP(dm.input_shape, 10, width=16), {"_target_": "torch.optim.SGD", "lr": 0.1}, sched)
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[Record()], default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    steps = len(seen)
+    assert steps == int(trainer.estimated_stepping_batches) >= 6
+    assert max(seen) == pytest.approx(0.1) and seen[0] < 0.1 and seen[-1] < seen[len(seen) // 2]
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # decayed to final=0 at the last step
+
+
+def test_label_smoothing_is_the_methods_loss_and_is_checked():
+    model = MLP((4,), 3, width=8)
+    logits, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    smooth = StandardTraining(model, {"_target_": "torch.optim.SGD", "lr": 0.1}, label_smoothing=0.1)
+    plain = StandardTraining(model, {"_target_": "torch.optim.SGD", "lr": 0.1})
+    assert smooth.loss(logits, y) == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item())
+    assert plain.loss(logits, y) == pytest.approx(F.cross_entropy(logits, y).item())
+    assert smooth.loss(logits, y).item() != pytest.approx(plain.loss(logits, y).item())
+    for bad in (-0.1, 1.0, "a"):
+        with pytest.raises(ConfigError, match="method.label_smoothing"):
+            StandardTraining(model, {}, label_smoothing=bad)
+
+
+def test_channels_last_converts_conv_weights_and_keeps_the_outputs():
+    torch.manual_seed(0)
+    a = ResNet9((3, 32, 32), 10, width=4).eval()
+    b = ResNet9((3, 32, 32), 10, width=4).eval()
+    b.load_state_dict(a.state_dict())
+    StandardTraining(b, {}, channels_last=True)
+    conv = b.body[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(a(x), b(x), atol=1e-5)
+    with pytest.raises(ConfigError, match="method.channels_last"):
+        StandardTraining(a, {}, channels_last="yes")
+
+
+def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_source():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from advlab.artifacts import Artifacts
+    from advlab.cli import precheck
+    from advlab.config import CONF_DIR, validate
+
+    precheck(["experiment=ilyas_cifar10_cpu", "-m"], "train")  # composes and validates every job of its sweep (both rules)
+    cfgs = {}
+    for rule in ("det", "rand"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfgs[rule] = compose("train", overrides=["experiment=ilyas_cifar10_cpu", f"method.target_rule={rule}"], return_hydra_config=True)
+        validate(cfgs[rule])
+    GlobalHydra.instance().clear()
+    cfg = cfgs["det"]
+    assert list(cfg.hydra.sweeper.params.items()) == [("method.target_rule", "det,rand")]
+    assert cfg.dataset._target_ == "advlab.data.CIFAR10JPEGDataModule" and cfg.arch.width == 16
+    assert cfg.attack.norm == "l2" and cfg.attack.eps == 0.5 and cfg.method.target_rule == "det" and cfgs["rand"].method.target_rule == "rand"
+    assert cfg.method.scheduler._target_.endswith("one_cycle") and cfg.source.scheduler.interval == "step"
+
+    class Data:  # the two parts of a datamodule a model spec's cache key reads
+        batch_size = cfg.dataset.batch_size
+
+        def describe(self):
+            return {"name": "cifar10_jpeg"}
+
+    keys = [Artifacts.model_spec(None, OmegaConf.merge(c.source, {"arch": c.arch}), Data()) for c in cfgs.values()]
+    assert keys[0] == keys[1] and keys[0]["params"] == {"label_smoothing": 0.1}  # one source for both rules
+    model = ResNet9((3, 32, 32), 10, **{k: v for k, v in cfg.arch.items() if k in ("width", "logit_scale")})
+    attack = instantiate(cfg.attack, bounds=[0.0, 1.0])
+    method = instantiate(cfg.method, model=model, attack=attack, eval_attack=None, source=cfg.source, _recursive_=False)
+    assert method.label_smoothing == 0.1 and method.attack.steps == 20 and method.attack.alpha == pytest.approx(0.1)
