@@ -39,19 +39,12 @@ class LoadedRun:
         return float((pred == self.datamodule.y_test).float().mean())
 
 
-def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The classifier's weights in an advlab-train checkpoint (read as data: `weights_only=True`)."""
-    from advlab.model_sources import checkpoint_state_dict
-
-    state = checkpoint_state_dict(checkpoint)
-    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-
-
 def load_run(run_dir, checkpoint: str = "last", device: str | torch.device = "cpu") -> LoadedRun:
     """The model of an advlab-train run directory with its data, config and metrics. `checkpoint`:
     "last" (the weights `test/acc` was computed with) or "best" (best val/acc)."""
     from hydra.utils import instantiate
 
+    from advlab.model_sources import model_state
     from advlab.models import build_model
 
     run_dir = Path(run_dir).expanduser().resolve()

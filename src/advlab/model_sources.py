@@ -187,9 +187,14 @@ def checkpoint_state_dict(ckpt: Path) -> dict:
     return data["state_dict"]
 
 
+def model_state(checkpoint: Path) -> dict:
+    """The classifier's weights in an advlab-train checkpoint (every consumer loads them through this)."""
+    state = checkpoint_state_dict(checkpoint)
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
 def load_checkpoint(ckpt: Path, config: Path, datamodules: dict, device):
     """The classifier of an advlab-train run's checkpoint, in eval mode on `device`."""
-    from advlab.api import model_state
     from advlab.models import build_model
 
     run_cfg = OmegaConf.load(config)
