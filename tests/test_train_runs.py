@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from conftest import FAST, run_advlab
 from wandb_records import read_run
@@ -39,6 +40,12 @@ def test_perturbation_learning_generalises_and_reports_its_metrics(advlab_root):
     for key in ("test/acc", "source/test/acc", "perturb/success_rate", "test/agreement"):
         assert key in m, key
     assert m["source/test/acc"] > 0.9
+    assert 0.85 < m["source/val/acc"] <= 1.0 and 0.85 < m["source/train/acc"] <= 1.0  # read before testing: no NaN
+    resolved = yaml.safe_load((run.run_dir / "config_resolved.yaml").read_text())
+    assert resolved["source"]["arch"] == resolved["arch"]  # the architecture the source actually used, recorded
+    assert (run.run_dir / "plots" / "source_training_curves.png").is_file()
+    source_rows = list(csv.DictReader(open(run.run_dir / "source" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in source_rows] == list(range(10))  # source.max_epochs=10: its whole training
     assert m["perturb/success_rate"] > 0.9
     # trained only on mislabelled (det) examples, yet far above chance (0.1) on true labels
     assert m["test/acc"] > 0.4

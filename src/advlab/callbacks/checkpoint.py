@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +71,9 @@ def readable_checkpoint(path: Path) -> str | None:
 
 
 def set_aside(path: Path, why: str) -> Path:
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
-    path.rename(aside)
+    from advlab.cache import move_aside
+
+    aside = move_aside(path)
     log.warning("%s is unreadable (%s): set aside as %s", path, why, aside.name)
     return aside
 
