@@ -170,6 +170,9 @@ MODEL_METHODS = ("standard", "adversarial", "sparsity")
 ANALYSES = ("robustness", "deepfool", "off_support", "linearity")
 POINTS = ("all", "common_correct")
 ATTACK_LOSSES = ("ce", "margin")
+# An attack node's own loss may also be DLR (APGD-DLR); AutoAttack's versions (advlab.attacks.autoattack).
+ATTACK_NODE_LOSSES = ATTACK_LOSSES + ("dlr",)
+AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 NOISE_KINDS = ("uniform", "gaussian")
 
 
@@ -182,7 +185,10 @@ def _attack_node(cfg, node: str) -> None:
     _number(cfg, f"{node}.restarts", minimum=1, integer=True)
     _number(cfg, f"{node}.step_size", minimum=0)
     _number(cfg, f"{node}.rel_step_size", minimum=0)
-    _choice(cfg, f"{node}.loss", ATTACK_LOSSES)
+    _choice(cfg, f"{node}.loss", ATTACK_NODE_LOSSES)
+    _choice(cfg, f"{node}.version", AUTOATTACK_VERSIONS)
+    for key in ("n_target_classes", "square_queries", "n_queries", "apgd_steps", "fab_steps", "eot_iter"):
+        _number(cfg, f"{node}.{key}", minimum=1, integer=True)
 
 
 def _sparsity_params(cfg, node: str) -> None:
