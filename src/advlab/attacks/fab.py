@@ -22,9 +22,6 @@ from advlab.attacks.base import Attack, as_logits, autograd_enabled, eval_mode
 from advlab.attacks.pgd import _int_at_least_one, _positive_or_none
 from advlab.errors import ConfigError
 
-_BISECTIONS = 40
-
-
 def _box_room(p, direction, bounds):
     """How far each coordinate of ``p`` may move along ``sign(direction)`` inside ``bounds``."""
     if bounds is None:
@@ -35,36 +32,35 @@ def _box_room(p, direction, bounds):
 def project_hyperplane(p: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str, bounds=None) -> torch.Tensor:
     """Minimal-norm ``d`` (rows of (M, D)) with ``w·d = c`` and ``p + d`` inside ``bounds``.
 
-    L∞: ``d_i = sign(c·w_i)·min(τ, room_i)``; L2: ``d_i = clip(λ·c·w_i, box)``; the scalar τ / λ is
-    exact without bounds and found by bisection with them (the reached ``w·d`` is monotone in it).
-    Where the box cannot reach the hyperplane, ``d`` goes as far as the box allows."""
+    L∞: ``d_i = sign(c·w_i)·min(τ, room_i)``; L2: ``d_i = sign(c·w_i)·min(λ·|w_i|, room_i)``. The
+    reached ``|w·d|`` is piecewise linear and non-decreasing in the scalar τ / λ, with breakpoints
+    where coordinates hit the box; sorting them gives the exact root. Where the box cannot reach the
+    hyperplane, ``d`` goes as far as the box allows."""
     s = torch.sign(c).unsqueeze(1)
-    ws = w * s  # the direction of increase of s·(w·d)
-    need = c.abs()
-    room = _box_room(p, ws, bounds)
-    absw = ws.abs()
-    if norm == "linf":
-        free = need / absw.sum(dim=1).clamp_min(1e-30)  # without the box: |c| / ‖w‖₁
+    ws = w * s  # moving along sign(ws) raises s·(w·d)
+    need, absw = c.abs(), ws.abs()
+    slope = absw if norm == "linf" else absw * absw  # d(gain)/dt of a coordinate not yet at the box
 
-        def step(tau):
-            return torch.sign(ws) * torch.minimum(tau.unsqueeze(1), room)
-        hi = room.masked_fill(absw == 0, 0).amax(dim=1) if bounds is not None else free
-    else:
-        free = need / (ws * ws).sum(dim=1).clamp_min(1e-30)  # λ = |c| / ‖w‖₂²
-
-        def step(lam):
-            return torch.minimum(lam.unsqueeze(1) * absw, room) * torch.sign(ws)
-        hi = (room / absw.clamp_min(1e-30)).masked_fill(absw == 0, 0).amax(dim=1) if bounds is not None else free
+    def step(t):
+        t = t.unsqueeze(1)
+        return torch.sign(ws) * (torch.minimum(t, room) if norm == "linf" else torch.minimum(t * absw, room))
     if bounds is None:
-        return step(free)
-    lo = torch.minimum(free, hi)  # the box only shortens steps: the root is ≥ the free solution
-    reach = (ws * step(hi)).sum(dim=1) >= need
-    for _ in range(_BISECTIONS):
-        mid = 0.5 * (lo + hi)
-        ok = (ws * step(mid)).sum(dim=1) >= need
-        hi = torch.where(ok & reach, mid, hi)
-        lo = torch.where(ok & reach, lo, mid)
-    return step(hi)  # feasible side of the bracket; where unreachable, the whole box
+        room = torch.full_like(p, float("inf"))
+        return step(need / slope.sum(dim=1).clamp_min(1e-30))
+    room = _box_room(p, ws, bounds)
+    moving = absw > 0
+    brk = torch.where(moving, room if norm == "linf" else room / absw.clamp_min(1e-30), torch.zeros_like(room))
+    brk, order = brk.sort(dim=1)
+    sat = (absw * room).masked_fill(~moving, 0).gather(1, order)  # gain of a coordinate at the box
+    sl = slope.gather(1, order)
+    zero = torch.zeros_like(need).unsqueeze(1)
+    before = torch.cat((zero, sat.cumsum(dim=1)), dim=1)  # Σ_{i<k} sat_i
+    tail = torch.cat((sl.flip(1).cumsum(dim=1).flip(1), zero), dim=1)  # Σ_{i≥k} slope_i
+    gain_at = before[:, 1:] + brk * tail[:, 1:]  # gain at t = brk_k, non-decreasing in k
+    k = torch.searchsorted(gain_at, need.unsqueeze(1)).clamp_(max=brk.shape[1] - 1)
+    t = (need.unsqueeze(1) - before.gather(1, k)) / tail.gather(1, k).clamp_min(1e-30)
+    t = torch.minimum(t, brk.gather(1, k)).squeeze(1)  # unreachable: the last breakpoint (whole box)
+    return step(t)
 
 
 def _norm(d: torch.Tensor, norm: str) -> torch.Tensor:

@@ -148,23 +148,28 @@ class Square(Attack):
         return out.reshape(shape)
 
     def _search(self, fwd, x, y):
-        n, c, h, w = x.shape
+        """Random search; the samples still running are kept as a compact working set (rebuilt only
+        when some of them break) so that a query costs one forward pass and few small ops."""
         gen = self.generator(x.device)
         best = self._init_linf(x, gen) if self.norm == "linf" else self._init_l2(x, gen)
         margin, hit = self._margin(fwd, best, y)
+        act = (~hit).nonzero().squeeze(1)
+        xa, cur, ya, ma = x[act], best[act], y[act], margin[act]
+        propose = self._propose_linf if self.norm == "linf" else self._propose_l2
         for it in range(1, self.n_queries):
-            act = (~hit).nonzero().squeeze(1)
             if act.numel() == 0:
                 break
-            xa, cur = x.index_select(0, act), best.index_select(0, act)
-            if self.norm == "linf":
-                cand = self._propose_linf(xa, cur, it, gen)
-            else:
-                cand = self._propose_l2(xa, cur, it, gen)
-            m_new, hit_new = self._margin(fwd, cand, y.index_select(0, act))
-            better = m_new < margin.index_select(0, act)
-            keep = act[better]
-            best[keep], margin[keep], hit[keep] = cand[better], m_new[better], hit_new[better]
+            cand = propose(xa, cur, it, gen)
+            m_new, hit_new = self._margin(fwd, cand, ya)
+            better = m_new < ma
+            cur = torch.where(better.view(-1, 1, 1, 1), cand, cur)
+            ma = torch.where(better, m_new, ma)
+            done = better & hit_new
+            if bool(done.any()):
+                best[act], hit[act] = cur, done
+                keep = ~done
+                act, xa, cur, ya, ma = act[keep], xa[keep], cur[keep], ya[keep], ma[keep]
+        best[act] = cur
         return best, hit
 
     def _init_linf(self, x, gen):
