@@ -427,3 +427,38 @@ def test_cross_check_autoattack_with_torchattacks(cnn, batch4d):
     b = _acc(cnn, _theirs(ta.AutoAttack(cnn, norm="Linf", eps=0.08, n_classes=10, seed=0), x, y), y)
     assert abs(a - b) <= 0.04, (a, b)
     assert 0 < a < _acc(cnn, x, y)
+
+
+# --------------------------------------------------------------------------------------------
+# robust-only evaluation over an ε grid
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: PGD(0.1, steps=5, random_start=False),
+    lambda: APGD(0.1, steps=5, random_start=False),
+    lambda: FABT(0.1, steps=5, n_target_classes=3),
+], ids=["pgd", "apgd", "fab_t"])
+def test_robust_only_curve_equals_all_points_per_sample(make, mlp, batch):
+    from advlab.attacks import robust_curve_per_sample
+
+    x, y = batch
+    grid = [0.0, 0.02, 0.04, 0.07, 0.1]
+    fast, full = {}, {}
+    only = robust_curve_per_sample(mlp, make(), (x, y), grid, robust_only=True, stats=fast)
+    every = robust_curve_per_sample(mlp, make(), (x, y), grid, robust_only=False, stats=full)
+    assert torch.equal(only, every)
+    assert 0 < only[-2].sum() and only[-1].sum() < only[1].sum() < only[0].sum()  # non-trivial curve
+    assert full["attacked_all"] == full["attacked"] == len(grid) * len(x)
+    # the saving: ε = 0 needs no attack, and every ε only the points robust at the previous one
+    assert fast["attacked"] == int(only[:-1].sum())
+    assert fast["attacked"] < 0.75 * full["attacked"]
+
+
+def test_robustness_curves_report_the_saving(mlp, batch):
+    from advlab.analysis.robustness import robustness_curves
+
+    x, y = batch
+    curves = robustness_curves(mlp, {"pgd": PGD(0.1, steps=3, random_start=False)}, {"linf": [0.0, 0.05, 0.1]},
+                               x, y, losses=("ce", "margin"), progress=False)
+    c = curves["pgd"]
+    assert c["attacked_all"] == 2 * 3 * len(x)
+    assert c["attacked"] == int(c["by_loss"]["ce"][:-1].sum() + c["by_loss"]["margin"][:-1].sum())
