@@ -103,6 +103,7 @@ def bench(key: str, args, device, ta) -> dict:
     for name, fn in runs.items():
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             adv, times = _timed(fn, device, args.reps)
+        adv = adv.detach()
         linf = float((adv - x).abs().max())
         rows[name] = {"robust_acc": _acc(model, adv, y), "median_s": statistics.median(times), "times_s": times,
                       "max_linf": linf}

@@ -462,3 +462,30 @@ def test_robustness_curves_report_the_saving(mlp, batch):
     c = curves["pgd"]
     assert c["attacked_all"] == 2 * 3 * len(x)
     assert c["attacked"] == int(c["by_loss"]["ce"][:-1].sum() + c["by_loss"]["margin"][:-1].sum())
+
+
+def test_robustness_curves_run_fixed_loss_attacks_once(mlp, batch):
+    from advlab.analysis.robustness import robustness_curves
+
+    x, y = batch
+    aa = AutoAttack(0.1, attacks=("apgd-ce", "apgd-t"), apgd_steps=5, n_target_classes=3)
+    curves = robustness_curves(mlp, {"aa": aa, "pgd": PGD(0.1, steps=3)}, {"linf": [0.0, 0.05, 0.1]}, x, y,
+                               losses=("ce", "margin"), progress=False)
+    assert list(curves["aa"]["by_loss"]) == ["own"] and list(curves["pgd"]["by_loss"]) == ["ce", "margin"]
+    assert torch.equal(curves["aa"]["alone"], curves["aa"]["by_loss"]["own"])
+    assert curves["aa"]["alone"][-1].float().mean() < curves["aa"]["alone"][0].float().mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(NEW_ATTACKS))
+def test_cuda_device_and_generator(name, cnn, batch4d):
+    x, y = (t.cuda() for t in batch4d)
+    y = _labels(name, y)
+    model = copy.deepcopy(cnn).cuda()
+    state = torch.cuda.get_rng_state()
+    out = NEW_ATTACKS[name]()(model, x, y)
+    assert out.device == x.device and torch.equal(out, NEW_ATTACKS[name]()(model, x, y))
+    attack = NEW_ATTACKS[name]()
+    linf, l2 = _norms(out - x)
+    assert float((linf if attack.norm == "linf" else l2).max()) <= attack.eps + 1e-6
+    assert torch.equal(torch.cuda.get_rng_state(), state)

@@ -49,9 +49,11 @@ def robustness_curves(model: nn.Module, attacks: Mapping[str, Attack], eps_grids
         for name, attack in attacks.items():
             grid = [float(e) for e in eps_grids[attack.norm]]
             by_loss, stats = {}, {}
-            for loss in losses:
+            # attacks with their own losses (AutoAttack, APGD-T, FAB-T, Square) run once, as "own"
+            for loss in ("own",) if getattr(attack, "fixed_losses", False) else losses:
                 run = copy.copy(attack)  # same settings and random stream, another loss
-                run.loss = loss
+                if loss != "own":
+                    run.loss = loss
                 by_loss[loss] = robust_curve_per_sample(model, run, (x, y), grid, device, batch_size, progress=bar,
                                                         stats=stats)
             alone = torch.stack(list(by_loss.values())).all(dim=0)

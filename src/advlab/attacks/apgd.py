@@ -247,6 +247,7 @@ class APGDT(APGD):
     so ``targeted`` is False."""
 
     name = "apgd_t"
+    fixed_losses = True  # `loss` has no effect: the losses are part of the method
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 100, n_target_classes: int = 9,
                  restarts: int = 1, random_start: bool = True, eot_iter: int = 1, bounds=(0.0, 1.0), seed: int = 0,

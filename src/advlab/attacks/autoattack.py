@@ -41,6 +41,7 @@ class AutoAttack(Attack):
     APGD members and of FAB-T (100 in the paper)."""
 
     name = "autoattack"
+    fixed_losses = True  # `loss` has no effect: the losses are part of the method
 
     def __init__(self, eps: float, norm: str = "linf", version: str = "standard", attacks=None,
                  n_target_classes: int = 9, square_queries: int = 5000, apgd_steps: int = 100, fab_steps: int = 100,

@@ -75,6 +75,7 @@ class FABT(Attack):
     AutoAttack: α_max = 0.1, η = 1.05, β = 0.9. ``y`` are the true labels (``targeted`` False)."""
 
     name = "fab_t"
+    fixed_losses = True  # `loss` has no effect: the losses are part of the method
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 100, n_target_classes: int = 9, restarts: int = 1,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0,

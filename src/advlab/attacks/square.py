@@ -61,6 +61,7 @@ class Square(Attack):
     """Square attack, untargeted (``y`` true labels), ``n_queries`` model queries per sample at most."""
 
     name = "square"
+    fixed_losses = True  # `loss` has no effect: the losses are part of the method
 
     def __init__(self, eps: float, norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8,
                  restarts: int = 1, targeted: bool = False, bounds=(0.0, 1.0), seed: int = 0, loss: str = "margin"):
