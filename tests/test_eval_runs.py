@@ -153,6 +153,9 @@ BAD = [
     (["checkpoints=[/no/such/run]"], "checkpoints[0]", "/no/such/run does not exist"),
     (["models=null"], "models", "nothing to evaluate"),
     (["linearity.loss=hinge"], "linearity.loss", "allowed: ce, margin"),
+    (["masking.norm=l1"], "masking.norm", "allowed: linf, l2"),
+    (["masking.queries=0"], "masking.queries", ">= 1"),
+    (["+robustness.attacks.pgd_linf.version=fast"], "robustness.attacks.pgd_linf.version", "allowed: standard, plus, rand"),
     (["experiment=nope"], "experiment", "allowed:"),
 ]
 
@@ -192,3 +195,18 @@ def test_comparison_preset_full_run(advlab_root):
     assert sparse["mean"][i] > std["mean"][i]
     print(json.dumps({k: {"pgd_linf@0.1": [models[k]["robustness"]["pgd_linf"]["mean"][i], models[k]["robustness"]["pgd_linf"]["sem"][i]]}
                       for k in models}), f"elapsed {elapsed:.0f}s")
+
+
+@pytest.mark.slow  # ~30 s: trains one small model
+def test_masking_checks_in_metrics_csv_and_log(advlab_root):
+    run = run_advlab(advlab_root, "analyses=[masking]", "~models.adversarial", "model_defaults.max_epochs=2", "arch.width=64",
+                     "max_points=60", "masking.steps=5", "masking.queries=100", "masking.n_target_classes=3", "logger=csv",
+                     module=EVAL, env=ONE_THREAD)
+    checks = _ok(run)["models"]["standard"]["masking"]
+    assert checks["checks/n"]["mean"] == 60 and checks["checks/large_eps"]["mean"] == pytest.approx(1.0)
+    assert checks["checks/any"]["mean"] == 0.0 and checks["checks/zero_grad_fraction"]["mean"] == 0.0
+    assert checks["checks/white_box_acc"]["mean"] <= checks["checks/black_box_acc"]["mean"]
+    with open(run.run_dir / "masking.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["checks/saturated"] == "False"
+    assert "masking checks: none tripped" in run.log
