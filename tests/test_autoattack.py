@@ -489,3 +489,16 @@ def test_cuda_device_and_generator(name, cnn, batch4d):
     linf, l2 = _norms(out - x)
     assert float((linf if attack.norm == "linf" else l2).max()) <= attack.eps + 1e-6
     assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("cls", [APGDT, FABT, Square, AutoAttack])
+def test_targeted_cannot_be_set_on_untargeted_only_attacks(cls):
+    """The perturbation-learning method sets ``attack.targeted = True`` on its attack: these must
+    refuse (they take true labels and choose their own targets) rather than silently run untargeted."""
+    with pytest.raises(ConfigError, match="attack.targeted"):
+        cls(0.1, targeted=True)
+    attack = cls(0.1)
+    with pytest.raises(ConfigError, match="allowed: false"):
+        attack.targeted = True
+    attack.targeted = False
+    assert APGD(0.1, targeted=True).targeted  # APGD itself supports targets

@@ -248,15 +248,15 @@ class APGDT(APGD):
 
     name = "apgd_t"
     fixed_losses = True  # `loss` has no effect: the losses are part of the method
+    untargeted_only = True
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 100, n_target_classes: int = 9,
                  restarts: int = 1, random_start: bool = True, eot_iter: int = 1, bounds=(0.0, 1.0), seed: int = 0,
                  loss: str = "dlr", targeted: bool = False):
-        if loss != "dlr" or targeted:
-            raise ConfigError("attack.loss" if loss != "dlr" else "attack.targeted",
-                              "APGD-T uses the targeted DLR loss on true labels; allowed: loss=dlr, targeted=false")
+        if loss != "dlr":
+            raise ConfigError("attack.loss", f"APGD-T uses the targeted DLR loss, got {loss!r}; allowed: dlr")
         super().__init__(eps=eps, norm=norm, steps=steps, loss="dlr", restarts=restarts, random_start=random_start,
-                         eot_iter=eot_iter, targeted=False, bounds=bounds, seed=seed)
+                         eot_iter=eot_iter, targeted=targeted, bounds=bounds, seed=seed)
         self.n_target_classes = _int_at_least_one("attack.n_target_classes", n_target_classes)
 
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -42,12 +42,11 @@ class AutoAttack(Attack):
 
     name = "autoattack"
     fixed_losses = True  # `loss` has no effect: the losses are part of the method
+    untargeted_only = True
 
     def __init__(self, eps: float, norm: str = "linf", version: str = "standard", attacks=None,
                  n_target_classes: int = 9, square_queries: int = 5000, apgd_steps: int = 100, fab_steps: int = 100,
                  eot_iter: int = 20, bounds=(0.0, 1.0), seed: int = 0, targeted: bool = False, loss: str = "ce"):
-        if targeted:
-            raise ConfigError("attack.targeted", "AutoAttack is untargeted; allowed: false")
         if version not in VERSIONS:
             raise ConfigError("attack.version", f"unknown version {version!r}; allowed: {', '.join(VERSIONS)}")
         members = tuple(VERSIONS[version] if attacks is None else attacks)
@@ -55,7 +54,7 @@ class AutoAttack(Attack):
         if bad or not members:
             raise ConfigError("attack.attacks", f"unknown members {bad or members!r}; allowed: {', '.join(MEMBERS)}")
         self._members = {}
-        super().__init__(eps=eps, norm=norm, targeted=False, bounds=bounds, seed=seed, loss=loss)
+        super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
         self.version, self.attacks = version, members
         self.n_target_classes = _int_at_least_one("attack.n_target_classes", n_target_classes)
         self.square_queries = _int_at_least_one("attack.square_queries", square_queries)

@@ -178,6 +178,7 @@ class Attack:
     the model in eval mode, ``eps > 0`` and ``x`` detached (and inside the bounds)."""
 
     name = "attack"
+    untargeted_only = False  # True: ``targeted`` cannot be set (AutoAttack and its targeted-search members)
 
     def __init__(self, eps: float, norm: str = "linf", targeted: bool = False, bounds=(0.0, 1.0),
                  seed: int = 0, loss: str = "ce"):
@@ -213,6 +214,9 @@ class Attack:
     def targeted(self, value) -> None:
         if not isinstance(value, (bool, int)) or value not in (0, 1):
             raise ConfigError("attack.targeted", f"must be a boolean, got {value!r}; allowed: true, false")
+        if value and self.untargeted_only:
+            raise ConfigError("attack.targeted", f"{type(self).__name__} takes true labels and picks its own targets "
+                                                 "(or none); allowed: false")
         self._targeted = bool(value)
 
     @property

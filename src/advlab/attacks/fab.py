@@ -76,13 +76,12 @@ class FABT(Attack):
 
     name = "fab_t"
     fixed_losses = True  # `loss` has no effect: the losses are part of the method
+    untargeted_only = True
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 100, n_target_classes: int = 9, restarts: int = 1,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0,
                  targeted: bool = False, loss: str = "ce"):
-        if targeted:
-            raise ConfigError("attack.targeted", "FAB-T picks its targets itself from the true labels; allowed: false")
-        super().__init__(eps=eps, norm=norm, targeted=False, bounds=bounds, seed=seed, loss=loss)
+        super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
         self.steps = _int_at_least_one("attack.steps", steps)
         self.n_target_classes = _int_at_least_one("attack.n_target_classes", n_target_classes)
         self.restarts = _int_at_least_one("attack.restarts", restarts)

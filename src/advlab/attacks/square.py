@@ -62,12 +62,11 @@ class Square(Attack):
 
     name = "square"
     fixed_losses = True  # `loss` has no effect: the losses are part of the method
+    untargeted_only = True
 
     def __init__(self, eps: float, norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8,
                  restarts: int = 1, targeted: bool = False, bounds=(0.0, 1.0), seed: int = 0, loss: str = "margin"):
-        if targeted:
-            raise ConfigError("attack.targeted", "the Square attack here is untargeted; allowed: false")
-        super().__init__(eps=eps, norm=norm, targeted=False, bounds=bounds, seed=seed, loss=loss)
+        super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
         self.n_queries = _int_at_least_one("attack.n_queries", n_queries)
         self.restarts = _int_at_least_one("attack.restarts", restarts)
         p = _positive_or_none("attack.p_init", p_init)
