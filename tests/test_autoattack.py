@@ -502,3 +502,14 @@ def test_targeted_cannot_be_set_on_untargeted_only_attacks(cls):
         attack.targeted = True
     attack.targeted = False
     assert APGD(0.1, targeted=True).targeted  # APGD itself supports targets
+
+
+def test_cache_description_is_stable_and_names_the_options(mlp, batch):
+    from advlab.artifacts import describe_object
+
+    x, y = batch
+    aa = AutoAttack(0.1, version="standard", attacks=("apgd-ce",), apgd_steps=3, square_queries=11)
+    before = describe_object(aa)
+    aa(mlp, x, y)
+    assert describe_object(aa) == before and aa.last_run[0]["attacked"] > 0
+    assert before["version"] == "standard" and before["attacks"] == ["apgd-ce"] and before["square_queries"] == 11

@@ -63,7 +63,7 @@ class AutoAttack(Attack):
         self.eot_iter = _int_at_least_one("attack.eot_iter", eot_iter)
         self._members = {name: self._build(name) for name in members}
         self.reset_rng()
-        self.last_run: list[dict] = []
+        self._report: dict = {"last_run": []}  # a dict: cache keys (artifacts.describe_object) skip it
 
     def _build(self, name: str) -> Attack:
         restarts = 5 if self.version == "plus" and name in ("apgd-ce", "apgd-dlr") else 1
@@ -76,6 +76,11 @@ class AutoAttack(Attack):
         if name == "fab-t":
             return FABT(steps=self.fab_steps, n_target_classes=self.n_target_classes, **common)
         return Square(n_queries=self.square_queries, **common)
+
+    @property
+    def last_run(self) -> list[dict]:
+        """Per member of the last call: points attacked, broken, robust after it, seconds."""
+        return self._report["last_run"]
 
     @property
     def members(self) -> dict[str, Attack]:
@@ -107,7 +112,7 @@ class AutoAttack(Attack):
                 broken_n = int(broken.sum())
             report.append({"attack": name, "attacked": int(idx.numel()), "broken": broken_n,
                            "robust_after": int(robust.sum()), "seconds": time.perf_counter() - t0})
-        self.last_run = report
+        self._report["last_run"] = report
         return out
 
     def __repr__(self) -> str:
