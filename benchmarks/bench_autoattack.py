@@ -69,7 +69,7 @@ def resnet_problem(n: int, device):
     return model, x, y
 
 
-PROBLEMS = {"digits": (digits_problem, 0.1), "resnet": (resnet_problem, 1 / 255)}
+PROBLEMS = {"digits": (digits_problem, 0.1), "resnet": (resnet_problem, 8 / 255)}
 
 
 def _acc(model, x, y) -> float:
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--model", default="both", choices=["digits", "resnet", "both"])
     ap.add_argument("--n", type=int, default=128, help="points")
-    ap.add_argument("--eps", type=float, default=None, help="L∞ ε (default: 0.1 digits, 1/255 resnet)")
+    ap.add_argument("--eps", type=float, default=None, help="L∞ ε (default: 0.1 digits, 8/255 resnet)")
     ap.add_argument("--queries", type=int, default=5000, help="Square queries (torchattacks' AutoAttack: 5000)")
     ap.add_argument("--apgd-steps", type=int, default=100, help="steps of the APGD-CE comparison")
     ap.add_argument("--reps", type=int, default=1)

@@ -80,11 +80,13 @@ class Square(Attack):
 
     @staticmethod
     def _margin(model, x, y):
+        """(z_y − max_{i≠y} z_i, misclassified) per sample."""
         with torch.no_grad():
             logits, yy = as_logits(model(x), y)
+        top, idx = logits.topk(2, dim=1)
         own = logits.gather(1, yy.unsqueeze(1)).squeeze(1)
-        other = logits.scatter(1, yy.unsqueeze(1), float("-inf")).amax(dim=1)
-        return own - other, logits.argmax(dim=1) != yy
+        first = idx[:, 0] == yy
+        return own - torch.where(first, top[:, 1], top[:, 0]), ~first
 
     def _signs(self, shape, gen, x):
         return torch.randint(0, 2, shape, generator=gen, device=x.device).to(x.dtype).mul_(2).sub_(1)
@@ -155,11 +157,15 @@ class Square(Attack):
         margin, hit = self._margin(fwd, best, y)
         act = (~hit).nonzero().squeeze(1)
         xa, cur, ya, ma = x[act], best[act], y[act], margin[act]
-        propose = self._propose_linf if self.norm == "linf" else self._propose_l2
+        # L∞ proposals set window pixels to one of the two vertices x ± ε (clipped): computed once
+        vert = (self._clip(xa - self.eps), self._clip(xa + self.eps)) if self.norm == "linf" else (xa, xa)
         for it in range(1, self.n_queries):
             if act.numel() == 0:
                 break
-            cand = propose(xa, cur, it, gen)
+            if self.norm == "linf":
+                cand = self._propose_linf(vert, cur, it, gen)
+            else:
+                cand = self._propose_l2(xa, cur, it, gen)
             m_new, hit_new = self._margin(fwd, cand, ya)
             better = m_new < ma
             cur = torch.where(better.view(-1, 1, 1, 1), cand, cur)
@@ -169,6 +175,7 @@ class Square(Attack):
                 best[act], hit[act] = cur, done
                 keep = ~done
                 act, xa, cur, ya, ma = act[keep], xa[keep], cur[keep], ya[keep], ma[keep]
+                vert = (vert[0][keep], vert[1][keep])
         best[act] = cur
         return best, hit
 
@@ -176,11 +183,13 @@ class Square(Attack):
         n, c, h, w = x.shape
         return self._clip(x + self.eps * self._signs((n, c, 1, w), gen, x))
 
-    def _propose_linf(self, x, cur, it, gen):
-        n, c, h, w = x.shape
+    def _propose_linf(self, vert, cur, it, gen):
+        n, c, h, w = cur.shape
         sh, sw = self._window_size(it, h, w, c, odd=False)
-        vh, vw = self._corner(n, h, w, sh, sw, gen, x.device)
-        vertex = self._clip(x + self.eps * self._signs((n, c, 1, 1), gen, x))
+        u = torch.rand((n, 2 + c), generator=gen, device=cur.device)  # one draw: corner and signs
+        vh = (u[:, 0] * (h - sh + 1)).long().clamp_(max=h - sh)
+        vw = (u[:, 1] * (w - sw + 1)).long().clamp_(max=w - sw)
+        vertex = torch.where((u[:, 2:] < 0.5).view(n, c, 1, 1), vert[0], vert[1])
         return torch.where(self._mask(vh, vw, sh, sw, h, w), vertex, cur)
 
     def _to_eps(self, x, delta):
