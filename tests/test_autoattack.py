@@ -513,3 +513,27 @@ def test_cache_description_is_stable_and_names_the_options(mlp, batch):
     aa(mlp, x, y)
     assert describe_object(aa) == before and aa.last_run[0]["attacked"] > 0
     assert before["version"] == "standard" and before["attacks"] == ["apgd-ce"] and before["square_queries"] == 11
+
+
+class _Counting(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def test_eot_averages_over_passes(mlp, batch):
+    """eot_iter = k: k forward/backward passes per gradient (AutoAttack's rand version); on a
+    deterministic model the averaged L∞ step is the same as a single pass."""
+    x, y = batch
+    model = _Counting(mlp)
+    APGD(1e-4, steps=2, eot_iter=3)(model, x, y)  # ε too small to break anything: every step runs
+    assert model.calls == 3 + 3 + 1  # start (3), step 1 (3), last step: loss only (1)
+    one = APGD(0.05, steps=5, random_start=False)(mlp, x, y)
+    three = APGD(0.05, steps=5, random_start=False, eot_iter=3)(mlp, x, y)
+    torch.testing.assert_close(three, one, atol=1e-6, rtol=0)
+    rand = AutoAttack(0.1, version="rand", eot_iter=2, apgd_steps=3)
+    assert robust_accuracy(mlp, rand, (x, y)) < _acc(mlp, x, y)
