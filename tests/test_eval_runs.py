@@ -197,12 +197,14 @@ def test_comparison_preset_full_run(advlab_root):
                       for k in models}), f"elapsed {elapsed:.0f}s")
 
 
-@pytest.mark.slow  # ~30 s: trains one small model
-def test_masking_checks_in_metrics_csv_and_log(advlab_root):
-    run = run_advlab(advlab_root, "analyses=[masking]", "~models.adversarial", "model_defaults.max_epochs=2", "arch.width=64",
-                     "max_points=60", "masking.steps=5", "masking.queries=100", "masking.n_target_classes=3", "logger=csv",
-                     module=EVAL, env=ONE_THREAD)
+@pytest.mark.slow  # ~40 s: trains one small model
+def test_masking_checks_and_robust_only_counts_in_metrics(advlab_root):
+    run = run_advlab(advlab_root, "analyses=[robustness,masking]", "~models.adversarial", *FAST_EVAL, "masking.steps=5",
+                     "masking.queries=100", "masking.n_target_classes=3", "logger=csv", module=EVAL, env=ONE_THREAD)
     checks = _ok(run)["models"]["standard"]["masking"]
+    pgd = run.metrics["models"]["standard"]["robustness"]["pgd_linf"]
+    assert pgd["attacked_all"]["mean"] == 2 * 3 * 60  # 2 losses × 3 ε × 60 points
+    assert pgd["attacked"]["mean"] < 0.7 * pgd["attacked_all"]["mean"]  # robust-only: ε = 0 and broken points are skipped
     assert checks["checks/n"]["mean"] == 60 and checks["checks/large_eps"]["mean"] == pytest.approx(1.0)
     assert checks["checks/any"]["mean"] == 0.0 and checks["checks/zero_grad_fraction"]["mean"] == 0.0
     assert checks["checks/white_box_acc"]["mean"] <= checks["checks/black_box_acc"]["mean"]

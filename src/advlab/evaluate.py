@@ -141,7 +141,8 @@ def evaluate(cfg: DictConfig) -> float | None:
                 batch_size=batch, device=device, desc=label)
             res["robustness"] = {name: {"norm": c["norm"], "eps": c["eps"], "acc": robustness_analysis.accuracy(c["robust"]),
                                         "alone": robustness_analysis.accuracy(c["alone"]),
-                                        "by_loss": {loss: robustness_analysis.accuracy(mask) for loss, mask in c["by_loss"].items()}}
+                                        "by_loss": {loss: robustness_analysis.accuracy(mask) for loss, mask in c["by_loss"].items()},
+                                        "attacked": c["attacked"], "attacked_all": c["attacked_all"]}
                                  for name, c in curves.items()}
         if "deepfool" in analyses:
             pred = predictions[id(m)][index]  # the distance to the model's own decision boundary
@@ -216,6 +217,9 @@ def _summarise(per_member: dict, analyses: list[str]) -> dict:
                 entry["alone_mean"] = _curve_stat([r["robustness"][attack]["alone"] for r in results], first["eps"])["mean"]
                 entry["by_loss_mean"] = {loss: _curve_stat([r["robustness"][attack]["by_loss"][loss] for r in results], first["eps"])["mean"]
                                          for loss in first["by_loss"]}
+                # attack calls per point (over ε and losses): robust-only vs attacking every point
+                entry["attacked"] = _stat([r["robustness"][attack]["attacked"] for r in results])
+                entry["attacked_all"] = _stat([r["robustness"][attack]["attacked_all"] for r in results])
                 s["robustness"][attack] = entry
         if "deepfool" in analyses:
             s["deepfool"] = {norm: {k: _stat([r["deepfool"][norm][k] for r in results]) for k in ("rho", "success_rate", "r_mean", "r_median")}
