@@ -154,6 +154,9 @@ BAD = [
     (["checkpoints=[/no/such/run]"], "checkpoints[0]", "/no/such/run does not exist"),
     (["models=null"], "models", "nothing to evaluate"),
     (["linearity.loss=hinge"], "linearity.loss", "allowed: ce, margin"),
+    (["masking.norm=l1"], "masking.norm", "allowed: linf, l2"),
+    (["masking.queries=0"], "masking.queries", ">= 1"),
+    (["+robustness.attacks.pgd_linf.version=fast"], "robustness.attacks.pgd_linf.version", "allowed: standard, plus, rand"),
     (["experiment=nope"], "experiment", "allowed:"),
 ]
 
@@ -193,3 +196,20 @@ def test_comparison_preset_full_run(advlab_root):
     assert sparse["mean"][i] > std["mean"][i]
     print(json.dumps({k: {"pgd_linf@0.1": [models[k]["robustness"]["pgd_linf"]["mean"][i], models[k]["robustness"]["pgd_linf"]["sem"][i]]}
                       for k in models}), f"elapsed {elapsed:.0f}s")
+
+
+@pytest.mark.slow  # ~40 s: trains one small model
+def test_masking_checks_and_robust_only_counts_in_metrics(advlab_root):
+    run = run_advlab(advlab_root, "analyses=[robustness,masking]", "~models.adversarial", *FAST_EVAL, "masking.steps=5",
+                     "masking.queries=100", "masking.n_target_classes=3", "logger=csv", module=EVAL, env=ONE_THREAD)
+    checks = _ok(run)["models"]["standard"]["masking"]
+    pgd = run.metrics["models"]["standard"]["robustness"]["pgd_linf"]
+    assert pgd["attacked_all"]["mean"] == 2 * 3 * 60  # 2 losses × 3 ε × 60 points
+    assert pgd["attacked"]["mean"] < 0.7 * pgd["attacked_all"]["mean"]  # robust-only: ε = 0 and broken points are skipped
+    assert checks["checks/n"]["mean"] == 60 and checks["checks/large_eps"]["mean"] == pytest.approx(1.0)
+    assert checks["checks/any"]["mean"] == 0.0 and checks["checks/zero_grad_fraction"]["mean"] == 0.0
+    assert checks["checks/white_box_acc"]["mean"] <= checks["checks/black_box_acc"]["mean"]
+    with open(run.run_dir / "masking.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["checks/saturated"] == "False"
+    assert "masking checks: none tripped" in run.log

@@ -169,9 +169,12 @@ MI_CALLBACK = "callbacks.mutual_information"
 # Methods a model spec (`source`, advlab-eval's `models`) can name.
 MODEL_METHODS = ("standard", "adversarial", "sparsity")
 # advlab-eval's choices.
-ANALYSES = ("robustness", "deepfool", "off_support", "linearity")
+ANALYSES = ("robustness", "deepfool", "off_support", "linearity", "masking")
 POINTS = ("all", "common_correct")
 ATTACK_LOSSES = ("ce", "margin")
+# An attack node's own loss may also be DLR (APGD-DLR); AutoAttack's versions (advlab.attacks.autoattack).
+ATTACK_NODE_LOSSES = ATTACK_LOSSES + ("dlr",)
+AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 NOISE_KINDS = ("uniform", "gaussian")
 
 
@@ -184,7 +187,10 @@ def _attack_node(cfg, node: str) -> None:
     _number(cfg, f"{node}.restarts", minimum=1, integer=True)
     _number(cfg, f"{node}.step_size", minimum=0)
     _number(cfg, f"{node}.rel_step_size", minimum=0)
-    _choice(cfg, f"{node}.loss", ATTACK_LOSSES)
+    _choice(cfg, f"{node}.loss", ATTACK_NODE_LOSSES)
+    _choice(cfg, f"{node}.version", AUTOATTACK_VERSIONS)
+    for key in ("n_target_classes", "square_queries", "n_queries", "apgd_steps", "fab_steps", "eot_iter"):
+        _number(cfg, f"{node}.{key}", minimum=1, integer=True)
 
 
 def _arch_node(cfg, node: str) -> None:
@@ -299,6 +305,11 @@ def _validate_eval(cfg: DictConfig) -> None:
     _number(cfg, "linearity.n", minimum=1, integer=True)
     _number(cfg, "linearity.examples", minimum=0, integer=True)
     _choice(cfg, "linearity.loss", ATTACK_LOSSES)
+    _number(cfg, "masking.eps", minimum=0, strict_min=True)
+    _choice(cfg, "masking.norm", ("linf", "l2"))
+    _number(cfg, "masking.large_eps", minimum=0, strict_min=True)
+    for key in ("n", "steps", "n_target_classes", "queries"):
+        _number(cfg, f"masking.{key}", minimum=1, integer=True)
 
 
 def validate(cfg: DictConfig) -> None:

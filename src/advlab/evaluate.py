@@ -7,7 +7,7 @@
 Models: named specs trained once per seed (then cached) and/or advlab-train checkpoints. Analyses,
 all on the same test points: robust accuracy against ε (FGSM / PGD, L∞ / L2) with mean ± SEM over
 seeds, DeepFool minimal perturbations (ρ), softmax statistics off the data support, and the logits
-along the FGSM direction with a linearity score. Writes metrics.json, CSV tables and plots to the
+along the FGSM direction with a linearity score; optionally (``masking``) the gradient-masking checks. Writes metrics.json, CSV tables and plots to the
 run directory and logs them to W&B (offline by default).
 """
 from __future__ import annotations
@@ -141,7 +141,8 @@ def evaluate(cfg: DictConfig) -> float | None:
                 batch_size=batch, device=device, desc=label)
             res["robustness"] = {name: {"norm": c["norm"], "eps": c["eps"], "acc": robustness_analysis.accuracy(c["robust"]),
                                         "alone": robustness_analysis.accuracy(c["alone"]),
-                                        "by_loss": {loss: robustness_analysis.accuracy(mask) for loss, mask in c["by_loss"].items()}}
+                                        "by_loss": {loss: robustness_analysis.accuracy(mask) for loss, mask in c["by_loss"].items()},
+                                        "attacked": c["attacked"], "attacked_all": c["attacked_all"]}
                                  for name, c in curves.items()}
         if "deepfool" in analyses:
             pred = predictions[id(m)][index]  # the distance to the model's own decision boundary
@@ -168,6 +169,8 @@ def evaluate(cfg: DictConfig) -> float | None:
             if m.name not in linearity_examples:  # the plot shows the first member of each model
                 k = int(cfg.linearity.examples)
                 linearity_examples[m.name] = (lin["eps"], lin["logits"][:k], y[:k], lin["r2"][:k], m.member)
+        if "masking" in analyses:
+            res["masking"] = _masking(m.model, x, y, cfg.masking, bounds, device, int(cfg.seed), label)
         per_member[m.name].append(res)
 
     summary = _summarise(per_member, analyses)
@@ -189,6 +192,20 @@ def evaluate(cfg: DictConfig) -> float | None:
     return None
 
 
+def _masking(model, x, y, mcfg, bounds, device, seed: int, label: str) -> dict:
+    """Gradient-masking checks on the first ``masking.n`` points; a warning line when one trips."""
+    from advlab.analysis.masking import masking_checks, masking_warning
+
+    n = min(int(mcfg.n), len(x))
+    checks = masking_checks(model, x[:n].to(device), y[:n].to(device), float(mcfg.eps), str(mcfg.norm),
+                            steps=int(mcfg.steps), n_target_classes=int(mcfg.n_target_classes), queries=int(mcfg.queries),
+                            large_eps=mcfg.large_eps, bounds=bounds, seed=seed)
+    warning = masking_warning(checks)
+    if warning:
+        log.warning("%s: %s", label, warning)
+    return checks
+
+
 def _summarise(per_member: dict, analyses: list[str]) -> dict:
     """Mean ± SEM over the members (seeds / runs) of each model."""
     summary = {}
@@ -203,6 +220,9 @@ def _summarise(per_member: dict, analyses: list[str]) -> dict:
                 entry["alone_mean"] = _curve_stat([r["robustness"][attack]["alone"] for r in results], first["eps"])["mean"]
                 entry["by_loss_mean"] = {loss: _curve_stat([r["robustness"][attack]["by_loss"][loss] for r in results], first["eps"])["mean"]
                                          for loss in first["by_loss"]}
+                # attack calls per point (over ε and losses): robust-only vs attacking every point
+                entry["attacked"] = _stat([r["robustness"][attack]["attacked"] for r in results])
+                entry["attacked_all"] = _stat([r["robustness"][attack]["attacked_all"] for r in results])
                 s["robustness"][attack] = entry
         if "deepfool" in analyses:
             s["deepfool"] = {norm: {k: _stat([r["deepfool"][norm][k] for r in results]) for k in ("rho", "success_rate", "r_mean", "r_median")}
@@ -212,6 +232,8 @@ def _summarise(per_member: dict, analyses: list[str]) -> dict:
                                 for kind in results[0]["off_support"]}
         if "linearity" in analyses:
             s["linearity"] = {k: _stat([r["linearity"][k] for r in results]) for k in ("r2_mean", "r2_median", "r2_min", "zero_direction")}
+        if "masking" in analyses:  # booleans: the fraction of members that trip the check
+            s["masking"] = {k: _stat([float(r["masking"][k]) for r in results]) for k in results[0]["masking"]}
         summary[name] = s
     return summary
 
@@ -266,6 +288,10 @@ def _write_outputs(out_dir: Path, cfg, summary, per_member, deepfool_rows, linea
         stats = {name: {kind: {k: (v["mean"], v["sem"]) for k, v in st.items()} for kind, st in s["off_support"].items()}
                  for name, s in summary.items()}
         images["off_support"] = plots.off_support_bars(stats, out_dir / "plots" / "off_support.png", title=f"{title}: softmax on and off the data")
+    if any("masking" in s for s in summary.values()):
+        keys = list(next(r for results in per_member.values() for r in results)["masking"])
+        rows = [[name, r["member"], *[r["masking"][k] for k in keys]] for name, results in per_member.items() for r in results]
+        _csv(out_dir / "masking.csv", ["model", "member", *keys], rows)
     if linearity_examples:
         rows = [[name, r["member"], *[r["linearity"][k] for k in ("r2_mean", "r2_median", "r2_min", "zero_direction")]]
                 for name, results in per_member.items() for r in results]
@@ -289,6 +315,11 @@ def _log_table(summary: dict, points: dict) -> None:
             parts.append(f"ρ_{norm} {d['rho']['mean']:.3f}±{d['rho']['sem']:.3f} (success {d['success_rate']['mean']:.3f})")
         if "linearity" in s:
             parts.append(f"linearity R² {s['linearity']['r2_mean']['mean']:.3f}")
+        if "masking" in s:
+            from advlab.analysis.masking import CHECKS
+
+            tripped = [c for c in CHECKS if s["masking"][f"checks/{c}"]["mean"] > 0]
+            parts.append(f"masking checks: {', '.join(tripped) if tripped else 'none tripped'}")
         log.info("%s [%d members, %d points]: %s", name, len(s["members"]), points["n"], ", ".join(parts))
 
 

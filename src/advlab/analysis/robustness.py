@@ -34,7 +34,9 @@ def robustness_curves(model: nn.Module, attacks: Mapping[str, Attack], eps_grids
     """Per-sample robustness of ``model`` under each attack (in order) over ``eps_grids[attack.norm]``.
 
     Returns {attack name: {"norm", "eps": grid, "robust": (len(grid), N) bool (the combined
-    worst case above), "alone": the same without the weaker attacks, "by_loss": {loss: mask}}}.
+    worst case above), "alone": the same without the weaker attacks, "by_loss": {loss: mask},
+    "attacked" / "attacked_all": attack calls per sample summed over ε and losses, when each ε
+    attacks only the points still robust at the previous one (the default) / all points}}.
     """
     if not losses:
         raise ConfigError("robustness.losses", f"needs at least one loss; allowed: {', '.join(LOSSES)}")
@@ -46,15 +48,19 @@ def robustness_curves(model: nn.Module, attacks: Mapping[str, Attack], eps_grids
     try:
         for name, attack in attacks.items():
             grid = [float(e) for e in eps_grids[attack.norm]]
-            by_loss = {}
-            for loss in losses:
+            by_loss, stats = {}, {}
+            # attacks with their own losses (AutoAttack, APGD-T, FAB-T, Square) run once, as "own"
+            for loss in ("own",) if getattr(attack, "fixed_losses", False) else losses:
                 run = copy.copy(attack)  # same settings and random stream, another loss
-                run.loss = loss
-                by_loss[loss] = robust_curve_per_sample(model, run, (x, y), grid, device, batch_size, progress=bar)
+                if loss != "own":
+                    run.loss = loss
+                by_loss[loss] = robust_curve_per_sample(model, run, (x, y), grid, device, batch_size, progress=bar,
+                                                        stats=stats)
             alone = torch.stack(list(by_loss.values())).all(dim=0)
             robust = alone & robust_so_far[attack.norm] if cumulative and attack.norm in robust_so_far else alone
             robust_so_far[attack.norm] = robust
-            results[name] = {"norm": attack.norm, "eps": grid, "robust": robust, "alone": alone, "by_loss": by_loss}
+            results[name] = {"norm": attack.norm, "eps": grid, "robust": robust, "alone": alone, "by_loss": by_loss,
+                             "attacked": stats["attacked"], "attacked_all": stats["attacked_all"]}
     finally:
         bar.close()
     return results

@@ -5,19 +5,25 @@
     attack.targeted = True
     x_adv = attack(model, x, targets)      # targeted: y = target classes
     r = DeepFool(norm="l2").run(model, x, y)   # minimal perturbation: r.l2, r.linf, r.success per sample
+    x_adv = AutoAttack(eps=8/255)(model, x, y) # APGD-CE, APGD-T, FAB-T, Square on the points still robust
     acc = robust_accuracy(model, attack, test_loader, device)
 """
+from advlab.attacks.apgd import APGD, APGDT
+from advlab.attacks.autoattack import AutoAttack
 from advlab.attacks.base import LOSSES, NORMS, Attack, as_logits, eval_mode, per_sample_loss, success
 from advlab.attacks.deepfool import DeepFool, DeepFoolResult
 from advlab.attacks.evaluate import evaluate_attack, robust_accuracy, robust_accuracy_curve, robust_curve_per_sample
+from advlab.attacks.fab import FABT
 from advlab.attacks.pgd import FGSM, MIFGSM, PGD, OneStepL2
+from advlab.attacks.square import Square
 from advlab.errors import ConfigError
 
-ATTACKS = {"pgd": PGD, "fgsm": FGSM, "one_step_l2": OneStepL2, "mifgsm": MIFGSM}
+ATTACKS = {"pgd": PGD, "fgsm": FGSM, "one_step_l2": OneStepL2, "mifgsm": MIFGSM, "apgd": APGD, "apgd_t": APGDT,
+           "fab_t": FABT, "square": Square, "autoattack": AutoAttack}
 
 
 def make_attack(name: str, **kwargs) -> Attack:
-    """Build an attack by name (``pgd``, ``fgsm``, ``one_step_l2``, ``mifgsm``)."""
+    """Build an attack by name (a key of ``ATTACKS``)."""
     cls = ATTACKS.get(str(name).lower())
     if cls is None:
         raise ConfigError("attack.name", f"unknown attack {name!r}; allowed: {', '.join(ATTACKS)}")
@@ -25,7 +31,8 @@ def make_attack(name: str, **kwargs) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "Attack", "DeepFool", "DeepFoolResult", "FGSM", "LOSSES", "MIFGSM", "NORMS", "OneStepL2", "PGD", "as_logits", "eval_mode",
+    "APGD", "APGDT", "ATTACKS", "Attack", "AutoAttack", "DeepFool", "DeepFoolResult", "FABT", "FGSM", "LOSSES", "MIFGSM",
+    "NORMS", "OneStepL2", "PGD", "Square", "as_logits", "eval_mode",
     "evaluate_attack", "make_attack", "per_sample_loss", "robust_accuracy", "robust_accuracy_curve", "robust_curve_per_sample",
     "success",
 ]

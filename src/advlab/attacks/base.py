@@ -19,7 +19,7 @@ Conventions (see RECIPES.md, "Attack correctness"):
 Models may return ``(N, C)`` logits or, for binary tasks, one score per sample (``(N,)`` or
 ``(N, 1)``, positive = class 1). Scores are treated as the two logits ``[-s/2, s/2]``, and labels
 are mapped with ``y > 0`` so both ``{0, 1}`` and ``{-1, +1}`` conventions work; then "ce" is the
-logistic loss and "margin" is ``-y·s``.
+logistic loss and "margin" (and "dlr", which needs 3 classes) is ``-y·s``.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from torch import nn
 from advlab.errors import ConfigError
 
 NORMS = ("linf", "l2")
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "dlr")
 _NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2"}
 _BOUNDS_TOL = 1e-6
 
@@ -93,7 +93,23 @@ def per_sample_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.T
     idx = y.unsqueeze(1)
     own = logits.gather(1, idx).squeeze(1)
     other = logits.scatter(1, idx, float("-inf")).amax(dim=1)
+    if kind == "dlr" and logits.shape[1] >= 3:
+        # DLR (Croce & Hein 2020): the margin over z_π1 − z_π3, invariant to shifts and scales of the
+        # logits, so a saturated softmax does not flatten it. Two classes: the plain margin.
+        top = logits.topk(3, dim=1).values
+        return (other - own) / (top[:, 0] - top[:, 2] + 1e-12)
     return other - own
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2): larger = closer to class ``t``
+    (APGD-T maximises it). Fewer than 4 classes: π4 → the last class; 2 classes: the plain margin."""
+    diff = logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.gather(1, y.unsqueeze(1)).squeeze(1)
+    c = logits.shape[1]
+    if c < 3:
+        return diff
+    top = logits.sort(dim=1, descending=True).values
+    return diff / (top[:, 0] - 0.5 * (top[:, 2] + top[:, min(3, c - 1)]) + 1e-12)
 
 
 def success(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
@@ -162,6 +178,7 @@ class Attack:
     the model in eval mode, ``eps > 0`` and ``x`` detached (and inside the bounds)."""
 
     name = "attack"
+    untargeted_only = False  # True: ``targeted`` cannot be set (AutoAttack and its targeted-search members)
 
     def __init__(self, eps: float, norm: str = "linf", targeted: bool = False, bounds=(0.0, 1.0),
                  seed: int = 0, loss: str = "ce"):
@@ -197,6 +214,9 @@ class Attack:
     def targeted(self, value) -> None:
         if not isinstance(value, (bool, int)) or value not in (0, 1):
             raise ConfigError("attack.targeted", f"must be a boolean, got {value!r}; allowed: true, false")
+        if value and self.untargeted_only:
+            raise ConfigError("attack.targeted", f"{type(self).__name__} takes true labels and picks its own targets "
+                                                 "(or none); allowed: false")
         self._targeted = bool(value)
 
     @property

@@ -83,13 +83,20 @@ def robust_accuracy(model: nn.Module, attack: Attack, loader_or_tensors, device=
 
 
 def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors, eps_grid, device=None,
-                            batch_size: int = 256, progress=None) -> torch.Tensor:
+                            batch_size: int = 256, progress=None, robust_only: bool = True,
+                            stats: dict | None = None) -> torch.Tensor:
     """Per-sample robustness at each ε of ``eps_grid`` (ascending): a bool tensor (len(grid), N).
 
     A sample is robust at ε if the model classifies it correctly clean and the attack broke it at no
     ε' ≤ ε: the point found at ε' lies in the ε-ball too, so this is a valid attack at ε that is at
     least as strong as the independent run, and robustness never rises with ε. Independent attacks
     at each ε carry no such guarantee (a local search can do worse at a larger ε).
+
+    ``robust_only``: at each ε only the samples still robust are attacked (the others are non-robust
+    whatever the attack returns). Per sample the result is the same as attacking every sample for an
+    attack whose result on a sample does not depend on the rest of the batch (no random draws; with
+    random starts the draws differ, not their distribution). ``stats`` (a dict) receives
+    ``attacked`` / ``attacked_all``: attacked samples summed over ε, with and without it.
     ``attack.eps`` is restored afterwards. ``progress`` (a tqdm bar or None) is advanced per batch.
     """
     _check_untargeted(attack)
@@ -98,7 +105,7 @@ def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors,
         raise ConfigError("attack.eps_grid", f"must be a non-empty ascending list of eps >= 0, got {list(eps_grid)!r}")
     dev = _device_of(model, device)
     saved_eps = attack.eps
-    masks = []
+    masks, attacked, attacked_all = [], 0, 0
     try:
         for x, y in _batches(loader_or_tensors, batch_size):
             x, y = x.to(dev), y.to(dev)
@@ -106,13 +113,25 @@ def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors,
             rows = []
             for eps in grid:
                 attack.eps = eps
-                ok = ok & _predict(model, attack(model, x, y), y)
-                rows.append(ok.cpu())
+                attacked_all += x.shape[0]
+                if robust_only:
+                    idx = ok.nonzero().squeeze(1)
+                    if idx.numel() and eps > 0:
+                        xi, yi = x.index_select(0, idx), y.index_select(0, idx)
+                        ok[idx] = _predict(model, attack(model, xi, yi), yi)
+                        attacked += idx.numel()
+                else:
+                    ok = ok & _predict(model, attack(model, x, y), y)
+                    attacked += x.shape[0]
+                rows.append(ok.cpu().clone())
             masks.append(torch.stack(rows))
             if progress is not None:
                 progress.update(1)
     finally:
         attack.eps = saved_eps
+    if stats is not None:
+        stats["attacked"] = stats.get("attacked", 0) + attacked
+        stats["attacked_all"] = stats.get("attacked_all", 0) + attacked_all
     if not masks:
         raise ValueError("no samples to evaluate")
     return torch.cat(masks, dim=1)
