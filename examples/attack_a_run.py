@@ -3,6 +3,7 @@ PGD on the same points, and plot robust accuracy against ε for both.
 
     python examples/attack_a_run.py                 # trains a small digits CNN first (~30 s on a CPU)
     python examples/attack_a_run.py <run dir>       # any finished advlab-train run
+    python examples/attack_a_run.py <run dir> 100   # only the first 100 test points
 
 Writes <run dir>/plots/example_pgd_vs_torchattacks.png and prints one line per ε.
 """
@@ -35,11 +36,12 @@ def robust_accuracy(model, x, y, attack_fn) -> float:
 
 def main(argv: list[str]) -> int:
     run_dir = Path(argv[0]) if argv else DEFAULT_RUN
+    points = int(argv[1]) if len(argv) > 1 else None
     if not (run_dir / "metrics.json").is_file():
         train_small_run(run_dir)
     run = advlab.load_run(run_dir)
     print(f"loaded {run.run_dir.name}: test/acc {run.test_accuracy():.4f} (metrics.json: {run.metrics['test/acc']:.4f})")
-    x, y = run.datamodule.x_test, run.datamodule.y_test
+    x, y = run.datamodule.x_test[:points], run.datamodule.y_test[:points]
     import torchattacks  # test-only reference implementation (installed by `make install`)
 
     ours, theirs = [], []
@@ -50,7 +52,7 @@ def main(argv: list[str]) -> int:
         reference = torchattacks.PGD(run.model, eps=eps, alpha=eps / 4, steps=20, random_start=False)
         ours.append(robust_accuracy(run.model, x, y, lambda a, b: pgd(run.model, a, b)))
         theirs.append(robust_accuracy(run.model, x, y, lambda a, b: reference(a, b) if eps > 0 else a))
-        print(f"eps={eps:.2f}  advlab PGD {ours[-1]:.4f}  torchattacks PGD {theirs[-1]:.4f}")
+        print(f"eps={eps:.2f} ({len(y)} points)  advlab PGD {ours[-1]:.4f}  torchattacks PGD {theirs[-1]:.4f}")
     import matplotlib
 
     matplotlib.use("Agg")

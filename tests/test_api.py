@@ -103,13 +103,15 @@ def test_load_from_checkpoint_needs_nothing_but_the_path(cls, tmp_path, one_torc
 
 def test_the_example_loads_a_run_and_matches_torchattacks(trained_run):
     pytest.importorskip("torchattacks")
-    out = subprocess.run([sys.executable, str(REPO / "examples" / "attack_a_run.py"), str(trained_run.run_dir)],
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "attack_a_run.py"), str(trained_run.run_dir), "120"],
                          capture_output=True, text=True, timeout=300, env={"OMP_WAIT_POLICY": "PASSIVE", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = re.findall(r"eps=([\d.]+)\s+advlab PGD ([\d.]+)\s+torchattacks PGD ([\d.]+)", out.stdout)
+    rows = re.findall(r"eps=([\d.]+) \(120 points\)\s+advlab PGD ([\d.]+)\s+torchattacks PGD ([\d.]+)", out.stdout)
     assert len(rows) == 5
+    run = advlab.load_run(trained_run.run_dir)
     clean = float(rows[0][1])
-    assert abs(clean - trained_run.metrics["test/acc"]) < 1e-3
+    expected = float((run.model(run.datamodule.x_test[:120]).argmax(1) == run.datamodule.y_test[:120]).float().mean())
+    assert abs(clean - expected) < 1e-3 and f"metrics.json: {trained_run.metrics['test/acc']:.4f}" in out.stdout
     accs = [float(ours) for _, ours, _ in rows]
     assert accs == sorted(accs, reverse=True) and accs[-1] < clean  # monotone in ε, and the attack bites
     for _, ours, theirs in rows:  # the same algorithm: the same robust accuracy within a point or two

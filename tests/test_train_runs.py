@@ -134,17 +134,21 @@ def test_a_failing_run_still_closes_its_wandb_run(advlab_root):
     assert "finishing run" in debug and "exitcode: 1" in debug
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(advlab_root):
-    args = ["method=standard", "logger=csv", "arch.width=64", "callbacks=default"]
-    first = run_advlab(advlab_root, *args, "trainer.max_epochs=2")
-    _ok(first)
-    assert (first.run_dir / "checkpoints" / "last.ckpt").is_file()
-    # the same run directory, asked to go further: continues at epoch 2 instead of starting over
-    second = run_advlab(advlab_root, *args, "trainer.max_epochs=4", run_dir=first.run_dir)
+def test_a_finished_run_asked_to_go_further_continues(standard_cnn_run, tmp_path):
+    import shutil
+
+    from conftest import STANDARD_CNN
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(standard_cnn_run.run_dir, run_dir)
+    assert "trainer.max_epochs=6" in STANDARD_CNN
+    # the same run directory, asked to go further: continues at epoch 6 instead of starting over
+    args = [a for a in STANDARD_CNN if not a.startswith(("trainer.max_epochs", "logger"))]
+    second = run_advlab(tmp_path, *args, "logger=csv", "trainer.max_epochs=8", run_dir=run_dir)
     _ok(second)
-    assert "Resuming from" in second.log
-    rows = list(csv.DictReader(open(first.run_dir / "csv" / "metrics.csv")))
-    # one history: the resumed run appends epochs 2 and 3 to the first run's 0 and 1
-    assert sorted(int(float(r["epoch"])) for r in rows if r.get("train/loss_epoch")) == [0, 1, 2, 3]
-    ckpt = __import__("torch").load(first.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 3
+    assert "Resuming from" in second.log and "(6 epochs done)" in second.log
+    rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    # one history: the resumed run appends epochs 6 and 7 to the first run's 0..5
+    assert sorted(int(float(r["epoch"])) for r in rows if r.get("train/loss_epoch")) == list(range(8))
+    ckpt = __import__("torch").load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 7
