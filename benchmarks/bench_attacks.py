@@ -12,12 +12,10 @@ time is reported. Results go to benchmarks/results/attacks_<device>.json (temp f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from advlab.utils.io import write_json  # noqa: E402
 from advlab.attacks import PGD  # noqa: E402
 
 
@@ -176,11 +175,7 @@ def main(argv=None) -> dict:
         "models": models,
     }
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"attacks_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    write_json(out, result)  # atomic: a reader never sees half a result
     print(f"wrote {out}")
     return result
 

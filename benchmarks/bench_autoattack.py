@@ -22,7 +22,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from advlab.utils.io import write_json  # noqa: E402
 from advlab.attacks import APGD, AutoAttack  # noqa: E402
 from bench_attacks import SmallResNet  # noqa: E402
 
@@ -154,11 +154,7 @@ def main(argv=None) -> dict:
         "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None, "models": models,
     }
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"autoattack_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    write_json(out, result)  # atomic: a reader never sees half a result
     print(f"wrote {out}")
     return result
 
