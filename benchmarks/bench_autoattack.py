@@ -17,7 +17,6 @@ accuracy of each (and the difference in percentage points), wall time, time rati
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
