@@ -179,13 +179,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     write_json(out_dir / "metrics.json", metrics)
     flat = _flatten({"points": points, **summary})
     flat["time/total_s"] = metrics["time/total_s"]
-    wb = wandb_logger(loggers)
-    rows = _robustness_rows(per_member)
-    if wb is not None and rows:
-        from advlab.report.wandb_charts import robustness_charts
-
-        wb.log_table(key="robustness", columns=_ROBUSTNESS_HEADER, data=rows)
-        wb.experiment.log(robustness_charts(_ROBUSTNESS_HEADER, rows))
+    _log_robustness(loggers, per_member)
     finish_loggers(loggers, flat, images)
     _log_table(summary, points)
     log.info("Run directory: %s", out_dir)
@@ -204,6 +198,17 @@ def _masking(model, x, y, mcfg, bounds, device, seed: int, label: str) -> dict:
     if warning:
         log.warning("%s: %s", label, warning)
     return checks
+
+
+def _log_robustness(loggers, per_member: dict) -> None:
+    """The robustness table to W&B, and its curves as native line charts."""
+    from advlab.report.wandb_charts import robustness_charts
+
+    wb = wandb_logger(loggers)
+    rows = _robustness_rows(per_member)
+    if wb is not None and rows:
+        wb.log_table(key="robustness", columns=_ROBUSTNESS_HEADER, data=rows)
+        wb.experiment.log(robustness_charts(_ROBUSTNESS_HEADER, rows))
 
 
 def _summarise(per_member: dict, analyses: list[str]) -> dict:
