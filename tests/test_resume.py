@@ -62,8 +62,10 @@ def test_kill_9_then_resume_ends_bit_identical_with_one_history(finished):
     last, killed_at = run_dir / "checkpoints" / "last.ckpt", None
     while proc.poll() is None and killed_at is None:
         if last.is_file() and _epoch(last) >= 3:
-            proc.send_signal(signal.SIGKILL)  # a real kill -9 of a real run, mid-training
+            # into the next epoch: the epoch's train metrics are logged just after its checkpoint
+            time.sleep(0.3)
             killed_at = _epoch(last)
+            proc.send_signal(signal.SIGKILL)  # a real kill -9 of a real run, mid-training
         time.sleep(0.02)
     proc.communicate()
     assert killed_at is not None and not (run_dir / "metrics.json").exists(), "the run finished before the kill"
