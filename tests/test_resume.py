@@ -64,8 +64,9 @@ def test_kill_9_then_resume_ends_bit_identical_with_one_history(finished):
         if last.is_file() and _epoch(last) >= 3:
             # into the next epoch: the epoch's train metrics are logged just after its checkpoint
             time.sleep(0.3)
-            killed_at = _epoch(last)
             proc.send_signal(signal.SIGKILL)  # a real kill -9 of a real run, mid-training
+            proc.wait()
+            killed_at = _epoch(last)
         time.sleep(0.02)
     proc.communicate()
     assert killed_at is not None and not (run_dir / "metrics.json").exists(), "the run finished before the kill"
