@@ -1,5 +1,9 @@
 """Multi-process paths run for real: a DDP job on two CPU processes (gloo) and a sweep through the
-submitit launcher (the SLURM launcher's code path, run locally)."""
+submitit launcher (the SLURM launcher's code path, run locally).
+
+The DDP test is `slow` (`make test-slow`): it starts five Python processes one after another (the
+reference run, rank 0, rank 1, the re-run), ~140 s on a loaded 2-core machine; the submitit sweep
+(~75 s) is in the default suite."""
 from __future__ import annotations
 
 import csv
@@ -27,6 +31,7 @@ def _count(pattern: str, text: str) -> int:
     return len(re.findall(pattern, text))
 
 
+@pytest.mark.slow
 def test_ddp_perturbation_learning_builds_every_artifact_once_and_matches_one_process(tmp_path):
     import advlab
 
