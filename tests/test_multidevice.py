@@ -1,8 +1,8 @@
 """Multi-process paths run for real: a DDP job on two CPU processes (gloo) and a sweep through the
 submitit launcher (the SLURM launcher's code path, run locally).
 
-The DDP test is `slow` (`make test-slow`): it starts five Python processes one after another (the
-reference run, rank 0, rank 1, the re-run), ~140 s on a loaded 2-core machine; the submitit sweep
+The DDP test is `slow` (`make test-slow`): it starts four Python processes (the reference run beside
+rank 0, then rank 1, then the re-run), ~140 s on a loaded 2-core machine; the submitit sweep
 (~75 s) is in the default suite."""
 from __future__ import annotations
 
