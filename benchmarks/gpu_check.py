@@ -48,7 +48,7 @@ from advlab.utils.io import write_json  # noqa: E402
 SIZES = {
     "full": {"pgd_batch": 512, "pgd_reps": 5, "width": 64, "lightning_n": 16384, "lightning_batch": 256,
              "lightning_epochs": 3, "max_train": 10000, "epochs": 4, "craft_steps": 20, "ddp_steps": 30},
-    "quick": {"pgd_batch": 8, "pgd_reps": 2, "width": 8, "lightning_n": 256, "lightning_batch": 64,
+    "quick": {"pgd_batch": 8, "pgd_reps": 1, "width": 8, "lightning_n": 256, "lightning_batch": 64,
               "lightning_epochs": 2, "max_train": 256, "epochs": 1, "craft_steps": 2, "ddp_steps": 3},
 }
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 10
@@ -228,24 +228,31 @@ def raw_ddp_smoke(world: int, steps: int, device_type: str, width: int) -> dict:
             "weights_sum_spread": spread}
 
 
+def ddp_run(device: torch.device, size: dict, quick: bool, devices: int) -> dict:
+    """The D_rand run as one DDP job on `devices` GPUs (or CPU processes): rank 0 builds the artifacts."""
+    overrides, dataset = _drand_overrides(device, size, quick)
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    # the experiment's trainer (cpu) has no strategy key: `++` adds it
+    overrides = [o for o in overrides if not o.startswith("trainer.accelerator")]
+    overrides += [f"trainer.accelerator={accelerator}", "++trainer.strategy=ddp", f"trainer.devices={devices}",
+                  f"++trainer.sync_batchnorm={str(device.type == 'cuda').lower()}"]  # SyncBatchNorm needs GPUs
+    with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_run_") as tmp:
+        run = _advlab_train(overrides, Path(tmp), timeout=600)
+    log = run["log"]
+    return {"devices": devices, "dataset": dataset, "overrides": overrides, "wall_s": run["wall_s"],
+            "test/acc": run["metrics"]["test/acc"],
+            "source_models_trained": log.count("Training source model"),  # 1: rank 0; the others load it
+            "datasets_crafted": log.count("Cache miss: building perturbation dataset"),
+            "ranks_seen": sum(f"GLOBAL_RANK: {r}," in log for r in range(devices))}
+
+
 def ddp_section(device: torch.device, size: dict, quick: bool) -> dict:
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     if gpus < 2:
         result = {"gpu": {"skipped": f"{gpus} GPU(s) visible: DDP needs 2 or more"},
                   "cpu_gloo": raw_ddp_smoke(2, size["ddp_steps"], "cpu", size["width"])}
     else:
-        overrides, dataset = _drand_overrides(device, size, quick)
-        overrides = [o for o in overrides if not o.startswith("trainer.")]
-        overrides += ["trainer.accelerator=gpu", "trainer.strategy=ddp", f"trainer.devices={gpus}", "trainer.sync_batchnorm=true"]
-        with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_run_") as tmp:
-            run = _advlab_train(overrides, Path(tmp), timeout=600)
-        log = run["log"]
-        result = {"gpu": {"devices": gpus, "dataset": dataset, "overrides": overrides, "wall_s": run["wall_s"],
-                          "test/acc": run["metrics"]["test/acc"],
-                          "source_models_trained": log.count("Training source model"),  # 1: rank 0, the others load it
-                          "datasets_crafted": log.count("Cache miss: building perturbation dataset"),
-                          "ranks_seen": sum(f"GLOBAL_RANK: {r}," in log for r in range(gpus))},
-                  "raw": raw_ddp_smoke(gpus, size["ddp_steps"], "cuda", size["width"])}
+        result = {"gpu": ddp_run(device, size, quick, gpus), "raw": raw_ddp_smoke(gpus, size["ddp_steps"], "cuda", size["width"])}
     for part, r in result.items():
         print(f"  DDP {part}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
                                              if k != "overrides"))
@@ -288,6 +295,8 @@ def main(argv=None) -> dict:
         print(f"[{name}]")
         t0 = time.perf_counter()
         section = SECTIONS[name](device, size, args.quick)
+        if device.type == "cuda":  # the next section may be a subprocess that wants the memory
+            torch.cuda.empty_cache()
         result["sections"][name] = {**section, "section_s": time.perf_counter() - t0}
     result["total_s"] = time.perf_counter() - started
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"gpu_check_{device.type}{'_quick' if args.quick else ''}.json"
