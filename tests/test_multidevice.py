@@ -17,7 +17,7 @@ from conftest import run_advlab
 
 # One torch thread per process: two DDP ranks (or two sweep jobs) on a 2-core machine.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-PERTURB = ["trainer.max_epochs=4", "source.max_epochs=3", "attack.steps=5", "arch.width=64", "logger=csv"]
+PERTURB = ["trainer.max_epochs=4", "source.max_epochs=3", "attack.steps=5", "arch.width=64"]
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 # DDP splits every epoch across the ranks (each rank 128 per batch: half the SGD steps of one process,
 # another data order), so the trained model differs; on digits both reach ~0.8 test/acc (measured
@@ -39,8 +39,9 @@ def test_ddp_perturbation_learning_builds_every_artifact_once_and_matches_one_pr
     (tmp_path / "single").mkdir()
     started = time.time()
     with ThreadPoolExecutor(2) as pool:  # the one-process reference runs beside the DDP job
-        ddp_future = pool.submit(run_advlab, tmp_path / "ddp", *PERTURB, *DDP, env=ONE_THREAD, timeout=500)
-        single = pool.submit(run_advlab, tmp_path / "single", *PERTURB, env=ONE_THREAD, timeout=500).result()
+        # W&B (offline) + CSV for the DDP job: a W&B run on rank 0 only
+        ddp_future = pool.submit(run_advlab, tmp_path / "ddp", *PERTURB, *DDP, "logger=wandb", env=ONE_THREAD, timeout=500)
+        single = pool.submit(run_advlab, tmp_path / "single", *PERTURB, "logger=csv", env=ONE_THREAD, timeout=500).result()
         ddp = ddp_future.result()
     print(f"DDP + one-process runs: {time.time() - started:.1f} s wall")
     assert ddp.returncode == 0, ddp.log[-4000:]
@@ -59,6 +60,10 @@ def test_ddp_perturbation_learning_builds_every_artifact_once_and_matches_one_pr
     cache = tmp_path / "ddp" / "cache"
     assert len(list((cache / "models").glob("*.pt"))) == 1 and len(list((cache / "datasets").glob("*.pt"))) == 1
     assert not list(ddp.run_dir.glob("*.tmp*")) and (ddp.run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "sync_batchnorm: off on CPU processes" in log  # trainer=ddp has it on; torch's SyncBatchNorm needs GPUs
+    # one W&B run, the one whose id the run directory keeps (rank 1 neither starts one nor rewrites the id)
+    wandb_runs = list((ddp.run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1 and wandb_runs[0].name.endswith((ddp.run_dir / "wandb_run_id").read_text().strip())
 
     m, ref = ddp.metrics, single.metrics
     print("DDP:", {k: round(v, 4) for k, v in m.items()}, "\none process:", {k: round(v, 4) for k, v in ref.items()})
@@ -73,7 +78,7 @@ def test_ddp_perturbation_learning_builds_every_artifact_once_and_matches_one_pr
     assert [int(float(r["epoch"])) for r in rows if r.get("val/acc")] == [0, 1, 2, 3]  # one row per epoch, not per rank
 
     # the same command again: the finished run is recognised (by rank 0, before any rank 1 starts)
-    again = run_advlab(tmp_path / "ddp", *PERTURB, *DDP, env=ONE_THREAD, timeout=300)
+    again = run_advlab(tmp_path / "ddp", *PERTURB, *DDP, "logger=wandb", env=ONE_THREAD, timeout=300)
     assert again.returncode == 0, again.log[-3000:]
     assert "Run already finished (4 of 4 epochs)" in again.log and "[rank 1]" not in again.log
 
@@ -101,3 +106,11 @@ def test_submitit_sweep_runs_every_job_and_writes_the_report(tmp_path):
     rows = {(r["configuration"], r["metric"]): r for r in csv.DictReader(open(report / "summary.csv"))}
     for arch, m in metrics.items():
         assert float(rows[f"arch={arch}", "test/acc"]["mean"]) == pytest.approx(m["test/acc"], abs=1e-12)
+
+
+def test_ddp_in_a_local_multirun_is_refused_before_any_work(tmp_path):
+    # Lightning would start rank 1 by re-running `-m ...`: the whole sweep again, in every rank
+    run = run_advlab(tmp_path, "-m", *DDP, "arch=wide_mlp,mlp", f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120)
+    assert run.returncode == 2, run.log[-3000:]
+    assert run.stderr.strip().splitlines()[-1].startswith("advlab-train: error: trainer.strategy: ddp on 2 devices cannot run inside a multirun")
+    assert not (tmp_path / "sweep").exists()

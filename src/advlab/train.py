@@ -100,7 +100,11 @@ def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from)
     from advlab.utils.run import make_callbacks
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # same stream whether artifacts were cached or built
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=make_callbacks(cfg))
+    extra = {}
+    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":  # torch's SyncBatchNorm needs GPUs
+        log.info("trainer.sync_batchnorm: off on CPU processes (each rank keeps its own batch statistics)")
+        extra["sync_batchnorm"] = False
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=make_callbacks(cfg), **extra)
     if resume_from:
         log.info("Resuming from %s (%d epochs done)", resume_from, completed_epochs(resume_from))
     trainer.fit(method, datamodule=fit_datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)

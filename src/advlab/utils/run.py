@@ -22,9 +22,13 @@ def global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
+_RANK_PREFIXED = False
+
+
 def prefix_logs_with_rank(rank: int) -> None:
     """Every rank writes to the same console and `<task>.log`: a record of rank > 0 says whose it is."""
-    if rank == 0 or getattr(logging, "_advlab_rank_prefix", False):
+    global _RANK_PREFIXED
+    if rank == 0 or _RANK_PREFIXED:
         return
     make = logging.getLogRecordFactory()
 
@@ -34,7 +38,7 @@ def prefix_logs_with_rank(rank: int) -> None:
         return record
 
     logging.setLogRecordFactory(factory)
-    logging._advlab_rank_prefix = True
+    _RANK_PREFIXED = True
 
 
 def data_and_cache(cfg: DictConfig):
