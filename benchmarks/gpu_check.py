@@ -85,13 +85,15 @@ def pgd_section(device: torch.device, size: dict, quick: bool = False) -> dict:
                     return theirs(x, y)
 
             runs = {"advlab": run_ours, "torchattacks": run_theirs}
-            for fn in runs.values():  # warm-up: allocator, cudnn autotuning, first-call overheads
-                fn()
+            # warm-up (allocator, cudnn autotuning, first-call overheads), and the two results compared
+            warm = {name: fn() for name, fn in runs.items()}
+            max_diff = float((warm["advlab"].float() - warm["torchattacks"].float()).abs().max())
             times = interleaved_times(runs, size["pgd_reps"], device)
             med = {name: statistics.median(t) for name, t in times.items()}
             rows.append({"arch": arch, "precision": precision, "batch": batch, "steps": STEPS,
                          "advlab_images_per_s": batch / med["advlab"], "torchattacks_images_per_s": batch / med["torchattacks"],
-                         "advlab_over_torchattacks": med["torchattacks"] / med["advlab"], "median_s": med})
+                         "advlab_over_torchattacks": med["torchattacks"] / med["advlab"], "median_s": med,
+                         "max_abs_diff_vs_torchattacks": max_diff})
             print(f"  PGD-{STEPS} {arch:9s} {precision}: advlab {rows[-1]['advlab_images_per_s']:9.1f} img/s, "
                   f"torchattacks {rows[-1]['torchattacks_images_per_s']:9.1f} img/s")
         del model, theirs
@@ -137,7 +139,7 @@ def cifar_available() -> bool:
 
 def _advlab_train(overrides: list[str], work: Path, timeout: int) -> dict:
     """advlab-train in a subprocess (this checkout's code, a fresh cache in `work`): wall time, metrics, log."""
-    env = {**os.environ, "ADVLAB_ROOT": str(ROOT), "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     run_dir = work / "run"
     cmd = [sys.executable, "-m", "advlab.train", *overrides, "logger=csv", "callbacks=none",
@@ -284,6 +286,9 @@ def main(argv=None) -> dict:
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
         sys.exit(f"unknown section(s) {', '.join(sorted(unknown))}; allowed: {', '.join(SECTIONS)}")
+    # data (CIFAR-10 under data/, or ../shared) where the user keeps it, else beside this checkout; the
+    # in-process check and the advlab-train subprocesses then look in the same place
+    os.environ.setdefault("ADVLAB_ROOT", str(ROOT))
     device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -27,6 +27,8 @@ def test_gpu_check_quick_on_cpu_reports_every_section(tmp_path):
     pgd = result["sections"]["pgd"]["rows"]
     assert {(r["arch"], r["precision"]) for r in pgd} == {(a, p) for a in ("resnet18", "resnet9") for p in ("fp32", "bf16")}
     assert all(r["advlab_images_per_s"] > 0 and r["torchattacks_images_per_s"] > 0 for r in pgd)
+    # fp32, no random start: the same iterates as torchattacks (a sign flip would be ≥ α = 2/255)
+    assert all(r["max_abs_diff_vs_torchattacks"] < 1e-4 for r in pgd if r["precision"] == "fp32"), pgd
     lightning = result["sections"]["lightning"]
     assert lightning["plain_s_per_epoch"] > 0 and lightning["lightning_s_per_epoch"] > 0 and lightning["lightning_over_plain"] > 0
     drand = result["sections"]["drand"]
