@@ -114,3 +114,18 @@ def test_ddp_in_a_local_multirun_is_refused_before_any_work(tmp_path):
     assert run.returncode == 2, run.log[-3000:]
     assert run.stderr.strip().splitlines()[-1].startswith("advlab-train: error: trainer.strategy: ddp on 2 devices cannot run inside a multirun")
     assert not (tmp_path / "sweep").exists()
+
+
+def test_ddp_multirun_check_allows_launchers_that_start_the_ranks():
+    from advlab.cli import precheck
+    from advlab.errors import ConfigError
+
+    sweep = ["-m", "trainer=ddp", "trainer.devices=2", "arch=wide_mlp,mlp"]
+    precheck([*sweep, "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2"])  # SLURM starts every rank
+    precheck([*sweep, "trainer.strategy=ddp_spawn"])  # spawned ranks do not re-run the command line
+    precheck(["trainer=ddp", "trainer.devices=2"])  # one DDP job, not a sweep
+    precheck(["-m", "arch=wide_mlp,mlp"])  # one device per job
+    with pytest.raises(ConfigError, match="inside a multirun"):
+        precheck([*sweep, "hydra/launcher=slurm"])  # one task per job: Lightning would re-run the sweep
+    with pytest.raises(ConfigError, match="auto on 2 devices"):  # Lightning's auto is DDP on several devices
+        precheck(["-m", "trainer.devices=2", "trainer.accelerator=cpu", "arch=wide_mlp,mlp"])
