@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 ARGS ?=
 
-.PHONY: run test test-slow install bench data clean-outputs
+.PHONY: run test test-slow install bench gpu-check data clean-outputs
 
 $(BIN)/advlab-train: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: install
 
 test-slow: install data
 	$(BIN)/python -m pytest -q -m slow
+
+# what a GPU machine gives (PGD vs torchattacks, Lightning vs plain, D_rand, DDP): ≤ 8 min on one GPU;
+# `make gpu-check ARGS=--quick` runs it in seconds (also on CPU: ARGS="--quick --device cpu")
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 data: install
 	$(BIN)/advlab-data --shared $(SHARED) --data data

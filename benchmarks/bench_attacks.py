@@ -65,6 +65,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def interleaved_times(runs: dict, reps: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each of `runs` (name -> callable), `reps` times each, synchronised on CUDA. Interleaved,
+    so drifts in machine load hit every run alike, and in a rotating order: on a busy 2-core CPU the
+    first run of a round is measurably slower than the others."""
+    times = {name: [] for name in runs}
+    names = list(runs)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            _sync(device)
+            t0 = time.perf_counter()
+            runs[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 MODELS = {
     "resnet": ("SmallResNet 3x32x32 (16/32/64 channels, random weights, eval mode): model-bound", SmallResNet),
     "linear": ("Linear 3072->10 (random weights): the attack's own per-step overhead dominates",
@@ -101,19 +117,8 @@ def bench_model(key: str, args, device: torch.device, torchattacks) -> dict:
     ref = outputs[THEIRS]
     max_diff = {name: float((out - ref).abs().max()) for name, out in outputs.items() if name != THEIRS}
 
-    times = {name: [] for name in runs}
     reps = args.reps * REPS_FACTOR[key]
-    names = list(runs)
-    for rep in range(reps):
-        # interleaved, so drifts in machine load hit every attack alike, and in a rotating order:
-        # on a busy 2-core CPU the first run of a round is measurably slower than the others
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
-            fn = runs[name]
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times(runs, reps, device)
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     rows = []

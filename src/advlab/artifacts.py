@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import random
 from typing import Any
 
@@ -81,7 +82,8 @@ def describe_object(obj: Any) -> dict:
 
 def pick_device(accelerator: str | None) -> torch.device:
     if accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
+        # a DDP rank builds and uses artifacts on its own GPU (Lightning's launcher sets LOCAL_RANK)
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
 
 
@@ -148,7 +150,7 @@ class Artifacts:
             trainer = pl.Trainer(
                 max_epochs=int(spec.max_epochs),
                 accelerator="gpu" if self.device.type == "cuda" else "cpu",
-                devices=1,
+                devices=[self.device.index] if self.device.type == "cuda" else 1,
                 logger=False,
                 enable_checkpointing=False,
                 enable_model_summary=False,

@@ -42,6 +42,31 @@ def _variants(parsed) -> list[list[str]]:
     return out
 
 
+def _several(devices) -> bool:
+    if isinstance(devices, (list, tuple)) or (hasattr(devices, "__len__") and not isinstance(devices, str)):
+        return len(devices) > 1
+    try:
+        return int(devices) > 1
+    except (TypeError, ValueError):  # "auto": one device unless there are several; not refused
+        return False
+
+
+def check_ddp_in_multirun(cfg, launcher) -> None:
+    """Lightning starts DDP ranks > 0 by re-running the command line: in a multirun (`-m`) that is the
+    whole sweep again, in every rank. Allowed only when the launcher starts the ranks itself (SLURM
+    with tasks_per_node = devices)."""
+    trainer = cfg.get("trainer") or {}
+    strategy = trainer.get("strategy", "auto")
+    if not isinstance(strategy, str) or not _several(trainer.get("devices", 1)):
+        return
+    launched_here = strategy == "auto" or (strategy.startswith("ddp") and "spawn" not in strategy and "fork" not in strategy)
+    external = int((launcher or {}).get("tasks_per_node", 1) or 1) > 1
+    if launched_here and not external:
+        raise ConfigError("trainer.strategy", f"{strategy} on {trainer.get('devices')} devices cannot run inside a multirun (-m): "
+                          "Lightning would re-run the whole sweep in every rank; run each DDP job on its own (no -m), or on SLURM "
+                          "with hydra/launcher=slurm hydra.launcher.tasks_per_node=<devices>")
+
+
 def precheck(args: list[str], config_name: str = "train") -> None:
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
@@ -92,6 +117,8 @@ def precheck(args: list[str], config_name: str = "train") -> None:
             except Exception as err:
                 raise ConfigError("overrides", _one_line(err)) from None
             validate(cfg)
+            if ns.multirun:
+                check_ddp_in_multirun(cfg, OmegaConf.select(first, "hydra.launcher"))
     GlobalHydra.instance().clear()
 
 

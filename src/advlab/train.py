@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
-from advlab.utils.run import data_and_cache, finish_run, finished_run, log_source_history, start_loggers
+from advlab.utils.run import (data_and_cache, finish_run, finished_run, global_rank, log_source_history,
+                             prefix_logs_with_rank, start_loggers)
 from advlab.utils.wrapper import task_wrapper
 
 # torch, Lightning and friends are imported inside the task, so that bad input is reported at once.
@@ -99,12 +100,16 @@ def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from)
     from advlab.utils.run import make_callbacks
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # same stream whether artifacts were cached or built
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=make_callbacks(cfg))
+    extra = {}
+    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":  # torch's SyncBatchNorm needs GPUs
+        log.info("trainer.sync_batchnorm: off on CPU processes (each rank keeps its own batch statistics)")
+        extra["sync_batchnorm"] = False
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=make_callbacks(cfg), **extra)
     if resume_from:
         log.info("Resuming from %s (%d epochs done)", resume_from, completed_epochs(resume_from))
     trainer.fit(method, datamodule=fit_datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     last = Path(cfg.paths.output_dir) / "checkpoints" / LAST
-    if resume_from and resume_from.name != LAST and not last.exists():  # best.ckpt was the final epoch: nothing trained
+    if resume_from and trainer.is_global_zero and resume_from.name != LAST and not last.exists():  # best.ckpt was the final epoch: nothing trained
         with atomic_path(last) as tmp:
             shutil.copyfile(resume_from, tmp)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in EPOCH_METRICS}
@@ -124,13 +129,17 @@ def train(cfg: DictConfig) -> float | None:
     from advlab.report import plots
 
     out_dir = Path(cfg.paths.output_dir)
+    # DDP: Lightning re-runs this script for ranks > 0 in the same run directory (hydra.run.dir); they
+    # find rank 0's cached artifacts, train their share of each batch and leave the files to rank 0
+    rank = global_rank()
+    prefix_logs_with_rank(rank)
     finished = finished_run(cfg, out_dir)
     if finished is not None:
         return None if finished is True else finished
     # Everything that can be checked is checked before any work: data, cache dir, attacks, model.
     datamodule, cache, bounds = data_and_cache(cfg)
     method = _build_method(cfg, datamodule, bounds)
-    resume_from = resume_checkpoint(out_dir / "checkpoints") if cfg.get("resume") else None
+    resume_from = resume_checkpoint(out_dir / "checkpoints", set_aside_bad=rank == 0) if cfg.get("resume") else None
     loggers = start_loggers(cfg, out_dir, resume_step=int(torch_load_plain(resume_from)["global_step"]) if resume_from else None)
     artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
     fit_datamodule = method.prepare(datamodule, artifacts)

@@ -78,9 +78,10 @@ def set_aside(path: Path, why: str) -> Path:
     return aside
 
 
-def resume_checkpoint(checkpoint_dir: Path) -> Path | None:
+def resume_checkpoint(checkpoint_dir: Path, set_aside_bad: bool = True) -> Path | None:
     """The checkpoint to resume from: `last.ckpt`, else (when it is corrupt, set aside) `best.ckpt`,
-    else None (start fresh)."""
+    else None (start fresh). DDP ranks > 0 pass `set_aside_bad=False`: rank 0 moves the files, they
+    skip the same bad ones, so every rank resumes from the same checkpoint."""
     for name in (LAST, BEST):
         path = Path(checkpoint_dir) / name
         if not path.is_file():
@@ -88,7 +89,8 @@ def resume_checkpoint(checkpoint_dir: Path) -> Path | None:
         why = readable_checkpoint(path)
         if why is None:
             return path
-        set_aside(path, why)
+        if set_aside_bad:
+            set_aside(path, why)
     return None
 
 

@@ -14,6 +14,33 @@ from advlab.utils.io import write_json, write_text
 log = logging.getLogger(__name__)
 
 
+def global_rank() -> int:
+    """This process's rank in a multi-process (DDP) job, 0 when alone. Known before Lightning sets
+    up: its launcher re-runs the script with LOCAL_RANK set, SLURM sets SLURM_PROCID."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+_RANK_PREFIXED = False
+
+
+def prefix_logs_with_rank(rank: int) -> None:
+    """Every rank writes to the same console and `<task>.log`: a record of rank > 0 says whose it is."""
+    global _RANK_PREFIXED
+    if rank == 0 or _RANK_PREFIXED:
+        return
+    make = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = make(*args, **kwargs)
+        record.msg = f"[rank {rank}] {record.msg}"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _RANK_PREFIXED = True
+
+
 def data_and_cache(cfg: DictConfig):
     """(datamodule set up, artifact cache, input bounds as a list or None). The datamodule is checked
     first, so missing data is a one-line error before any work; the seed is set before the setup."""
@@ -75,6 +102,9 @@ def log_source_history(loggers, artifacts, out_dir: Path, fresh: bool) -> tuple[
     entry = artifacts.trained.get("source")
     if entry is None:
         return {}, {}
+    metrics = {f"source/{k}": float(v) for k, v in entry["metrics"].items()}
+    if global_rank() != 0:  # rank 0 writes the files and logs the rows
+        return metrics, {}
     history = entry["history"]
     wb = wandb_logger(loggers)
     if wb is not None and fresh:
@@ -94,7 +124,7 @@ def log_source_history(loggers, artifacts, out_dir: Path, fresh: bool) -> tuple[
         curve = plots.training_curves(csv_file, out_dir / "plots" / "source_training_curves.png", title="source model")
         if curve:
             images["source_training_curves"] = curve
-    return {f"source/{k}": float(v) for k, v in entry["metrics"].items()}, images
+    return metrics, images
 
 
 def instantiate_all(node) -> list:
@@ -121,13 +151,14 @@ def start_loggers(cfg: DictConfig, out_dir: Path | None = None, resume_step: int
     checkpoint the run resumes from (the CSV history is kept up to it, the W&B run continues)."""
     from advlab.loggers import ResumableCSVLogger, dashboard_config, define_wandb_axes, wandb_run_id
 
-    if out_dir is not None:
+    rank = global_rank()
+    if out_dir is not None and rank == 0:  # other DDP ranks: rank 0 writes the run directory's files
         write_text(Path(out_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     nodes = {k: v for k, v in (cfg.get("logger") or {}).items() if isinstance(v, DictConfig) and "_target_" in v}
     loggers = []
     for node in nodes.values():
         extra = {}
-        if out_dir is not None and node._target_.endswith("WandbLogger"):
+        if out_dir is not None and rank == 0 and node._target_.endswith("WandbLogger"):  # W&B runs on rank 0 only
             extra["id"] = wandb_run_id(Path(out_dir), resume=resume_step is not None)
         logger = instantiate(node, **extra)
         if isinstance(logger, ResumableCSVLogger):
