@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from advlab.attacks import PGD  # noqa: E402
+from advlab.utils.io import write_json  # noqa: E402
 from advlab.methods import StandardTraining  # noqa: E402
 from advlab.models import ResNet9  # noqa: E402
 
@@ -105,11 +105,7 @@ def main(argv=None) -> dict:
         base = result[f"{kind}_s"]["fp32"]
         result[f"{kind}_speedup"] = {k: round(base / v, 3) for k, v in result[f"{kind}_s"].items()}
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "fast_path_cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, out)
+    write_json(out, result)  # atomic: a reader never sees half a result
     print(json.dumps({k: result[k] for k in ("train_step_speedup", "pgd_step_speedup")}), f"-> {out}")
     return result
 
