@@ -293,6 +293,12 @@ def _validate_eval(cfg: DictConfig) -> None:
     for norm in ("linf", "l2"):
         _list(cfg, f"robustness.eps.{norm}", numbers=True, ascending=True)
     _list(cfg, "robustness.losses", ATTACK_LOSSES)
+    _number(cfg, "robustbench_eps", minimum=0)
+    for name in _get(cfg, "robustness.run") or ():
+        node = attacks[name]
+        grid = _get(cfg, f"robustness.eps.{node.get('norm', 'linf')}") or []
+        if str(node.get("_target_", "")).endswith("AutoAttack") and _get(cfg, "robustbench_eps") not in grid:
+            raise ConfigError("robustbench_eps", f"{_get(cfg, 'robustbench_eps')} is not on the ε grid of {name}; allowed: {list(grid)}")
     _list(cfg, "deepfool.norms", ("l2", "linf"), nonempty=False)
     _number(cfg, "deepfool.steps", minimum=1, integer=True)
     _number(cfg, "deepfool.overshoot", minimum=0)
