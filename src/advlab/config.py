@@ -167,7 +167,7 @@ TRAIN_ON = ("adv", "delta")
 MI_ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
 MI_CALLBACK = "callbacks.mutual_information"
 # Methods a model spec (`source`, advlab-eval's `models`) can name.
-MODEL_METHODS = ("standard", "adversarial", "sparsity")
+MODEL_METHODS = ("standard", "adversarial", "sparsity", "external")
 # advlab-eval's choices.
 ANALYSES = ("robustness", "deepfool", "off_support", "linearity", "masking")
 POINTS = ("all", "common_correct")
@@ -242,6 +242,10 @@ def _model_spec(cfg, key: str) -> None:
     """A model spec's keys: advlab-train's `source`, advlab-transfer's `source` / `target`, the
     `models.<name>` of advlab-eval and advlab-probe, advlab-eval's `model_defaults`."""
     _choice(cfg, f"{key}.method", MODEL_METHODS)
+    if _get(cfg, f"{key}.method") == "external":  # a weight file: checked here, imports torch
+        from advlab.models.external import check_spec
+
+        check_spec(_get(cfg, key), key)
     _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
     _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
     params = _get(cfg, f"{key}.params")
