@@ -202,3 +202,15 @@ def test_autoattack_presets_compose_and_pass_the_preflight(preset):
     assert cfg.dataset._target_.endswith("MNISTDataModule" if preset.endswith("mnist") else "DigitsDataModule")
     with pytest.raises(ConfigError, match=r"^robustbench_eps: 0\.3 is not on the ε grid of autoattack"):
         precheck(rewrite_overrides([f"experiment={preset}", "robustbench_eps=0.3"]), "eval")
+
+
+@pytest.mark.slow  # ~40 s: crafts the training set's targeted examples on the resnet18
+def test_external_model_as_perturbation_learning_source(advlab_root, resnet):
+    """advlab-train method=perturbation with the saved resnet18 as its source: crafted on it, not trained."""
+    path, pred, y = resnet
+    run = run_advlab(advlab_root, *_external_role("source", path), "attack.steps=5", "trainer.max_epochs=1", "arch.width=64",
+                     "callbacks=none", "logger=csv", env=ONE_THREAD)
+    assert run.returncode == 0, run.stderr[-3000:]
+    m = run.metrics
+    assert m["source/test/acc"] == pytest.approx(float((pred == y).float().mean()))
+    assert m["perturb/success_rate"] > 0.5
