@@ -147,7 +147,7 @@ def test_external_model_as_transfer_target(advlab_root, resnet):
 @pytest.mark.slow  # ~30 s: PGD on the resnet18 over the whole test split
 def test_external_model_as_transfer_source_and_target(advlab_root, resnet):
     path, _, _ = resnet
-    run = run_advlab(advlab_root, *TRANSFER, *_external_role("source", path), *_external_role("target", path),
+    run = run_advlab(advlab_root, "attack.steps=5", "logger=csv", *_external_role("source", path), *_external_role("target", path),
                      module="advlab.transfer", env=ONE_THREAD)
     assert run.returncode == 0, run.stderr[-3000:]
     m = run.metrics
