@@ -107,7 +107,7 @@ def test_external_model_in_advlab_eval_with_a_robustbench_line(advlab_root, resn
     """Acceptance 4 (eval): the saved torchvision state dict next to a trained advlab model, PGD and
     AutoAttack (short) on 40 points; a RobustBench-style line per model, recorded in metrics.json."""
     path, pred, y = resnet
-    run = run_advlab(advlab_root, "~models.adversarial", _override("+models.resnet", _spec(path)), "model_defaults.max_epochs=2",
+    run = run_advlab(advlab_root, "~models.adversarial", _override("+models.resnet", _spec(path)), "seeds=[0,1]", "model_defaults.max_epochs=2",
                      "arch.width=64", "analyses=[robustness]", "max_points=40", "robustness.eps.linf=[0,0.1]",
                      "robustness.run=[pgd_linf,autoattack]", "+attack@robustness.attacks.autoattack=autoattack",
                      "robustness.attacks.pgd_linf.steps=5", "robustness.attacks.autoattack.apgd_steps=5",
@@ -118,6 +118,7 @@ def test_external_model_in_advlab_eval_with_a_robustbench_line(advlab_root, resn
     r = models["resnet"]
     assert r["clean_acc"]["mean"] == pytest.approx(float((pred == y).float().mean()))
     assert r["sources"][0]["sha256"] and r["sources"][0]["weights"] == str(path)
+    assert r["members"] == ["seed=0"] and models["standard"]["members"] == ["seed=0", "seed=1"]  # a file: one member
     for name in ("standard", "resnet"):
         rb, aa = models[name]["robustbench"], models[name]["robustness"]["autoattack"]
         assert rb["n"] == 40 and rb["eps"] == 0.1 and rb["norm"] == "linf"
@@ -155,6 +156,7 @@ def test_external_model_as_transfer_source_and_target(advlab_root, resnet):
     assert m["source/adv_acc"] < 0.5 * m["source/clean_acc"]
 
 
+@pytest.mark.slow  # ~8 s: the same check as the in-process one below, through the real app
 def test_preflight_missing_file_is_one_line_exit_2(advlab_root, tmp_path):
     missing = tmp_path / "nope.pt"
     run = run_advlab(advlab_root, *TRANSFER, *_external_role("target", missing), module="advlab.transfer")
@@ -171,6 +173,9 @@ def test_preflight_unknown_builder_bad_normalize_and_unfitting_weights(resnet, t
         precheck(rewrite_overrides([_override("+models.r", {**spec, "arch": {"_target_": TV, "builder": "resnet19"}})]), "eval")
     with pytest.raises(ConfigError, match=r"^models\.r\.normalize: .*std > 0"):
         precheck(rewrite_overrides([_override("+models.r", {**spec, "normalize": {"mean": [0.0], "std": [0.0]}})]), "eval")
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(ConfigError, match=rf"^target\.weights: {missing} does not exist; give the path of a state-dict file"):
+        precheck(rewrite_overrides(_external_role("target", missing), "transfer"), "transfer")
     with pytest.raises(ConfigError, match=r"^target\.weights: is required"):
         precheck(rewrite_overrides(["target=external"], "transfer"), "transfer")
     from advlab.models.external import load_external
@@ -200,7 +205,7 @@ def test_autoattack_presets_compose_and_pass_the_preflight(preset):
     assert list(cfg.robustness.run) == ["pgd_linf", "autoattack"] and list(cfg.robustness.losses) == ["ce"]
     assert "masking" in cfg.analyses and cfg.robustness.attacks.autoattack._target_.endswith("AutoAttack")
     assert cfg.dataset._target_.endswith("MNISTDataModule" if preset.endswith("mnist") else "DigitsDataModule")
-    with pytest.raises(ConfigError, match=r"^robustbench_eps: 0\.3 is not on the ε grid of autoattack"):
+    with pytest.raises(ConfigError, match=r"^robustbench_eps: 0\.3 is not on the ε grid of autoattack; allowed: \[0.0, 0.05, 0.1, 0.2\] or null"):
         precheck(rewrite_overrides([f"experiment={preset}", "robustbench_eps=0.3"]), "eval")
 
 

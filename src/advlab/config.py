@@ -301,8 +301,9 @@ def _validate_eval(cfg: DictConfig) -> None:
     for name in _get(cfg, "robustness.run") or ():
         node = attacks[name]
         grid = _get(cfg, f"robustness.eps.{node.get('norm', 'linf')}") or []
-        if str(node.get("_target_", "")).endswith("AutoAttack") and _get(cfg, "robustbench_eps") not in grid:
-            raise ConfigError("robustbench_eps", f"{_get(cfg, 'robustbench_eps')} is not on the ε grid of {name}; allowed: {list(grid)}")
+        eps = _get(cfg, "robustbench_eps")
+        if str(node.get("_target_", "")).endswith("AutoAttack") and eps is not None and eps not in grid:
+            raise ConfigError("robustbench_eps", f"{eps} is not on the ε grid of {name}; allowed: {list(grid)} or null (no line)")
     _list(cfg, "deepfool.norms", ("l2", "linf"), nonempty=False)
     _number(cfg, "deepfool.steps", minimum=1, integer=True)
     _number(cfg, "deepfool.overshoot", minimum=0)

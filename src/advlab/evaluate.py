@@ -175,7 +175,8 @@ def evaluate(cfg: DictConfig) -> float | None:
         per_member[m.name].append(res)
 
     summary = _summarise(per_member, analyses)
-    _robustbench(summary, per_member, attacks, float(cfg.robustbench_eps), points["n"])
+    if cfg.get("robustbench_eps") is not None:
+        _robustbench(summary, per_member, attacks, float(cfg.robustbench_eps), points["n"])
     images = _write_outputs(out_dir, cfg, summary, per_member, deepfool_rows, linearity_examples, datamodule, points, analysis_plots)
     metrics = {"points": points, "models": summary, "time/total_s": round(time.time() - started, 2)}
     write_json(out_dir / "metrics.json", metrics)

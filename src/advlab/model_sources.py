@@ -102,7 +102,7 @@ def resolve_entries(cfg: DictConfig) -> list[Entry]:
             entries.append(entry)
             continue
         entry = Entry(str(name), key)
-        for seed in seeds:
+        for seed in seeds[:1] if node.get("method") == "external" else seeds:  # a file: the same model for every seed
             entry.specs.append(OmegaConf.create({**merge_spec(defaults, node), "seed": seed}))
             entry.members.append(f"seed={seed}")
         entries.append(entry)
