@@ -341,6 +341,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "method.train_on", TRAIN_ON)
     for spec in ("source", "target"):
         _model_spec(cfg, spec)
+    if _get(cfg, "method.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
+        raise ConfigError("method.measure_transfer", "needs a trained source spec, not source=external; allowed: false")
     _number(cfg, "method.adv_ratio", minimum=0)
     _sparsity_params(cfg, "method")
     _number(cfg, "method.optimizer.lr", minimum=0, strict_min=True)
