@@ -102,6 +102,10 @@ class Artifacts:
         method = spec.get("method", "standard")
         if method not in SOURCE_METHODS:
             raise ConfigError(f"{where}.method", f"unknown method {method!r}; allowed: {', '.join(SOURCE_METHODS)}")
+        if method == "external":  # not trained: the key names the file's content
+            from advlab.models.external import external_key
+
+            return external_key(spec, datamodule, where)
         if method == "adversarial" and not spec.get("attack"):
             raise ConfigError(f"{where}.attack", f"{where}.method=adversarial needs an attack: add attack@{where}.attack=pgd_linf (or another attack option)")
         params = plain(spec.get("params")) or {}
@@ -128,11 +132,26 @@ class Artifacts:
     def model(self, spec, datamodule, name: str = "source model", where: str = "source"):
         """Return (eval-mode model on self.device, its metrics dict, its cache key spec)."""
         key = self.model_spec(spec, datamodule, where)
+        if key["method"] == "external":
+            return self._external(spec, datamodule, name, where, key)
         payload, _ = self.cache.get_or_create("models", key, lambda: self._train(spec, datamodule, name, key), what=name)
         model = build_model(spec.arch, datamodule)
         model.load_state_dict(payload["state_dict"])
         self.trained.setdefault(where, {"metrics": dict(payload["metrics"]), "history": list(payload.get("history", []))})
         return model.to(self.device).eval(), dict(payload["metrics"]), key
+
+    def _external(self, spec, datamodule, name: str, where: str, key: dict):
+        """An external model, loaded from its file; its metrics: accuracy on the datamodule's test split."""
+        from advlab.models.base import predict
+        from advlab.models.external import load_external
+
+        model = load_external(spec, datamodule, where).to(self.device)
+        datamodule.setup()
+        acc = float((predict(model, datamodule.x_test, 1024, self.device) == datamodule.y_test).float().mean())
+        log.info("Loaded %s from %s: test/acc = %.4f", name, spec.weights, acc)
+        metrics = {"test/acc": acc}
+        self.trained.setdefault(where, {"metrics": dict(metrics), "history": []})
+        return model, metrics, key
 
     def _train(self, spec, datamodule, name: str, key: dict) -> dict:
         with preserved_rng():

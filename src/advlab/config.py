@@ -167,7 +167,7 @@ TRAIN_ON = ("adv", "delta")
 MI_ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
 MI_CALLBACK = "callbacks.mutual_information"
 # Methods a model spec (`source`, advlab-eval's `models`) can name.
-MODEL_METHODS = ("standard", "adversarial", "sparsity")
+MODEL_METHODS = ("standard", "adversarial", "sparsity", "external")
 # advlab-eval's choices.
 ANALYSES = ("robustness", "deepfool", "off_support", "linearity", "masking")
 POINTS = ("all", "common_correct")
@@ -242,6 +242,10 @@ def _model_spec(cfg, key: str) -> None:
     """A model spec's keys: advlab-train's `source`, advlab-transfer's `source` / `target`, the
     `models.<name>` of advlab-eval and advlab-probe, advlab-eval's `model_defaults`."""
     _choice(cfg, f"{key}.method", MODEL_METHODS)
+    if _get(cfg, f"{key}.method") == "external":  # a weight file: checked here, imports torch
+        from advlab.models.external import check_spec
+
+        check_spec(_get(cfg, key), key)
     _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
     _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
     params = _get(cfg, f"{key}.params")
@@ -293,6 +297,13 @@ def _validate_eval(cfg: DictConfig) -> None:
     for norm in ("linf", "l2"):
         _list(cfg, f"robustness.eps.{norm}", numbers=True, ascending=True)
     _list(cfg, "robustness.losses", ATTACK_LOSSES)
+    _number(cfg, "robustbench_eps", minimum=0)
+    for name in _get(cfg, "robustness.run") or ():
+        node = attacks[name]
+        grid = _get(cfg, f"robustness.eps.{node.get('norm', 'linf')}") or []
+        eps = _get(cfg, "robustbench_eps")
+        if str(node.get("_target_", "")).endswith("AutoAttack") and eps is not None and eps not in grid:
+            raise ConfigError("robustbench_eps", f"{eps} is not on the ε grid of {name}; allowed: {list(grid)} or null (no line)")
     _list(cfg, "deepfool.norms", ("l2", "linf"), nonempty=False)
     _number(cfg, "deepfool.steps", minimum=1, integer=True)
     _number(cfg, "deepfool.overshoot", minimum=0)
@@ -330,6 +341,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "method.train_on", TRAIN_ON)
     for spec in ("source", "target"):
         _model_spec(cfg, spec)
+    if _get(cfg, "method.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
+        raise ConfigError("method.measure_transfer", "needs a trained source spec, not source=external; allowed: false")
     _number(cfg, "method.adv_ratio", minimum=0)
     _sparsity_params(cfg, "method")
     _number(cfg, "method.optimizer.lr", minimum=0, strict_min=True)

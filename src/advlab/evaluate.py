@@ -134,7 +134,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     deepfool_rows, linearity_examples = [], {}
     for m in models:
         label = f"{m.name} ({m.member})"
-        res: dict = {"member": m.member, "clean_acc": float(correct[id(m)].float().mean()), "info": m.info}
+        res: dict = {"member": m.member, "clean_acc": float(correct[id(m)].float().mean()), "info": m.info,
+                     "points_acc": float(correct[id(m)][index].float().mean())}
         if "robustness" in analyses:
             curves = robustness_analysis.robustness_curves(
                 m.model, attacks, eps_grids, x, y, losses=list(cfg.robustness.losses), cumulative=bool(cfg.robustness.cumulative),
@@ -174,6 +175,8 @@ def evaluate(cfg: DictConfig) -> float | None:
         per_member[m.name].append(res)
 
     summary = _summarise(per_member, analyses)
+    if cfg.get("robustbench_eps") is not None:
+        _robustbench(summary, per_member, attacks, float(cfg.robustbench_eps), points["n"])
     images = _write_outputs(out_dir, cfg, summary, per_member, deepfool_rows, linearity_examples, datamodule, points, analysis_plots)
     metrics = {"points": points, "models": summary, "time/total_s": round(time.time() - started, 2)}
     write_json(out_dir / "metrics.json", metrics)
@@ -184,6 +187,24 @@ def evaluate(cfg: DictConfig) -> float | None:
     _log_table(summary, points)
     log.info("Run directory: %s", out_dir)
     return None
+
+
+def _robustbench(summary: dict, per_member: dict, attacks: dict, eps: float, n: int) -> None:
+    """RobustBench-style line per model (clean and AutoAttack robust accuracy at `eps` on the evaluated
+    points), logged and kept as the model's `robustbench` entry."""
+    from advlab.attacks import AutoAttack
+
+    name = next((a for a, attack in attacks.items() if isinstance(attack, AutoAttack)), None)
+    if name is None:
+        return
+    for model, results in per_member.items():
+        curve = summary[model]["robustness"][name]
+        i = curve["eps"].index(eps)  # on the grid: checked in the pre-flight
+        clean = sum(r["points_acc"] for r in results) / len(results)
+        entry = {"clean": clean, "autoattack": curve["mean"][i], "eps": curve["eps"][i], "norm": curve["norm"], "n": n, "attack": name}
+        summary[model]["robustbench"] = entry
+        log.info("model %s: clean %.3f, AutoAttack robust %.3f (%s eps=%g, n=%d)", model, clean, entry["autoattack"],
+                 "Linf" if entry["norm"] == "linf" else "L2", entry["eps"], n)
 
 
 def _masking(model, x, y, mcfg, bounds, device, seed: int, label: str) -> dict:

@@ -102,7 +102,7 @@ def resolve_entries(cfg: DictConfig) -> list[Entry]:
             entries.append(entry)
             continue
         entry = Entry(str(name), key)
-        for seed in seeds:
+        for seed in seeds[:1] if node.get("method") == "external" else seeds:  # a file: the same model for every seed
             entry.specs.append(OmegaConf.create({**merge_spec(defaults, node), "seed": seed}))
             entry.members.append(f"seed={seed}")
         entries.append(entry)
@@ -216,7 +216,10 @@ def load_models(entries: list[Entry], artifacts, datamodule, datamodules: dict) 
     for entry in entries:
         for member, spec in zip(entry.members, entry.specs):
             model, metrics, key = artifacts.model(spec, datamodule, name=f"model '{entry.name}' ({member})", where=entry.key)
-            source = {"cache_file": str(artifacts.cache.path("models", key)), "train_test_acc": metrics.get("test/acc")}
+            if key["method"] == "external":  # loaded from its file, not trained
+                source = {"weights": str(spec.weights), "sha256": key["weights_sha256"], "test_acc": metrics.get("test/acc")}
+            else:
+                source = {"cache_file": str(artifacts.cache.path("models", key)), "train_test_acc": metrics.get("test/acc")}
             out.append(EvalModel(entry.name, member, model, {"source": source, "spec": key}))
         for member, ckpt, config in zip(entry.members, entry.checkpoints, entry.run_configs):
             model, info = load_checkpoint(ckpt, config, datamodules, artifacts.device)
