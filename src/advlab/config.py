@@ -256,6 +256,24 @@ def _model_spec(cfg, key: str) -> None:
     _arch_node(cfg, f"{key}.arch")
 
 
+def _validate_robustness(cfg: DictConfig) -> None:
+    """advlab-eval's `robustness` node and the ε of its RobustBench line."""
+    attacks = _get(cfg, "robustness.attacks") or {}
+    _list(cfg, "robustness.run", tuple(attacks), nonempty=False)
+    for name in attacks:
+        _attack_node(cfg, f"robustness.attacks.{name}")
+    for norm in ("linf", "l2"):
+        _list(cfg, f"robustness.eps.{norm}", numbers=True, ascending=True)
+    _list(cfg, "robustness.losses", ATTACK_LOSSES)
+    _number(cfg, "robustbench_eps", minimum=0)
+    for name in _get(cfg, "robustness.run") or ():
+        node = attacks[name]
+        grid = _get(cfg, f"robustness.eps.{node.get('norm', 'linf')}") or []
+        eps = _get(cfg, "robustbench_eps")
+        if str(node.get("_target_", "")).endswith("AutoAttack") and eps is not None and eps not in grid:
+            raise ConfigError("robustbench_eps", f"{eps} is not on the ε grid of {name}; allowed: {list(grid)} or null (no line)")
+
+
 def _validate_eval(cfg: DictConfig) -> None:
     """advlab-eval's own keys: models, seeds, analyses and their settings."""
     from advlab.model_sources import checkpoint_files  # no torch: cheap
@@ -290,20 +308,7 @@ def _validate_eval(cfg: DictConfig) -> None:
     _choice(cfg, "points", POINTS)
     _number(cfg, "max_points", minimum=1, integer=True)
     _number(cfg, "batch_size", minimum=1, integer=True)
-    attacks = _get(cfg, "robustness.attacks") or {}
-    _list(cfg, "robustness.run", tuple(attacks), nonempty=False)
-    for name in attacks:
-        _attack_node(cfg, f"robustness.attacks.{name}")
-    for norm in ("linf", "l2"):
-        _list(cfg, f"robustness.eps.{norm}", numbers=True, ascending=True)
-    _list(cfg, "robustness.losses", ATTACK_LOSSES)
-    _number(cfg, "robustbench_eps", minimum=0)
-    for name in _get(cfg, "robustness.run") or ():
-        node = attacks[name]
-        grid = _get(cfg, f"robustness.eps.{node.get('norm', 'linf')}") or []
-        eps = _get(cfg, "robustbench_eps")
-        if str(node.get("_target_", "")).endswith("AutoAttack") and eps is not None and eps not in grid:
-            raise ConfigError("robustbench_eps", f"{eps} is not on the ε grid of {name}; allowed: {list(grid)} or null (no line)")
+    _validate_robustness(cfg)
     _list(cfg, "deepfool.norms", ("l2", "linf"), nonempty=False)
     _number(cfg, "deepfool.steps", minimum=1, integer=True)
     _number(cfg, "deepfool.overshoot", minimum=0)
