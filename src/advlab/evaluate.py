@@ -82,7 +82,6 @@ def evaluate(cfg: DictConfig) -> float | None:
     from advlab.artifacts import Artifacts
     from advlab.attacks import DeepFool
     from advlab.model_sources import check_checkpoints, load_models, resolve_entries, validate_specs
-    from advlab.models.base import predict
     from advlab.report import analysis_plots
 
     out_dir = Path(cfg.paths.output_dir)
@@ -111,18 +110,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     batch = int(cfg.batch_size)
     names = list(dict.fromkeys(m.name for m in models))
 
-    # -- the test points every analysis uses ---------------------------------------------------
-    x_test, y_test = datamodule.x_test, datamodule.y_test
-    predictions = {id(m): predict(m.model, x_test, batch, device) for m in models}
-    correct = {key: pred == y_test for key, pred in predictions.items()}
-    common = torch.stack(list(correct.values())).all(dim=0)
-    index = common.nonzero().squeeze(1) if cfg.points == "common_correct" else torch.arange(len(y_test))
-    if cfg.get("max_points"):
-        index = index[: int(cfg.max_points)]
-    if len(index) == 0:
-        raise RuntimeError("no test point is classified correctly by every model: points=common_correct leaves nothing to evaluate")
-    x, y = x_test[index], y_test[index]
-    points = {"mode": str(cfg.points), "n": len(index), "n_test": len(y_test), "n_common_correct": int(common.sum())}
+    predictions, correct, index, points = _test_points(cfg, models, datamodule, batch, device)
+    x, y = datamodule.x_test[index], datamodule.y_test[index]
     log.info("Evaluating %d models (%s) on %d test points (%s)", len(models), ", ".join(names), len(index), cfg.points)
 
     per_member: dict[str, list[dict]] = {name: [] for name in names}
@@ -219,6 +208,25 @@ def _masking(model, x, y, mcfg, bounds, device, seed: int, label: str) -> dict:
     if warning:
         log.warning("%s: %s", label, warning)
     return checks
+
+
+def _test_points(cfg: DictConfig, models: list, datamodule, batch: int, device):
+    """The test points every analysis uses: (predictions and correctness per model, their index, a summary)."""
+    import torch
+
+    from advlab.models.base import predict
+
+    x_test, y_test = datamodule.x_test, datamodule.y_test
+    predictions = {id(m): predict(m.model, x_test, batch, device) for m in models}
+    correct = {key: pred == y_test for key, pred in predictions.items()}
+    common = torch.stack(list(correct.values())).all(dim=0)
+    index = common.nonzero().squeeze(1) if cfg.points == "common_correct" else torch.arange(len(y_test))
+    if cfg.get("max_points"):
+        index = index[: int(cfg.max_points)]
+    if len(index) == 0:
+        raise RuntimeError("no test point is classified correctly by every model: points=common_correct leaves nothing to evaluate")
+    points = {"mode": str(cfg.points), "n": len(index), "n_test": len(y_test), "n_common_correct": int(common.sum())}
+    return predictions, correct, index, points
 
 
 def _log_robustness(loggers, per_member: dict) -> None:
