@@ -138,6 +138,28 @@ def bench_model(key: str, args, device: torch.device, torchattacks) -> dict:
     return {"model": key, "description": description, "reps": reps, "results": rows}
 
 
+def reference_and_device(device_name: str, threads: int | None):
+    """(the torchattacks module, the torch device) for a benchmark against torchattacks, or exit with
+    one line when either is missing."""
+    try:
+        import torchattacks
+    except ImportError:
+        sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
+    if device_name == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda requested but CUDA is not available")
+    if threads:
+        torch.set_num_threads(threads)
+    return torchattacks, torch.device(device_name)
+
+
+def environment(device: torch.device, torchattacks) -> dict:
+    """What a benchmark result records of where it ran."""
+    return {"device": device.type,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+            "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
+            "threads": torch.get_num_threads(), "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -151,16 +173,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/attacks_<device>.json)")
     args = ap.parse_args(argv)
 
-    try:
-        import torchattacks
-    except ImportError:
-        sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda requested but CUDA is not available")
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    torchattacks, device = reference_and_device(args.device, args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     print(f"PGD L∞  device={device.type}  batch={args.batch}  steps={args.steps}  eps={args.eps:.4g}  "
@@ -171,13 +184,9 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "pgd_linf_vs_torchattacks",
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
-        "threads": torch.get_num_threads(),
+        **environment(device, torchattacks),
         "batch": args.batch, "steps": args.steps, "eps": args.eps, "alpha": args.alpha, "reps": args.reps,
-        "random_start": False, "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "models": models,
+        "random_start": False, "models": models,
     }
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"attacks_{device.type}.json"
     write_json(out, result)  # atomic: a reader never sees half a result

@@ -17,8 +17,6 @@ accuracy of each (and the difference in percentage points), wall time, time rati
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from advlab.utils.io import write_json  # noqa: E402
 from advlab.attacks import APGD, AutoAttack  # noqa: E402
-from bench_attacks import SmallResNet  # noqa: E402
+from bench_attacks import SmallResNet, environment, reference_and_device  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -134,23 +132,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    try:
-        import torchattacks
-    except ImportError:
-        sys.exit("torchattacks is not installed: pip install --no-deps torchattacks")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda requested but CUDA is not available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    torchattacks, device = reference_and_device(args.device, args.threads)
     keys = list(PROBLEMS) if args.model == "both" else [args.model]
     models = [bench(k, args, device, torchattacks) for k in keys]
     result = {
-        "benchmark": "autoattack_vs_torchattacks", "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "torchattacks": getattr(torchattacks, "__version__", "?"),
-        "threads": torch.get_num_threads(), "reps": args.reps, "square_queries": args.queries, "apgd_steps": args.apgd_steps,
-        "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None, "models": models,
+        "benchmark": "autoattack_vs_torchattacks", **environment(device, torchattacks),
+        "reps": args.reps, "square_queries": args.queries, "apgd_steps": args.apgd_steps, "models": models,
     }
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"autoattack_{device.type}.json"
     write_json(out, result)  # atomic: a reader never sees half a result
