@@ -11,6 +11,8 @@ from typing import Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from advlab.attack_losses import LOSSES as ATTACK_LOSSES
+from advlab.attack_losses import NODE_LOSSES as ATTACK_NODE_LOSSES
 from advlab.errors import ConfigError
 
 
@@ -170,9 +172,7 @@ MI_CALLBACK = "callbacks.mutual_information"
 MODEL_METHODS = ("standard", "adversarial", "sparsity", "external")
 # advlab-eval's choices.
 POINTS = ("all", "common_correct")
-ATTACK_LOSSES = ("ce", "margin")
-# An attack node's own loss may also be DLR (APGD-DLR); AutoAttack's versions (advlab.attacks.autoattack).
-ATTACK_NODE_LOSSES = ATTACK_LOSSES + ("dlr",)
+# AutoAttack's versions (advlab.attacks.autoattack).
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 NOISE_KINDS = ("uniform", "gaussian")
 
