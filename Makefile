@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 ARGS ?=
 
-.PHONY: run test test-slow install bench gpu-check data clean-outputs
+.PHONY: run test test-slow lint install bench gpu-check data clean-outputs
 
 $(BIN)/advlab-train: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ install: $(BIN)/advlab-train
 run: install
 	$(BIN)/advlab-train $(ARGS)
 
-test: install
+# ruff: pyflakes, syntax errors and lines over 160 (pyproject.toml [tool.ruff])
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+test: install lint
 	$(BIN)/python -m pytest -q
 
 test-slow: install data

@@ -78,11 +78,11 @@ def pgd_section(device: torch.device, size: dict, quick: bool = False) -> dict:
 
             def run_ours():
                 with _autocast(device, bf16):
-                    return ours(model, x, y)
+                    return ours(model, x, y)  # noqa: F821 (the loop's model: `del` comes after the last call)
 
             def run_theirs():
                 with _autocast(device, bf16):
-                    return theirs(x, y)
+                    return theirs(x, y)  # noqa: F821 (as above)
 
             runs = {"advlab": run_ours, "torchattacks": run_theirs}
             # warm-up (allocator, cudnn autotuning, first-call overheads), and the two results compared

@@ -47,6 +47,16 @@ def run_advlab(root: Path, *overrides: str, run_dir: Path | None = None, module:
     return Run(proc.returncode, proc.stdout, proc.stderr, run_dir)
 
 
+def attack_from_conf(name: str, eps: float = 0.1, **settings):
+    """The attack of conf/attack/<name>.yaml as Hydra's instantiate builds it (the run's ε and seed 0),
+    with `settings` over its keys: attacks are found by their YAML, not by a Python-side name list."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.create({"eps": {"value": eps}, "seed": 0, "attack": OmegaConf.load(REPO / "conf" / "attack" / f"{name}.yaml")})
+    return instantiate(root.attack, **settings)
+
+
 # A finished standard run with the default callbacks (last.ckpt, best.ckpt) and W&B offline, shared
 # by the resume, checkpoint and Python-API tests (they copy it before changing anything).
 STANDARD_CNN = ["method=standard", "arch=cnn", "trainer.max_epochs=6", "logger=wandb"]

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from advlab.attacks import (
-    FGSM, MIFGSM, PGD, Attack, OneStepL2, evaluate_attack, make_attack, per_sample_loss, robust_accuracy,
+    FGSM, MIFGSM, PGD, Attack, OneStepL2, evaluate_attack, per_sample_loss, robust_accuracy,
     robust_accuracy_curve, success,
 )
 from advlab.attacks.base import as_logits
 from advlab.errors import ConfigError
+from conftest import attack_from_conf
 
 # --------------------------------------------------------------------------------------------
 # fixtures
@@ -580,15 +581,15 @@ def test_robust_accuracy_counts_clean_errors_and_accepts_loaders():
         robust_accuracy(model, PGD(0.1, targeted=True), (x, y))
 
 
-def test_settable_attributes_and_factory(mlp, batch):
+def test_settable_attributes_and_attacks_from_their_yaml(mlp, batch):
     x, y = batch
-    attack = make_attack("pgd", eps=0.1, norm="L2", steps=2)
+    attack = attack_from_conf("pgd_linf", norm="L2", steps=2, rel_step_size=None)
     assert isinstance(attack, PGD) and attack.norm == "l2"
     attack.eps, attack.norm, attack.targeted = 0.05, "linf", True
     assert (attack.eps, attack.norm, attack.targeted) == (0.05, "linf", True)
     assert attack.alpha == pytest.approx(2.5 * 0.05 / 2)
     assert float((attack(mlp, x, y) - x).abs().max()) <= 0.05 + 1e-6
-    assert isinstance(make_attack("one_step_l2", eps=1.0), OneStepL2)
+    assert isinstance(attack_from_conf("one_step_l2", eps=1.0), OneStepL2)
     assert PGD(0.3, rel_step_size=0.2).alpha == pytest.approx(0.06)
     assert PGD(0.3, step_size=0.01).alpha == 0.01
     assert MIFGSM(0.3, steps=10).alpha == pytest.approx(0.03)
@@ -628,8 +629,10 @@ def test_bad_arguments_other_classes_and_setters():
         FGSM(0.1, norm="l0")
     with pytest.raises(ConfigError, match="attack.decay"):
         MIFGSM(0.1, decay=-1.0)
-    with pytest.raises(ConfigError, match="attack.name"):
-        make_attack("deepfool", eps=0.1)
+    from advlab.cli import precheck
+
+    with pytest.raises(ConfigError, match=r"^attack: unknown option 'deepfool'; allowed: .*pgd_linf"):
+        precheck(["attack=deepfool"], "train")  # an attack by name is one of conf/attack/
     attack = PGD(0.1)
     with pytest.raises(ConfigError, match="attack.eps"):
         attack.eps = -1

@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from advlab.attacks import APGD, APGDT, FABT, PGD, AutoAttack, Square, make_attack, robust_accuracy
+from advlab.attacks import APGD, APGDT, FABT, PGD, AutoAttack, Square, robust_accuracy
 from advlab.attacks.apgd import checkpoints
 from advlab.attacks.base import dlr_targeted_loss, per_sample_loss
 from advlab.attacks.fab import project_hyperplane
 from advlab.attacks.square import window_fraction
+from conftest import attack_from_conf
 from advlab.errors import ConfigError
 from test_attacks import (  # noqa: F401  (module-scoped fixtures shared with test_attacks)
     _linear_problem, _linf_oracle, _norms, _probe_model, _signed_margin, batch, batch4d, cnn, digits, mlp,
@@ -350,7 +351,7 @@ def test_autoattack_robust_only_equals_attacking_all_points(mlp, batch):
 
 
 def test_autoattack_versions_members_and_options():
-    aa = make_attack("autoattack", eps=0.1, n_target_classes=4, square_queries=77, apgd_steps=12, fab_steps=7)
+    aa = attack_from_conf("autoattack", eps=0.1, n_target_classes=4, square_queries=77, apgd_steps=12, fab_steps=7)
     assert list(aa.members) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert aa.members["apgd-t"].n_target_classes == 4 and aa.members["apgd-t"].steps == 12
     assert aa.members["fab-t"].steps == 7 and aa.members["square"].n_queries == 77

@@ -10,7 +10,8 @@ from advlab.models import CNN, MLP, ResNet, WideMLP
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_image_models_adapt_to_input_shape_and_classes(shape):
     x = torch.rand(3, *shape)
-    for model in (MLP(shape, 7, depth=2, width=32), WideMLP(shape, 7, width=64), CNN(shape, 7, channels=(8, 16), hidden=32), ResNet(shape, 7, depth=18, width=8)):
+    for model in (MLP(shape, 7, depth=2, width=32), WideMLP(shape, 7, width=64), CNN(shape, 7, channels=(8, 16), hidden=32),
+                  ResNet(shape, 7, depth=18, width=8)):
         assert model(x).shape == (3, 7)
 
 

@@ -19,7 +19,7 @@ from advlab.cache import ArtifactCache
 from advlab.data import CIFAR10DataModule
 from advlab.data.torchvision_data import SafeCIFAR10
 from advlab.errors import ConfigError
-from advlab.model_sources import checkpoint_state_dict, load_checkpoint
+from advlab.model_sources import load_checkpoint
 from advlab.utils.safe_io import UnsafeFileError, load_array_pickle
 from conftest import REPO, run_advlab
 from test_data import CIFAR_NAMES, cifar_rows, make_cifar_batches

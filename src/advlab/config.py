@@ -11,6 +11,8 @@ from typing import Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from advlab.attack_losses import LOSSES as ATTACK_LOSSES
+from advlab.attack_losses import NODE_LOSSES as ATTACK_NODE_LOSSES
 from advlab.errors import ConfigError
 
 
@@ -169,11 +171,8 @@ MI_CALLBACK = "callbacks.mutual_information"
 # Methods a model spec (`source`, advlab-eval's `models`) can name.
 MODEL_METHODS = ("standard", "adversarial", "sparsity", "external")
 # advlab-eval's choices.
-ANALYSES = ("robustness", "deepfool", "off_support", "linearity", "masking")
 POINTS = ("all", "common_correct")
-ATTACK_LOSSES = ("ce", "margin")
-# An attack node's own loss may also be DLR (APGD-DLR); AutoAttack's versions (advlab.attacks.autoattack).
-ATTACK_NODE_LOSSES = ATTACK_LOSSES + ("dlr",)
+# AutoAttack's versions (advlab.attacks.autoattack).
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
 NOISE_KINDS = ("uniform", "gaussian")
 
@@ -276,7 +275,8 @@ def _validate_robustness(cfg: DictConfig) -> None:
 
 def _validate_eval(cfg: DictConfig) -> None:
     """advlab-eval's own keys: models, seeds, analyses and their settings."""
-    from advlab.model_sources import checkpoint_files  # no torch: cheap
+    from advlab.analysis.protocol import analysis_names  # no torch: cheap
+    from advlab.model_sources import checkpoint_files
 
     seeds = _list(cfg, "seeds", nonempty=True)
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds):
@@ -304,7 +304,7 @@ def _validate_eval(cfg: DictConfig) -> None:
         checkpoint_files(path, f"checkpoints[{i}]")
     if not models and not checkpoints:
         raise ConfigError("models", "nothing to evaluate: give model specs in `models` or run directories in `checkpoints`")
-    _list(cfg, "analyses", ANALYSES, nonempty=False)
+    _list(cfg, "analyses", analysis_names(cfg, CONF_DIR), nonempty=False)
     _choice(cfg, "points", POINTS)
     _number(cfg, "max_points", minimum=1, integer=True)
     _number(cfg, "batch_size", minimum=1, integer=True)

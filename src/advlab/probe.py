@@ -48,17 +48,49 @@ def transforms(probe_cfg, shape):
     return out
 
 
+def _estimator(cfg: DictConfig):
+    """The mutual-information estimator of `probe.mi` (None unless enabled); its errors name probe.mi.*."""
+    from advlab.analysis.information import InformationEstimator
+
+    mi_cfg = cfg.probe.get("mi") or {}
+    if not mi_cfg.get("enabled"):
+        return None
+    try:
+        return InformationEstimator(list(mi_cfg.estimators), mi_cfg.noise_var, mi_cfg.bin_size, mi_cfg.renyi_alpha, mi_cfg.get("renyi_sigma"))
+    except ConfigError as err:
+        raise ConfigError(f"probe.mi.{err.key}", str(err).split(": ", 1)[1]) from None
+
+
+def _probe_model(name: str, model, inputs: dict, y, levels, estimator, layers, batch: int, device, metrics: dict) -> tuple[dict, list]:
+    """One model's accuracy (and, with an estimator, per-layer information) at every probe level of
+    every input kind: (results, information rows); the accuracies also go into `metrics`."""
+    from advlab.analysis.activations import layer_outputs
+
+    res, information = {"saturation": {}, "patch_shuffle": {}}, []
+    for probe_name, level, fn in levels:
+        entry = res[probe_name][level] = {}
+        for kind, xi in inputs.items():
+            xt = fn(xi)
+            entry[kind] = accuracy(model, xt, y, batch, device)
+            metrics[f"{name}/{probe_name}/{level:g}/{kind}_acc"] = entry[kind]
+            if estimator is None:
+                continue
+            acts = layer_outputs(model, xt, layers, batch)
+            for est, per_layer in estimator.measure(xt, y, acts).items():
+                for layer, (i_xt, i_ty) in per_layer.items():
+                    information.append({"probe": probe_name, "level": level, "input": kind, "estimator": est,
+                                        "layer": layer, "I_XT": i_xt, "I_TY": i_ty})
+    return res, information
+
+
 @task_wrapper
 def probe(cfg: DictConfig) -> None:
     started = time.time()
     validate(cfg)
     import torch
 
-    from advlab.analysis.activations import layer_outputs, resolve_layers
-    from advlab.analysis.information import InformationEstimator
+    from advlab.analysis.activations import resolve_layers
     from advlab.artifacts import Artifacts
-    from advlab.report.grids import image_rows
-    from advlab.report.information import texture_shape, texture_shape_information
     from advlab.utils.run import data_and_cache, finish_loggers, start_loggers
 
     out_dir = Path(cfg.paths.output_dir)
@@ -67,14 +99,7 @@ def probe(cfg: DictConfig) -> None:
         raise ConfigError("dataset", "the texture / shape probes need image data; allowed: digits, mnist, fashion_mnist, cifar10, cifar10_jpeg")
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.probe.adversarial else None
     levels = transforms(cfg.probe, tuple(datamodule.input_shape))
-    mi_cfg = cfg.probe.get("mi") or {}
-    estimator = None
-    if mi_cfg.get("enabled"):
-        try:
-            estimator = InformationEstimator(list(mi_cfg.estimators), mi_cfg.noise_var, mi_cfg.bin_size, mi_cfg.renyi_alpha, mi_cfg.get("renyi_sigma"))
-        except ConfigError as err:
-            raise ConfigError(f"probe.mi.{err.key}", str(err).split(": ", 1)[1]) from None
-
+    estimator = _estimator(cfg)
     loggers = start_loggers(cfg, out_dir)
 
     n = cfg.probe.get("n_points") or len(datamodule.y_test)
@@ -88,20 +113,11 @@ def probe(cfg: DictConfig) -> None:
         inputs = {"clean": x}
         if attack is not None:
             inputs["adversarial"] = torch.cat([attack(model, x[i : i + batch].to(device), y[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
-        res = results[name] = {"saturation": {}, "patch_shuffle": {}}
-        layers = resolve_layers(model, mi_cfg.get("layers")) if estimator is not None else []
-        for probe_name, level, fn in levels:
-            entry = res[probe_name][level] = {}
-            for kind, xi in inputs.items():
-                xt = fn(xi)
-                entry[kind] = accuracy(model, xt, y, batch, device)
-                metrics[f"{name}/{probe_name}/{level:g}/{kind}_acc"] = entry[kind]
-                if estimator is not None:
-                    acts = layer_outputs(model, xt, layers, batch)
-                    for est, per_layer in estimator.measure(xt, y, acts).items():
-                        for layer, (i_xt, i_ty) in per_layer.items():
-                            information.setdefault(name, []).append({"probe": probe_name, "level": level, "input": kind, "estimator": est,
-                                                                     "layer": layer, "I_XT": i_xt, "I_TY": i_ty})
+        layers = resolve_layers(model, (cfg.probe.get("mi") or {}).get("layers")) if estimator is not None else []
+        res, rows = _probe_model(name, model, inputs, y, levels, estimator, layers, batch, device, metrics)
+        results[name] = res
+        if rows:
+            information[name] = rows
         metrics[f"{name}/test/acc"] = float(model_metrics["test/acc"])  # the whole test set
         metrics[f"{name}/clean_acc"] = accuracy(model, x, y, batch, device)  # the probed points
         if attack is not None:
@@ -112,6 +128,15 @@ def probe(cfg: DictConfig) -> None:
     metrics["time/total_s"] = round(time.time() - started, 2)
     write_json(out_dir / "probe.json", {"n_points": len(y), "attack": repr(attack), "results": results, "information": information})
     write_json(out_dir / "metrics.json", metrics)
+    finish_loggers(loggers, metrics, _plots(out_dir, results, information, levels, x, y, attack, datamodule))
+    log.info("Run directory: %s", out_dir)
+
+
+def _plots(out_dir: Path, results: dict, information: dict, levels, x, y, attack, datamodule) -> dict[str, Path]:
+    """The probes' figures: accuracy per level, the transforms of the first images, the information plane."""
+    from advlab.report.grids import image_rows
+    from advlab.report.information import texture_shape, texture_shape_information
+
     title = f"Texture vs shape on {datamodule.name}" + (f", adversarial: {type(attack).__name__} ε={attack.eps:.3g}" if attack is not None else "")
     images = {"texture_shape": texture_shape(results, out_dir / "plots" / "texture_shape.png", title=title)}
     rows = [(f"{p} {lv:g}", fn(x[:8]), [str(int(c)) for c in y[:8]]) for p, lv, fn in levels]
@@ -119,8 +144,7 @@ def probe(cfg: DictConfig) -> None:
     if information:
         images["texture_shape_information"] = texture_shape_information(information, out_dir / "plots" / "texture_shape_information.png",
                                                                         n_points=len(y), num_classes=datamodule.num_classes)
-    finish_loggers(loggers, metrics, images)
-    log.info("Run directory: %s", out_dir)
+    return images
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="probe")

@@ -4,12 +4,14 @@ fraction of samples whose decision DeepFool managed to change."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
-from advlab.utils.progress import progress_bar
 
+from advlab.analysis.protocol import Analysis, Points, label, stat, write_csv
 from advlab.attacks import DeepFool
+from advlab.utils.progress import progress_bar
 
 
 def deepfool_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: DeepFool, *, batch_size: int = 256,
@@ -42,3 +44,54 @@ def deepfool_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack:
         "r_mean": float(good.mean()) if good.numel() else math.nan,
         "r_median": float(good.median()) if good.numel() else math.nan,
     }
+
+
+SCALARS = ("rho", "success_rate", "r_mean", "r_median")
+
+
+class DeepFoolAnalysis(Analysis):
+    """advlab-eval's `deepfool` analysis (conf/analysis/deepfool.yaml): ρ and ‖r‖ per norm, measured from
+    each model's own predictions (the distance to its own decision boundary)."""
+
+    key = "deepfool"
+
+    def __init__(self, norms, steps: int, overshoot: float, candidates=None, refine_steps: int = 20, bounds=None):
+        self.attacks = {norm: DeepFool(norm=norm, steps=steps, overshoot=overshoot, candidates=candidates,
+                                       refine_steps=refine_steps, bounds=bounds) for norm in norms}
+        self.samples: list[list] = []  # deepfool_samples.csv, filled by `run`
+
+    def run(self, member, points: Points) -> dict:
+        pred = points.predictions[id(member)][points.index]
+        out = {}
+        for norm, attack in self.attacks.items():
+            d = deepfool_summary(member.model, points.x, pred, attack, batch_size=points.batch_size, device=points.device,
+                                 desc=label(member))
+            out[norm] = {k: d[k] for k in SCALARS}
+            out[norm]["r"] = d["r"][d["success"]].tolist()
+            self.samples += [[member.name, member.member, norm, int(i), float(r), float(xn), bool(s)]
+                             for i, r, xn, s in zip(points.index.tolist(), d["r"], d["x_norm"], d["success"])]
+        return out
+
+    def summarise(self, results: list[dict], points: Points) -> dict:
+        return {"deepfool": {norm: {k: stat([r["deepfool"][norm][k] for r in results]) for k in SCALARS}
+                             for norm in results[0]["deepfool"]}}
+
+    def write(self, out_dir: Path, per_member: dict, summary: dict, points: Points, loggers) -> dict[str, Path]:
+        from advlab.report import analysis_plots
+
+        write_csv(out_dir / "deepfool_samples.csv", ["model", "member", "norm", "test_index", "r", "x_norm", "success"], self.samples)
+        rows = [[name, r["member"], norm, d["rho"], d["success_rate"], d["r_mean"], d["r_median"]]
+                for name, results in per_member.items() for r in results for norm, d in r["deepfool"].items()]
+        write_csv(out_dir / "deepfool.csv", ["model", "member", "norm", *SCALARS], rows)
+        norms: dict = {}
+        for name, results in per_member.items():
+            for norm in results[0]["deepfool"]:
+                pooled = [v for r in results for v in r["deepfool"][norm]["r"]]
+                rho = summary[name]["deepfool"][norm]["rho"]
+                norms.setdefault(norm, {})[name] = (pooled, rho["mean"], rho["sem"])
+        path = out_dir / "plots" / "deepfool.png"
+        return {"deepfool": analysis_plots.deepfool_norms(norms, path, title=f"{points.title}: DeepFool on {points.where}")}
+
+    def headline(self, summary: dict) -> list[str]:
+        return [f"ρ_{norm} {d['rho']['mean']:.3f}±{d['rho']['sem']:.3f} (success {d['success_rate']['mean']:.3f})"
+                for norm, d in summary["deepfool"].items()]

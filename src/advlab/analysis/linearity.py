@@ -4,9 +4,13 @@ straight line) and fitted with straight lines; R² (pooled over the classes of a
 straight they are: 1 for an affine model, and close to 1 for ReLU networks in the paper's plots."""
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from advlab.analysis.protocol import Analysis, Points, safe_name, stat, write_csv
 from advlab.attacks import FGSM
 
 
@@ -59,3 +63,51 @@ def linearity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_max: fl
         logits.append(logits_along(model, xb, d, eps).cpu())
     logits = torch.cat(logits)
     return {"eps": eps, "logits": logits, "r2": linearity_r2(eps, logits), "zero_direction": torch.cat(zero)}
+
+
+SCALARS = ("r2_mean", "r2_median", "r2_min", "zero_direction")
+
+
+class Linearity(Analysis):
+    """advlab-eval's `linearity` analysis (conf/analysis/linearity.yaml): R² of the logits along the FGSM
+    direction on the first `n` points; the plot shows the first `examples` of each model's first member."""
+
+    key = "linearity"
+
+    def __init__(self, eps_max: float, points: int, n: int, examples: int, loss: str = "ce", bounds=None):
+        self.eps_max, self.points, self.n, self.examples, self.loss = float(eps_max), int(points), int(n), int(examples), str(loss)
+        self.traces: dict[str, tuple] = {}  # model name -> (eps, logits, labels, r2, member) of the plot
+
+    def run(self, member, points: Points) -> dict:
+        n = min(self.n, len(points.x))
+        y = points.y
+        lin = linearity(member.model, points.x[:n], y[:n], eps_max=self.eps_max, points=self.points, loss=self.loss,
+                        device=points.device)
+        r2 = lin["r2"][~lin["r2"].isnan()]
+        if member.name not in self.traces:  # the plot shows the first member of each model
+            k = self.examples
+            self.traces[member.name] = (lin["eps"], lin["logits"][:k], y[:k], lin["r2"][:k], member.member)
+        return {"r2_mean": float(r2.mean()) if len(r2) else math.nan,
+                "r2_median": float(r2.median()) if len(r2) else math.nan,
+                "r2_min": float(r2.min()) if len(r2) else math.nan,
+                "zero_direction": float(lin["zero_direction"].float().mean())}
+
+    def summarise(self, results: list[dict], points: Points) -> dict:
+        return {"linearity": {k: stat([r["linearity"][k] for r in results]) for k in SCALARS}}
+
+    def write(self, out_dir: Path, per_member: dict, summary: dict, points: Points, loggers) -> dict[str, Path]:
+        from advlab.report import analysis_plots
+
+        rows = [[name, r["member"], *[r["linearity"][k] for k in SCALARS]] for name, results in per_member.items() for r in results]
+        write_csv(out_dir / "linearity.csv", ["model", "member", *SCALARS], rows)
+        images = {}
+        for name, (eps, logits, labels, r2, member) in self.traces.items():
+            safe = safe_name(name)
+            r2_mean = summary[name]["linearity"]["r2_mean"]["mean"]
+            images[f"linearity_{safe}"] = analysis_plots.logit_lines(
+                eps, logits, labels, r2, out_dir / "plots" / f"linearity_{safe}.png", class_names=points.datamodule.class_names,
+                title=f"{name} ({member}): logits along the FGSM direction; mean R² = {r2_mean:.3f}")
+        return images
+
+    def headline(self, summary: dict) -> list[str]:
+        return [f"linearity R² {summary['linearity']['r2_mean']['mean']:.3f}"]

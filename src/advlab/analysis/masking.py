@@ -17,11 +17,17 @@ tripped: suspicious) with the numbers behind them:
 """
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advlab.analysis.protocol import Analysis, Points, label, stat, write_csv
 from advlab.attacks import APGD, APGDT, Square, as_logits, eval_mode
+
+log = logging.getLogger("advlab.evaluate")
 
 CHECKS = ("randomised", "zero_grad", "saturated", "black_box_wins", "large_eps_robust")
 
@@ -107,3 +113,38 @@ def masking_warning(checks: dict) -> str | None:
                "black_box_wins": "black_box_only_fraction", "large_eps_robust": "large_eps_acc"}
     parts = ", ".join(f"{c} ({checks[f'checks/{numbers[c]}']:.3g})" for c in tripped)
     return f"possible gradient masking: {parts}; report AutoAttack (version rand if randomised), not PGD alone"
+
+
+class Masking(Analysis):
+    """advlab-eval's `masking` analysis (conf/analysis/masking.yaml): the checks on the first `n`
+    evaluated points of every member, a warning line per member that trips one."""
+
+    key = "masking"
+
+    def __init__(self, eps: float, norm: str, n: int, steps: int, n_target_classes: int, queries: int,
+                 large_eps=None, seed: int = 0, bounds=None):
+        self.eps, self.norm, self.n, self.bounds, self.seed = float(eps), str(norm), int(n), bounds, int(seed)
+        self.options = {"steps": int(steps), "n_target_classes": int(n_target_classes), "queries": int(queries), "large_eps": large_eps}
+
+    def run(self, member, points: Points) -> dict:
+        n = min(self.n, len(points.x))
+        x, y = points.x[:n].to(points.device), points.y[:n].to(points.device)
+        checks = masking_checks(member.model, x, y, self.eps, self.norm, bounds=self.bounds, seed=self.seed, **self.options)
+        warning = masking_warning(checks)
+        if warning:
+            log.warning("%s: %s", label(member), warning)
+        return checks
+
+    def summarise(self, results: list[dict], points: Points) -> dict:
+        # booleans: the fraction of members that trip the check
+        return {"masking": {k: stat([float(r["masking"][k]) for r in results]) for k in results[0]["masking"]}}
+
+    def write(self, out_dir: Path, per_member: dict, summary: dict, points: Points, loggers) -> dict[str, Path]:
+        keys = list(next(r for results in per_member.values() for r in results)["masking"])
+        rows = [[name, r["member"], *[r["masking"][k] for k in keys]] for name, results in per_member.items() for r in results]
+        write_csv(out_dir / "masking.csv", ["model", "member", *keys], rows)
+        return {}
+
+    def headline(self, summary: dict) -> list[str]:
+        tripped = [c for c in CHECKS if summary["masking"][f"checks/{c}"]["mean"] > 0]
+        return [f"masking checks: {', '.join(tripped) if tripped else 'none tripped'}"]

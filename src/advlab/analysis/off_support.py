@@ -8,11 +8,13 @@ and std (clipped to the box), or another ``dataset``'s test images resized to th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from advlab.analysis.protocol import Analysis, Points, stat, write_csv
 from advlab.errors import ConfigError
 
 KINDS = ("uniform", "gaussian", "dataset")
@@ -75,3 +77,54 @@ def softmax_statistics(model: nn.Module, x: torch.Tensor, *, batch_size: int = 5
         "entropy_ratio": float(entropy.mean() / math.log(c)),
         "mean_softmax": probs.mean(dim=0).tolist(),
     }
+
+
+STATISTICS = ("max_softmax", "entropy", "entropy_ratio")
+
+
+class OffSupport(Analysis):
+    """advlab-eval's `off_support` analysis (conf/analysis/off_support.yaml): softmax statistics on the
+    evaluated points (`test`), on `n` noise inputs of each kind and on another dataset's test images."""
+
+    key = "off_support"
+
+    def __init__(self, kinds, n: int, dataset=None, seed: int = 0, bounds=None):
+        self.kinds, self.n, self.dataset, self.seed = list(kinds), int(n), dataset, int(seed)
+        self.inputs: dict[str, torch.Tensor] = {}
+
+    def prepare(self, datamodule) -> None:
+        """The off-support inputs; another dataset is loaded (and its files checked) here, before any model."""
+        foreign = None
+        if self.dataset is not None:
+            from hydra.utils import instantiate
+
+            foreign_dm = instantiate(self.dataset)
+            foreign_dm.check()
+            foreign_dm.setup()
+            foreign = (foreign_dm.name, match_shape(foreign_dm.x_test, datamodule.input_shape))
+        gen = torch.Generator().manual_seed(self.seed)
+        self.inputs = {kind: noise_inputs(kind, self.n, datamodule.x_train, datamodule.bounds, gen) for kind in self.kinds}
+        if foreign is not None:
+            self.inputs[foreign[0]] = foreign[1][: self.n]
+
+    def run(self, member, points: Points) -> dict:
+        out = {"test": softmax_statistics(member.model, points.x, device=points.device)}
+        for kind, inputs in self.inputs.items():
+            out[kind] = softmax_statistics(member.model, inputs, device=points.device)
+        return out
+
+    def summarise(self, results: list[dict], points: Points) -> dict:
+        return {"off_support": {kind: {k: stat([r["off_support"][kind][k] for r in results]) for k in STATISTICS}
+                                for kind in results[0]["off_support"]}}
+
+    def write(self, out_dir: Path, per_member: dict, summary: dict, points: Points, loggers) -> dict[str, Path]:
+        from advlab.report import analysis_plots
+
+        rows = [[name, r["member"], kind, st["max_softmax"], st["entropy"], st["entropy_ratio"], *st["mean_softmax"]]
+                for name, results in per_member.items() for r in results for kind, st in r["off_support"].items()]
+        classes = points.datamodule.class_names
+        write_csv(out_dir / "off_support.csv", ["model", "member", "inputs", *STATISTICS, *[f"p_{c}" for c in classes]], rows)
+        stats = {name: {kind: {k: (v["mean"], v["sem"]) for k, v in st.items()} for kind, st in s["off_support"].items()}
+                 for name, s in summary.items()}
+        path = out_dir / "plots" / "off_support.png"
+        return {"off_support": analysis_plots.off_support_bars(stats, path, title=f"{points.title}: softmax on and off the data")}

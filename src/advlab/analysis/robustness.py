@@ -23,9 +23,8 @@ from torch import nn
 from advlab.utils.progress import progress_bar
 
 from advlab.attacks import Attack, robust_curve_per_sample
+from advlab.attack_losses import LOSSES
 from advlab.errors import ConfigError
-
-LOSSES = ("ce", "margin")
 
 
 def robustness_curves(model: nn.Module, attacks: Mapping[str, Attack], eps_grids: Mapping[str, list[float]],

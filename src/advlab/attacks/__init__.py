@@ -16,23 +16,13 @@ from advlab.attacks.evaluate import evaluate_attack, robust_accuracy, robust_acc
 from advlab.attacks.fab import FABT
 from advlab.attacks.pgd import FGSM, MIFGSM, PGD, OneStepL2
 from advlab.attacks.square import Square
-from advlab.errors import ConfigError
 
-ATTACKS = {"pgd": PGD, "fgsm": FGSM, "one_step_l2": OneStepL2, "mifgsm": MIFGSM, "apgd": APGD, "apgd_t": APGDT,
-           "fab_t": FABT, "square": Square, "autoattack": AutoAttack}
-
-
-def make_attack(name: str, **kwargs) -> Attack:
-    """Build an attack by name (a key of ``ATTACKS``)."""
-    cls = ATTACKS.get(str(name).lower())
-    if cls is None:
-        raise ConfigError("attack.name", f"unknown attack {name!r}; allowed: {', '.join(ATTACKS)}")
-    return cls(**kwargs)
-
+# By name, an attack is a config: conf/attack/<name>.yaml (`_target_` + its settings), built by Hydra's
+# instantiate (`attack=pgd_linf`); there is no second registry here.
 
 __all__ = [
-    "APGD", "APGDT", "ATTACKS", "Attack", "AutoAttack", "DeepFool", "DeepFoolResult", "FABT", "FGSM", "LOSSES", "MIFGSM",
+    "APGD", "APGDT", "Attack", "AutoAttack", "DeepFool", "DeepFoolResult", "FABT", "FGSM", "LOSSES", "MIFGSM",
     "NORMS", "OneStepL2", "PGD", "Square", "as_logits", "eval_mode",
-    "evaluate_attack", "make_attack", "per_sample_loss", "robust_accuracy", "robust_accuracy_curve", "robust_curve_per_sample",
+    "evaluate_attack", "per_sample_loss", "robust_accuracy", "robust_accuracy_curve", "robust_curve_per_sample",
     "success",
 ]

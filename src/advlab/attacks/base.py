@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advlab.attack_losses import NODE_LOSSES as LOSSES
 from advlab.errors import ConfigError
 
 NORMS = ("linf", "l2")
-LOSSES = ("ce", "margin", "dlr")
 _NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2"}
 _BOUNDS_TOL = 1e-6
 

@@ -109,7 +109,6 @@ class DeepFool(Attack):
         return out.clamp_(*self.bounds) if self.bounds is not None else out
 
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
         view = (-1,) + (1,) * (x.dim() - 1)
         l2 = self.norm == "l2"
         with torch.no_grad():

@@ -115,71 +115,86 @@ class PGD(Attack):
             best = cand if best is None else self._merge(best, cand, view)[0]
         return best[0]
 
+    def _feasible_box(self, x: torch.Tensor):
+        """L∞: the (lower, upper) bounds of the feasible set, the ε-box ∩ ``bounds``; L2: (None, None)."""
+        if self.norm != "linf":
+            return None, None
+        lower, upper = x - self.eps, x + self.eps
+        if self.bounds is not None:
+            lower.clamp_(min=self.bounds[0])
+            upper.clamp_(max=self.bounds[1])
+        return lower, upper
+
+    def _start(self, x: torch.Tensor, view, lower, upper) -> torch.Tensor:
+        """The first iterate: uniform in the ε-box (L∞) or ε-ball (L2), clipped; or x itself."""
+        if not self.random_start:
+            return x.clone()
+        eps, n = self.eps, x.shape[0]
+        gen = self.generator(x.device)
+        if self.norm == "linf":
+            noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            return noise.mul_(2.0 * eps).sub_(eps).add_(x).clamp_(min=lower, max=upper)
+        d = x[0].numel()
+        delta = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        u = torch.rand((n,), generator=gen, device=x.device, dtype=x.dtype)
+        dn = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
+        radius = eps * u.pow(1.0 / d)  # uniform in the ball: P(r <= t) = (t/ε)^d
+        scale = torch.where(dn > 0, radius / dn, torch.zeros_like(dn))
+        xa = torch.addcmul(x, delta, scale.view(view), out=delta)
+        if self.bounds is not None:
+            xa.clamp_(self.bounds[0], self.bounds[1])
+        return xa
+
+    def _step(self, x: torch.Tensor, xa: torch.Tensor, g: torch.Tensor, dst: torch.Tensor, view, lower, upper) -> None:
+        """One ascent step from ``xa`` along ``g`` (ours: may be overwritten), projected, into ``dst``."""
+        n, eps = x.shape[0], self.eps
+        if self.norm == "linf":
+            torch.add(xa, g.sign_() if self._decay is None else g.sign(), alpha=self.alpha, out=dst)
+            dst.clamp_(min=lower, max=upper)
+            return
+        gn = torch.linalg.vector_norm(g.reshape(n, -1), dim=1)
+        step = torch.where(gn > 0, self.alpha / gn, torch.zeros_like(gn))
+        delta = torch.addcmul(xa, g, step.view(view), out=dst).sub_(x)
+        dn = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
+        factor = torch.where(dn > eps, eps / dn, torch.ones_like(dn))
+        torch.addcmul(x, delta, factor.view(view), out=dst)
+        if self.bounds is not None:
+            dst.clamp_(self.bounds[0], self.bounds[1])
+
+    def _gradient(self, model: nn.Module, xa: torch.Tensor, y: torch.Tensor, momentum):
+        """(∇ of the oriented loss at xa, xa detached, the iterate's (x, succeeded, score) when
+        keep_best else None); MI-FGSM's momentum accumulates the L1-normalised gradients."""
+        xa.requires_grad_(True)
+        out = model(xa)
+        logits, yy = as_logits(out, y)
+        loss = per_sample_loss(self.loss, logits, yy)
+        total = loss.sum()
+        (g,) = torch.autograd.grad(-total if self.targeted else total, xa)
+        xa = xa.detach()  # no longer part of any graph: may be written in place
+        # score this iterate from the forward pass that gave its gradient
+        scored = (xa, *self._score(logits, yy, loss)) if self.keep_best else None
+        if momentum is not None:
+            n = xa.shape[0]
+            view = (n,) + (1,) * (xa.dim() - 1)
+            l1 = torch.linalg.vector_norm(g.reshape(n, -1), ord=1, dim=1)
+            g = momentum.mul_(self._decay).addcmul_(g, torch.where(l1 > 0, 1.0 / l1, torch.zeros_like(l1)).view(view))
+        return g, xa, scored
+
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, view, need_score: bool):
         """One restart. Returns ``(x_adv, succeeded, score)`` (the last two None unless
         ``need_score``); ``x_adv`` is a fresh tensor owned by the caller."""
-        eps, alpha, linf = self.eps, self.alpha, self.norm == "linf"
-        bounds, keep_best, targeted = self.bounds, self.keep_best, self.targeted
-        decay = self._decay
-        n = x.shape[0]
-
-        # ---- start point -------------------------------------------------------------------
-        if linf:
-            lower, upper = x - eps, x + eps  # the feasible box: ε-box ∩ bounds
-            if bounds is not None:
-                lower.clamp_(min=bounds[0])
-                upper.clamp_(max=bounds[1])
-        if self.random_start:
-            gen = self.generator(x.device)
-            if linf:
-                noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-                xa = noise.mul_(2.0 * eps).sub_(eps).add_(x).clamp_(min=lower, max=upper)
-            else:
-                d = x[0].numel()
-                delta = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-                u = torch.rand((n,), generator=gen, device=x.device, dtype=x.dtype)
-                dn = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
-                radius = eps * u.pow(1.0 / d)  # uniform in the ball: P(r <= t) = (t/ε)^d
-                scale = torch.where(dn > 0, radius / dn, torch.zeros_like(dn))
-                xa = torch.addcmul(x, delta, scale.view(view), out=delta)
-                if bounds is not None:
-                    xa.clamp_(bounds[0], bounds[1])
-        else:
-            xa = x.clone()
-
-        momentum = torch.zeros_like(x) if decay is not None else None
+        keep_best = self.keep_best
+        lower, upper = self._feasible_box(x)
+        xa = self._start(x, view, lower, upper)
+        momentum = torch.zeros_like(x) if self._decay is not None else None
         best = None  # (x, succeeded, score) of the best iterate so far
         spare = None  # a free buffer for the next iterate (keep_best double-buffering)
         for _ in range(self.steps):
-            xa.requires_grad_(True)
-            out = model(xa)
-            logits, yy = as_logits(out, y)
-            loss = per_sample_loss(self.loss, logits, yy)
-            total = loss.sum()
-            (g,) = torch.autograd.grad(-total if targeted else total, xa)
-            xa = xa.detach()  # no longer part of any graph: may be written in place
-            if keep_best:  # score this iterate from the forward pass that gave its gradient
-                cand = (xa, *self._score(logits, yy, loss))
-            del out, logits, loss, total
-            if decay is not None:  # MI-FGSM: accumulate L1-normalised gradients
-                l1 = torch.linalg.vector_norm(g.reshape(n, -1), ord=1, dim=1)
-                g = momentum.mul_(decay).addcmul_(g, torch.where(l1 > 0, 1.0 / l1, torch.zeros_like(l1)).view(view))
-            # ---- step and projection ----------------------------------------------------
+            g, xa, cand = self._gradient(model, xa, y, momentum)
             # Without keep_best the step is written over xa; with it, into a spare buffer, and
             # xa's storage then becomes the new best (see _merge): no full copy per step.
             dst = xa if not keep_best else (spare if spare is not None else torch.empty_like(xa))
-            if linf:
-                torch.add(xa, g.sign_() if decay is None else g.sign(), alpha=alpha, out=dst)  # g is ours
-                dst.clamp_(min=lower, max=upper)
-            else:
-                gn = torch.linalg.vector_norm(g.reshape(n, -1), dim=1)
-                step = torch.where(gn > 0, alpha / gn, torch.zeros_like(gn))
-                delta = torch.addcmul(xa, g, step.view(view), out=dst).sub_(x)
-                dn = torch.linalg.vector_norm(delta.reshape(n, -1), dim=1)
-                factor = torch.where(dn > eps, eps / dn, torch.ones_like(dn))
-                torch.addcmul(x, delta, factor.view(view), out=dst)
-                if bounds is not None:
-                    dst.clamp_(bounds[0], bounds[1])
+            self._step(x, xa, g, dst, view, lower, upper)
             if keep_best:
                 if best is None:
                     best = cand
@@ -191,7 +206,6 @@ class PGD(Attack):
             xa = dst
             if keep_best and spare is xa:
                 spare = None
-
         if keep_best or need_score:
             with torch.no_grad():
                 cand = (xa, *self._score(model(xa), y))

@@ -3,190 +3,34 @@
 ``ArrayDataModule`` holds ``x`` (float32 in [0, 1] for images, shape (N, C, H, W); (N, D) for vector
 data) and ``y`` (int64 in 0..num_classes-1) for the train / val / test splits. Subclasses only
 implement ``_load()``; the base applies the class subset, the seeded validation split and
-``max_train``, computes the normalisation statistics and serves the loaders.
-
-Loaders: a real ``torch.utils.data.DataLoader(dataset, batch_size, sampler=RandomSampler |
-SequentialSampler)`` over a ``TensorDataset`` subclass with ``__getitems__``: the loader's stock
-``BatchSampler`` yields lists of indices and the fetcher hands each whole list to ``__getitems__``, so
-a batch costs one index operation per tensor instead of ``batch_size`` ``__getitem__`` calls and a
-collate. Lightning can still swap in a ``DistributedSampler`` (DDP), a ``SequentialSampler``
-(``overfit_batches``) or its index-tracking wrapper (``predict``) and the batches stay whole. (A
-``sampler=BatchSampler(...)`` with ``batch_size=None`` would be as fast but would not survive those
-swaps: Lightning would rebuild it as a one-sample-per-batch loader.)
+``max_train``, computes the normalisation statistics and serves the loaders (``advlab.data.loader``;
+augmentation in ``advlab.data.augment``, array conversions and setting checks in ``advlab.data.arrays``).
 """
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import numbers
 from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader
 
+from advlab.data.arrays import as_float_images, as_labels, check_fraction, check_positive_int, stratified_split
+from advlab.data.augment import crop_flip, random_crop_flip
+from advlab.data.loader import BatchTensorDataset, make_loader
 from advlab.errors import ConfigError
+
+# the names other modules import from here (subclasses, benchmarks)
+__all__ = ["ArrayDataModule", "BatchTensorDataset", "check_fraction", "check_positive_int", "crop_flip", "make_loader",
+           "random_crop_flip", "stratified_split"]
 
 log = logging.getLogger(__name__)
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
-# ---------------------------------------------------------------------------------------------
-# datasets and loaders
-# ---------------------------------------------------------------------------------------------
-class BatchTensorDataset(TensorDataset):
-    """A ``TensorDataset`` that serves a list of indices with one index operation per tensor."""
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return tuple(t.index_select(0, index) for t in self.tensors)
-
-
-def _whole_batch(batch: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """collate_fn for batches that ``__getitems__`` already assembled (module level: picklable)."""
-    return list(batch)
-
-
-def make_loader(
-    dataset: TensorDataset,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    generator: Optional[torch.Generator] = None,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A fast DataLoader over an in-memory ``TensorDataset``; yields ``[x, y, ...]`` lists of whole batches.
-
-    ``shuffle=True`` draws the order from ``generator`` (or a fresh one seeded with ``seed``): the same
-    seed gives the same sequence of epochs, and each new epoch of the same loader a new order.
-    """
-    if not isinstance(dataset, TensorDataset):
-        raise TypeError(f"make_loader needs a TensorDataset, got {type(dataset).__name__}")
-    if not isinstance(dataset, BatchTensorDataset):
-        dataset = BatchTensorDataset(*dataset.tensors)
-    if shuffle:
-        if generator is None:
-            generator = torch.Generator().manual_seed(int(seed))
-        sampler = RandomSampler(dataset, generator=generator)
-    else:
-        sampler = SequentialSampler(dataset)
-    # batch_size + sampler: the DataLoader builds BatchSampler(sampler, batch_size, drop_last) itself and
-    # hands each list of indices to dataset.__getitems__; built this way (not batch_sampler=...), the
-    # loader keeps its batch_size attribute, which Lightning reuses when it swaps the sampler.
-    return DataLoader(
-        dataset,
-        batch_size=int(batch_size),
-        sampler=sampler,
-        drop_last=drop_last,
-        collate_fn=_whole_batch,
-        num_workers=int(num_workers),
-        persistent_workers=int(num_workers) > 0,
-        pin_memory=pin_memory,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# augmentation (batch-wise, on whatever device the batch lives on)
-# ---------------------------------------------------------------------------------------------
-def crop_flip(
-    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, padding: int = 4
-) -> torch.Tensor:
-    """Zero-pad ``x`` (N, C, H, W) by ``padding``, crop H×W at (top[i], left[i]), then mirror where ``flip[i]``.
-
-    One gather for the whole batch: output[i, c, h, w] = padded[i, c, top[i] + h, left[i] + w'] with
-    w' = W - 1 - w for flipped samples.
-    """
-    n, c, h, w = x.shape
-    dev = x.device
-    padded = F.pad(x, (padding, padding, padding, padding))
-    cols = torch.arange(w, device=dev)
-    cols = torch.where(flip.to(dev)[:, None], (w - 1) - cols, cols)  # (N, W)
-    rows = top.to(dev)[:, None] + torch.arange(h, device=dev)  # (N, H)
-    cols = left.to(dev)[:, None] + cols
-    return padded[
-        torch.arange(n, device=dev)[:, None, None, None],
-        torch.arange(c, device=dev)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
-
-
-def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random crop with ``padding`` zero pixels on every side plus random horizontal flip, per sample.
-
-    The random numbers are drawn on the CPU (from ``generator``) and moved to ``x``'s device, so the
-    same seed gives the same augmentation on any device.
-    """
-    n = x.shape[0]
-    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    return crop_flip(x, top, left, flip, padding)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
-def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded stratified (train_idx, test_idx), each sorted, for datasets without an official test split."""
-    from sklearn.model_selection import train_test_split
-
-    idx = torch.arange(len(y)).numpy()
-    counts = torch.bincount(y)
-    n_classes = int((counts > 0).sum())
-    n_test = math.ceil(float(test_fraction) * len(y))
-    stratify = y.numpy()
-    if int(counts[counts > 0].min()) < 2 or n_test < n_classes or len(y) - n_test < n_classes:
-        log.warning("too few examples (%d, %d classes) to stratify a %.2f test split; splitting at random",
-                    len(y), n_classes, float(test_fraction))
-        stratify = None
-    tr, te = train_test_split(idx, test_size=float(test_fraction), random_state=int(seed), stratify=stratify)
-    return torch.as_tensor(sorted(tr), dtype=torch.long), torch.as_tensor(sorted(te), dtype=torch.long)
-
-
-def check_fraction(key: str, value: Any, allow_zero: bool) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    lo_ok = v >= 0 if allow_zero else v > 0
-    if not (lo_ok and v < 1):
-        rng = "[0, 1)" if allow_zero else "(0, 1)"
-        raise ConfigError(key, f"must be a number in {rng}, got {value!r}")
-    return v
-
-
-def check_positive_int(key: str, value: Any, allow_none: bool = False) -> Optional[int]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        if not (isinstance(value, float) and value.is_integer() and value >= 1):
-            extra = " or null" if allow_none else ""
-            raise ConfigError(key, f"must be a positive integer{extra}, got {value!r}")
-    return int(value)
-
-
-def _as_float_images(x: Any, what: str) -> torch.Tensor:
-    x = torch.as_tensor(x)
-    if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255.0)
-    if not torch.is_floating_point(x):
-        raise TypeError(f"{what}: expected uint8 or float data, got {x.dtype}")
-    return x.to(torch.float32).contiguous()
-
-
-def _as_labels(y: Any) -> torch.Tensor:
-    return torch.as_tensor(y).to(torch.int64).reshape(-1).contiguous()
-
-
-# ---------------------------------------------------------------------------------------------
-# the datamodule
-# ---------------------------------------------------------------------------------------------
 class ArrayDataModule(pl.LightningDataModule):
     """Base class of every advlab datamodule (see the module docstring).
 
@@ -336,8 +180,8 @@ class ArrayDataModule(pl.LightningDataModule):
             return
         self.check()
         x_tr, y_tr, x_te, y_te, names = self._load()
-        x_tr, x_te = _as_float_images(x_tr, "x_train"), _as_float_images(x_te, "x_test")
-        y_tr, y_te = _as_labels(y_tr), _as_labels(y_te)
+        x_tr, x_te = as_float_images(x_tr, "x_train"), as_float_images(x_te, "x_test")
+        y_tr, y_te = as_labels(y_tr), as_labels(y_te)
         names = [str(n) for n in names]
         for x, y, split in ((x_tr, y_tr, "train"), (x_te, y_te, "test")):
             if x.dim() not in (2, 4) or len(x) != len(y):
@@ -444,8 +288,8 @@ class ArrayDataModule(pl.LightningDataModule):
         ``overrides`` may change ``batch_size``, ``eval_batch_size``, ``augment``, ``num_workers``, ``seed``.
         """
         self._ensure_setup()
-        x = _as_float_images(x.detach() if isinstance(x, torch.Tensor) else x, "x").cpu()
-        y = _as_labels(y.detach() if isinstance(y, torch.Tensor) else y).cpu()
+        x = as_float_images(x.detach() if isinstance(x, torch.Tensor) else x, "x").cpu()
+        y = as_labels(y.detach() if isinstance(y, torch.Tensor) else y).cpu()
         if tuple(x.shape[1:]) != self.input_shape or len(x) != len(y):
             raise ValueError(
                 f"with_train: expected x of shape (N, {', '.join(map(str, self.input_shape))}) and N labels, "

@@ -1,0 +1,66 @@
+"""The arrays datamodules hold and the checks of their settings: float images in [0, 1], int64
+labels, seeded stratified splits, fractions and positive integers (one-line ``ConfigError``s)."""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from typing import Any, Optional
+
+import torch
+
+from advlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stratified (train_idx, test_idx), each sorted, for datasets without an official test split."""
+    from sklearn.model_selection import train_test_split
+
+    idx = torch.arange(len(y)).numpy()
+    counts = torch.bincount(y)
+    n_classes = int((counts > 0).sum())
+    n_test = math.ceil(float(test_fraction) * len(y))
+    stratify = y.numpy()
+    if int(counts[counts > 0].min()) < 2 or n_test < n_classes or len(y) - n_test < n_classes:
+        log.warning("too few examples (%d, %d classes) to stratify a %.2f test split; splitting at random",
+                    len(y), n_classes, float(test_fraction))
+        stratify = None
+    tr, te = train_test_split(idx, test_size=float(test_fraction), random_state=int(seed), stratify=stratify)
+    return torch.as_tensor(sorted(tr), dtype=torch.long), torch.as_tensor(sorted(te), dtype=torch.long)
+
+
+def check_fraction(key: str, value: Any, allow_zero: bool) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    lo_ok = v >= 0 if allow_zero else v > 0
+    if not (lo_ok and v < 1):
+        rng = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ConfigError(key, f"must be a number in {rng}, got {value!r}")
+    return v
+
+
+def check_positive_int(key: str, value: Any, allow_none: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if not (isinstance(value, float) and value.is_integer() and value >= 1):
+            extra = " or null" if allow_none else ""
+            raise ConfigError(key, f"must be a positive integer{extra}, got {value!r}")
+    return int(value)
+
+
+def as_float_images(x: Any, what: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{what}: expected uint8 or float data, got {x.dtype}")
+    return x.to(torch.float32).contiguous()
+
+
+def as_labels(y: Any) -> torch.Tensor:
+    return torch.as_tensor(y).to(torch.int64).reshape(-1).contiguous()
