@@ -210,3 +210,24 @@ def test_builder_options_are_checked_when_built():
         PerturbationDataset(target_rule="nope")
     with pytest.raises(ConfigError, match="method.step_size"):
         RobustDataset(step_size=0)
+
+
+def test_source_agreement_callback_is_the_fraction_of_equal_predictions(one_torch_thread):
+    import pytorch_lightning as pl
+
+    from advlab.data import DigitsDataModule
+    from advlab.data.derived import SourceAgreement
+    from advlab.methods import StandardTraining
+
+    dm = DigitsDataModule(seed=0, max_train=64, eval_batch_size=50)  # several test batches, the last one short
+    dm.setup()
+    torch.manual_seed(0)
+    source, other = (MLP(dm.input_shape, 10, depth=1, width=16, mean=dm.mean, std=dm.std).eval() for _ in range(2))
+    with torch.no_grad():
+        expected = float((source(dm.x_test).argmax(1) == other(dm.x_test).argmax(1)).float().mean())
+    assert 0.0 < expected < 1.0
+    for model, agreement in ((source, 1.0), (other, expected)):
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             accelerator="cpu", callbacks=[SourceAgreement(source)])
+        result = trainer.test(StandardTraining(model, {"_target_": "torch.optim.SGD", "lr": 0.1}), datamodule=dm, verbose=False)[0]
+        assert result["test/agreement"] == pytest.approx(agreement, abs=1e-6)
