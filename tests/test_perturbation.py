@@ -8,8 +8,8 @@ import torch
 
 from advlab.attacks import PGD, OneStepL2
 from advlab.cache import ArtifactCache, spec_key
-from advlab.errors import ConfigError
 from advlab.data.derived.perturbation import craft_dataset, make_targets
+from advlab.errors import ConfigError
 from advlab.models import MLP
 
 

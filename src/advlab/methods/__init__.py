@@ -5,4 +5,4 @@ from advlab.methods.adversarial import AdversarialTraining
 from advlab.methods.base import ClassifierModule, StandardTraining
 from advlab.methods.sparsity import SparsityTraining, softmax_slope_penalty
 
-__all__ = ["ClassifierModule", "StandardTraining", "AdversarialTraining", "SparsityTraining", "softmax_slope_penalty"]
+__all__ = ["AdversarialTraining", "ClassifierModule", "SparsityTraining", "StandardTraining", "softmax_slope_penalty"]
