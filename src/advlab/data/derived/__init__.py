@@ -12,13 +12,5 @@ from advlab.data.derived.base import DerivedData, SourceAgreement, SourceModel, 
 from advlab.data.derived.perturbation import PerturbationDataset, craft_dataset, make_targets
 from advlab.data.derived.robust import RobustDataset
 
-__all__ = [
-           "DerivedData",
-           "PerturbationDataset",
-           "RobustDataset",
-           "SourceAgreement",
-           "SourceModel",
-           "craft_dataset",
-           "derived_builder",
-           "make_targets",
-]
+__all__ = ["DerivedData", "PerturbationDataset", "RobustDataset", "SourceAgreement", "SourceModel", "craft_dataset",
+           "derived_builder", "make_targets"]
