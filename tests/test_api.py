@@ -16,8 +16,6 @@ import advlab
 from advlab.attacks import PGD
 from advlab.data import DigitsDataModule
 from advlab.methods import AdversarialTraining, StandardTraining
-from advlab.methods.perturbation import PerturbationLearning
-from advlab.methods.robust_dataset import RobustDataset
 from advlab.methods.sparsity import SparsityTraining
 from advlab.models import build_model
 from conftest import REPO
@@ -25,7 +23,6 @@ from conftest import REPO
 OPT = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}
 ARCH = OmegaConf.create({"_target_": "advlab.models.MLP", "_partial_": True, "width": 32})
 PGD_CFG = {"_target_": "advlab.attacks.PGD", "eps": 0.5, "norm": "l2", "steps": 3}
-SOURCE = {"arch": OmegaConf.to_container(ARCH), "method": "standard", "max_epochs": 1, "seed": 0, "optimizer": OPT}
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +67,14 @@ def test_load_from_checkpoint_round_trips_the_standard_run(trained_run):
 def _module(cls, dm):
     model = build_model(ARCH, dm)
     attack = PGD(eps=0.5, norm="l2", steps=3, bounds=(0.0, 1.0))
-    kwargs = {StandardTraining: {}, AdversarialTraining: {"attack": attack}, SparsityTraining: {"lam": 10.0},
-              PerturbationLearning: {"attack": attack, "source": SOURCE, "target_rule": "rand"},
-              RobustDataset: {"source": SOURCE, "steps": 7}}[cls]
+    kwargs = {StandardTraining: {}, AdversarialTraining: {"attack": attack}, SparsityTraining: {"lam": 10.0}}[cls]
     module = cls(model, OmegaConf.create(OPT), **kwargs)
     module.record_configs(arch=ARCH, datamodule=dm, attack=OmegaConf.create(PGD_CFG) if "attack" in kwargs else None)
     return module
 
 
-@pytest.mark.parametrize("cls", [StandardTraining, AdversarialTraining, SparsityTraining, PerturbationLearning, RobustDataset])
+# perturbation learning and D_R / D_NR train StandardTraining (on a derived dataset): its checkpoints are StandardTraining's
+@pytest.mark.parametrize("cls", [StandardTraining, AdversarialTraining, SparsityTraining])
 def test_load_from_checkpoint_needs_nothing_but_the_path(cls, tmp_path, one_torch_thread):
     dm = DigitsDataModule(seed=0, max_train=200)
     dm.setup()
@@ -93,12 +89,8 @@ def test_load_from_checkpoint_needs_nothing_but_the_path(cls, tmp_path, one_torc
     assert type(loaded) is cls
     for (name, a), (_, b) in zip(module.model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), name
-    if cls in (AdversarialTraining, PerturbationLearning):
+    if cls is AdversarialTraining:
         assert isinstance(loaded.attack, PGD) and loaded.attack.eps == 0.5 and loaded.attack.norm == "l2"
-    if cls is RobustDataset:
-        assert loaded.steps == 7 and loaded.source_cfg["method"] == "standard"
-    if cls is PerturbationLearning:
-        assert loaded.target_rule == "rand"
 
 
 def test_the_example_loads_a_run_and_matches_torchattacks(trained_run):

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from advlab.attacks import FABT, Attack, AutoAttack
 from advlab.config import CONF_DIR, group_options, rewrite_overrides, validate
 from advlab.data import DigitsDataModule
+from advlab.data.derived import derived_builder
 from advlab.errors import ConfigError
 from advlab.methods import ClassifierModule
 from advlab.models import Classifier, build_model
@@ -66,9 +67,10 @@ def test_every_attack_instantiates_with_eps_from_its_group(attack, digits):
 def test_every_method_instantiates(method, digits):
     cfg = _compose(f"method={method}")
     atk = instantiate(cfg.attack, bounds=[0.0, 1.0])
-    source = OmegaConf.merge(cfg.source, {"arch": cfg.arch})
-    module = instantiate(cfg.method, model=build_model(cfg.arch, digits), attack=atk, eval_attack=None, source=source, _recursive_=False)
+    training, builder = derived_builder(cfg.method)  # perturbation, robust_dataset: StandardTraining + a dataset builder
+    module = instantiate(training, model=build_model(cfg.arch, digits), attack=atk, eval_attack=None, _recursive_=False)
     assert isinstance(module, ClassifierModule)
+    assert (builder is not None) == (method in ("perturbation", "robust_dataset"))
     opt = module.configure_optimizers()
     assert isinstance(opt, torch.optim.Optimizer)
 

@@ -8,8 +8,8 @@ import torch
 
 from advlab.attacks import PGD, OneStepL2
 from advlab.cache import ArtifactCache, spec_key
+from advlab.data.derived.perturbation import craft_dataset, make_targets
 from advlab.errors import ConfigError
-from advlab.methods import craft_dataset, make_targets
 from advlab.models import MLP
 
 
@@ -133,7 +133,7 @@ def test_source_and_trained_model_do_not_share_initial_weights(tmp_path):
 
 
 def test_weak_attack_check_tells_budget_from_optimiser_bound():
-    from advlab.methods.perturbation import weak_attack_check
+    from advlab.data.derived.perturbation import weak_attack_check
 
     attack = PGD(eps=0.5, norm="l2", steps=1, step_size=0.01)
     assert weak_attack_check(attack, 0.96, 0.1) == (False, False, "")
@@ -149,7 +149,7 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
 
     from advlab.artifacts import Artifacts
     from advlab.data import DigitsDataModule
-    from advlab.methods import PerturbationLearning
+    from advlab.data.derived import PerturbationDataset, SourceModel
 
     dm = DigitsDataModule(seed=0, max_train=300)
     dm.setup()
@@ -157,7 +157,7 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
     spec = OmegaConf.create({"arch": arch, "method": "standard", "max_epochs": 8, "seed": 0, "scheduler": None,
                              "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.01}})
     artifacts = Artifacts(ArtifactCache(tmp_path), accelerator="cpu", progress=False)
-    opt = {"_target_": "torch.optim.SGD", "lr": 0.05}
+    source = SourceModel(*artifacts.model(spec, dm))
     # weak: L∞ (the box clips some pixels, never all, so max |δ| = ε): budget-bound
     runs = {"weak": PGD(eps=0.01, norm="linf", steps=1, random_start=False),
             "strong": PGD(eps=4.0, norm="l2", steps=40, rel_step_size=0.1, random_start=False),
@@ -165,10 +165,9 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
     metrics = {}
     for name, attack in runs.items():
         caplog.clear()
-        method = PerturbationLearning(MLP(dm.input_shape, 10, depth=1, width=16), opt, attack=attack, source=spec)
-        with caplog.at_level("WARNING", logger="advlab.methods.perturbation"):
-            method.prepare(dm, artifacts)
-        metrics[name] = method.extra_metrics
+        with caplog.at_level("WARNING", logger="advlab.data.derived.perturbation"):
+            derived = PerturbationDataset().build(source, dm, artifacts, attack=attack)
+        metrics[name] = derived.metrics
         warned = [r.getMessage() for r in caplog.records if "Weak crafting attack" in r.getMessage()]
         assert bool(warned) == (metrics[name]["perturb/weak_attack"] == 1.0), (name, warned)
     assert metrics["strong"]["perturb/success_rate"] >= 0.95 and metrics["strong"]["perturb/weak_attack"] == 0.0
@@ -176,3 +175,59 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
     assert metrics["weak"]["perturb/budget_bound"] == 1.0 and metrics["weak"]["perturb/delta_linf_mean"] == pytest.approx(0.01)
     assert metrics["short"]["perturb/weak_attack"] == 1.0 and metrics["short"]["perturb/budget_bound"] == 0.0
     assert metrics["short"]["perturb/delta_l2_mean"] <= 0.05 + 1e-6
+
+
+@pytest.mark.parametrize("overrides,builder_class,options", [
+    (["method=perturbation", "method.target_rule=rand", "method.craft_batch_size=64", "seed=3"], "PerturbationDataset",
+     {"target_rule": "rand", "craft_batch_size": 64, "craft_seed": 3, "base": "natural"}),
+    (["method=robust_dataset", "method.steps=7", "seed=2"], "RobustDataset", {"steps": 7, "construct_seed": 2, "step_size": 0.1}),
+])
+def test_derived_methods_are_standard_training_plus_a_builder(overrides, builder_class, options):
+    """method=perturbation / robust_dataset: the training node is StandardTraining's (with the
+    method's optimizer), the builder's options are the method's own keys."""
+    from hydra import compose, initialize_config_dir
+
+    from advlab.config import CONF_DIR
+    from advlab.data.derived import derived_builder
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "method.optimizer.lr=0.2"])
+    training, builder = derived_builder(cfg.method)
+    assert training["_target_"] == "advlab.methods.StandardTraining" and training.optimizer.lr == 0.2
+    assert not set(options) & set(training) and "derived" not in training
+    assert type(builder).__name__ == builder_class
+    assert {k: getattr(builder, k) for k in options} == options
+    assert cfg.method.derived.endswith(builder_class)
+    assert derived_builder(cfg.method) == (training, builder)  # the config node itself is left as it was
+
+
+def test_builder_options_are_checked_when_built():
+    from advlab.data.derived import PerturbationDataset, RobustDataset
+
+    with pytest.raises(ConfigError, match="method.craft_batch_size"):
+        PerturbationDataset(craft_batch_size=0)
+    with pytest.raises(ConfigError, match="method.target_rule: unknown value 'nope'; allowed: det, rand, uniform"):
+        PerturbationDataset(target_rule="nope")
+    with pytest.raises(ConfigError, match="method.step_size"):
+        RobustDataset(step_size=0)
+
+
+def test_source_agreement_callback_is_the_fraction_of_equal_predictions(one_torch_thread):
+    import pytorch_lightning as pl
+
+    from advlab.data import DigitsDataModule
+    from advlab.data.derived import SourceAgreement
+    from advlab.methods import StandardTraining
+
+    dm = DigitsDataModule(seed=0, max_train=64, eval_batch_size=50)  # several test batches, the last one short
+    dm.setup()
+    torch.manual_seed(0)
+    source, other = (MLP(dm.input_shape, 10, depth=1, width=16, mean=dm.mean, std=dm.std).eval() for _ in range(2))
+    with torch.no_grad():
+        expected = float((source(dm.x_test).argmax(1) == other(dm.x_test).argmax(1)).float().mean())
+    assert 0.0 < expected < 1.0
+    for model, agreement in ((source, 1.0), (other, expected)):
+        trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             accelerator="cpu", callbacks=[SourceAgreement(source)])
+        result = trainer.test(StandardTraining(model, {"_target_": "torch.optim.SGD", "lr": 0.1}), datamodule=dm, verbose=False)[0]
+        assert result["test/agreement"] == pytest.approx(agreement, abs=1e-6)

@@ -98,7 +98,7 @@ def test_module_trains_on_batches_and_flattens_the_softmax(digits):
         model = MLP(digits.input_shape, 10, width=64, mean=digits.mean, std=digits.std)
         module = SparsityTraining(model, OPT, sigma_u=0.1, n_unlabeled=2, sigma_n=0.01, n_neighbors=2, lam=lam)
         trainer = _trainer(4)
-        trainer.fit(module, module.prepare(digits, None))
+        trainer.fit(module, digits)
         assert torch.isfinite(trainer.callback_metrics["train/penalty"]) and trainer.callback_metrics["train/ce"] > 0
         with torch.no_grad():
             acc = float((model(digits.x_test).argmax(1) == digits.y_test).float().mean())
@@ -113,8 +113,12 @@ def test_fgsm_adversarial_training_option(digits):
     model = MLP(digits.input_shape, 10, width=32, mean=digits.mean, std=digits.std)
     module = SparsityTraining(model, OPT, adv_ratio=0.3, adv_eps=0.1, n_unlabeled=1, lam=10.0)
     assert isinstance(module.adv_attack, FGSM) and module.adv_attack.eps == 0.1 and module.adv_attack.norm == "linf"
-    module.prepare(digits, None)
-    assert module.adv_attack.bounds == digits.bounds
+    fitted = SparsityTraining(MLP(digits.input_shape, 10, width=32, mean=digits.mean, std=digits.std), OPT, adv_ratio=0.3, adv_eps=0.1,
+                              n_unlabeled=1, lam=10.0)
+    pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu").fit(fitted, digits)
+    assert fitted.adv_attack.bounds == digits.bounds  # the FGSM step's bounds follow the data (`setup`)
+    module.adv_attack.bounds = digits.bounds
     calls = []
     attack_call = module.adv_attack.__call__
 

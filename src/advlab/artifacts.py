@@ -163,7 +163,7 @@ class Artifacts:
             attack = instantiate(spec.attack, bounds=datamodule.bounds) if method == "adversarial" else None
             module = method_class(method)(model, spec.optimizer, spec.get("scheduler"), attack=attack, **key.get("params", {}))
             # a fresh copy: the data order must not depend on what this datamodule trained before
-            datamodule = module.prepare(datamodule.fresh(), self)
+            datamodule = datamodule.fresh()
             log.info("Training %s: %s, %s, %s epochs", name, method, OmegaConf.select(spec, "arch._target_"), spec.max_epochs)
             history = EpochHistory()
             trainer = pl.Trainer(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
@@ -26,58 +26,53 @@ from advlab.utils.wrapper import task_wrapper
 log = logging.getLogger("advlab.train")
 
 
-def _plots(method, datamodule, out_dir: Path, device) -> dict[str, Path]:
-    """Clean / perturbation / adversarial grids for perturbation learning and for the eval attack."""
+def _eval_attack_grid(method, datamodule, out_dir: Path, device) -> dict[str, Path]:
+    """plots/eval_attack.png: clean and adversarial test images of the evaluation attack, with predictions."""
     import torch
 
     from advlab.report import plots
 
+    if method.eval_attack is None:
+        return {}
     names = datamodule.class_names
-    images = {}
-    preview = getattr(method, "preview", None)
-    source = getattr(method, "source", None)
-    if preview is not None and source is not None:
-        base, t = preview["preview_base"], preview["t"]
-        adv = base + preview["x"] if method.train_on == "delta" else preview["x"]
-        with torch.no_grad():
-            p_clean = source(base.to(device)).argmax(1).cpu()
-            p_adv = source(adv.to(device)).argmax(1).cpu()
-        top = [f"y={names[int(y)]} f:{names[int(p)]}" for y, p in zip(preview["preview_y"], p_clean)]
-        bottom = [f"t={names[int(a)]} f:{names[int(p)]}" for a, p in zip(t, p_adv)]
-        images["perturbation_dataset"] = plots.adversarial_grid(
-            base, adv, top, bottom, out_dir / "plots" / "perturbation_dataset.png",
-            title=f"Perturbation dataset ({method.target_rule}, base={method.base}): source predictions")
-    if method.eval_attack is not None:
-        x, y = datamodule.x_test[:8].to(device), datamodule.y_test[:8].to(device)
-        model = method.model.to(device)
-        adv = method.eval_attack(model, x, y)
-        with torch.no_grad():
-            p_clean, p_adv = model(x).argmax(1), model(adv).argmax(1)
-        top = [f"y={names[int(a)]} g:{names[int(b)]}" for a, b in zip(y, p_clean)]
-        bottom = [f"g:{names[int(b)]}" for b in p_adv]
-        images["eval_attack"] = plots.adversarial_grid(x.cpu(), adv.cpu(), top, bottom, out_dir / "plots" / "eval_attack.png",
-                                                       title=f"Evaluation attack {type(method.eval_attack).__name__} ε={method.eval_attack.eps:g}")
-    images.update(method.plots(out_dir, datamodule))
-    return images
+    x, y = datamodule.x_test[:8].to(device), datamodule.y_test[:8].to(device)
+    model = method.model.to(device)
+    adv = method.eval_attack(model, x, y)
+    with torch.no_grad():
+        p_clean, p_adv = model(x).argmax(1), model(adv).argmax(1)
+    top = [f"y={names[int(a)]} g:{names[int(b)]}" for a, b in zip(y, p_clean)]
+    bottom = [f"g:{names[int(b)]}" for b in p_adv]
+    path = plots.adversarial_grid(x.cpu(), adv.cpu(), top, bottom, out_dir / "plots" / "eval_attack.png",
+                                  title=f"Evaluation attack {type(method.eval_attack).__name__} ε={method.eval_attack.eps:g}")
+    return {"eval_attack": path}
 
 
 def _build_method(cfg: DictConfig, datamodule, bounds):
+    """(the LightningModule, the derived-dataset builder or None, the crafting attack)."""
+    from advlab.data.derived import derived_builder
     from advlab.models import build_model
 
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
     eval_attack = instantiate(cfg.eval_attack, bounds=bounds) if cfg.get("eval_attack") else None
+    training, builder = derived_builder(cfg.method)
     model = build_model(cfg.arch, datamodule)
     source = cfg.get("source")
     if source is not None and source.get("arch") is None:
         # default: the source has the trained model's architecture; recorded as used (config_resolved, W&B)
         cfg.source.arch = cfg.arch
-    extra = {}
-    if cfg.method.get("measure_transfer"):  # a standard model of the trained architecture, from the source's spec
-        target = {k: v for k, v in OmegaConf.to_container(source, resolve=True).items() if k not in ("arch", "attack")}
-        extra["transfer_target"] = OmegaConf.create({**target, "arch": OmegaConf.to_container(cfg.arch, resolve=True), "method": "standard"})
-    method = instantiate(cfg.method, model=model, attack=attack, eval_attack=eval_attack, source=source, _recursive_=False, **extra)
+    method = instantiate(training, model=model, attack=attack, eval_attack=eval_attack, _recursive_=False)
     method.record_configs(arch=cfg.arch, datamodule=datamodule, attack=cfg.get("attack"), eval_attack=cfg.get("eval_attack"))
-    return method
+    return method, builder, attack
+
+
+def _derived_data(cfg: DictConfig, builder, method, attack, datamodule, artifacts):
+    """What the run trains on: the datamodule itself, or the dataset `builder` derives from the source model."""
+    from advlab.data.derived import DerivedData, SourceModel
+
+    if builder is None:
+        return DerivedData(datamodule, {})
+    source = SourceModel(*artifacts.model(cfg.source, datamodule, name=builder.source_name))
+    return builder.build(source, datamodule, artifacts, attack=attack, eval_attack=method.eval_attack, arch=cfg.arch, source_spec=cfg.source)
 
 
 EPOCH_METRICS = ("val/acc", "train/acc")
@@ -92,7 +87,7 @@ def _last_logged(csv_file: Path) -> dict[str, float]:
     return {k: float(r[k]) for k in EPOCH_METRICS for r in rows if r.get(k)}  # the last value of each
 
 
-def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from) -> tuple[dict, object]:
+def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from, callbacks=()) -> tuple[dict, object]:
     import pytorch_lightning as pl
 
     from advlab.callbacks.checkpoint import LAST, completed_epochs
@@ -104,7 +99,7 @@ def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from)
     if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":  # torch's SyncBatchNorm needs GPUs
         log.info("trainer.sync_batchnorm: off on CPU processes (each rank keeps its own batch statistics)")
         extra["sync_batchnorm"] = False
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=make_callbacks(cfg), **extra)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[*make_callbacks(cfg), *callbacks], **extra)
     if resume_from:
         log.info("Resuming from %s (%d epochs done)", resume_from, completed_epochs(resume_from))
     trainer.fit(method, datamodule=fit_datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
@@ -138,16 +133,18 @@ def train(cfg: DictConfig) -> float | None:
         return None if finished is True else finished
     # Everything that can be checked is checked before any work: data, cache dir, attacks, model.
     datamodule, cache, bounds = data_and_cache(cfg)
-    method = _build_method(cfg, datamodule, bounds)
+    method, builder, attack = _build_method(cfg, datamodule, bounds)
     resume_from = resume_checkpoint(out_dir / "checkpoints", set_aside_bad=rank == 0) if cfg.get("resume") else None
     loggers = start_loggers(cfg, out_dir, resume_step=int(torch_load_plain(resume_from)["global_step"]) if resume_from else None)
     artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
-    fit_datamodule = method.prepare(datamodule, artifacts)
+    derived = _derived_data(cfg, builder, method, attack, datamodule, artifacts)
     source_metrics, images = log_source_history(loggers, artifacts, out_dir, fresh=resume_from is None)
-    metrics, trainer = _fit_and_test(cfg, method, fit_datamodule, loggers, resume_from)
-    metrics.update({**source_metrics, **method.extra_metrics, "time/total_s": round(time.time() - started, 2)})
+    metrics, trainer = _fit_and_test(cfg, method, derived.datamodule, loggers, resume_from, callbacks=derived.callbacks)
+    callback_metrics = {k: v for cb in trainer.callbacks for k, v in getattr(cb, "final_metrics", {}).items()}
+    metrics.update({**source_metrics, **derived.metrics, **callback_metrics, "time/total_s": round(time.time() - started, 2)})
     if trainer.is_global_zero:
-        images.update(_plots(method, fit_datamodule, out_dir, method.device))
+        images.update(derived.figures(out_dir))
+        images.update(_eval_attack_grid(method, derived.datamodule, out_dir, method.device))
         csv_file = out_dir / "csv" / "metrics.csv"
         if csv_file.exists():
             curve = plots.training_curves(csv_file, out_dir / "plots" / "training_curves.png", title=cfg.run_name)

@@ -85,6 +85,7 @@ class MutualInformation(pl.Callback):
         self.layers: list[str] = []
         self.rows: list[dict] = []
         self.call_seconds: list[float] = []
+        self.final_metrics: dict[str, float] = {}  # the last epoch's estimates, for metrics.json
         self.attack = None
         self.out_dir: Path | None = None
         self._x = self._y = None
@@ -186,9 +187,7 @@ class MutualInformation(pl.Callback):
         summary = {f"mi/{r['input']}/{r['estimator']}/{r['layer']}/{q}": float(r[q]) for r in self.rows if r["epoch"] == last for q in ("I_XT", "I_TY")}
         if self.call_seconds:
             summary["mi/seconds_per_call"] = sum(self.call_seconds) / len(self.call_seconds)
-        extra = getattr(pl_module, "extra_metrics", None)
-        if isinstance(extra, dict):  # advlab-train merges these into metrics.json
-            extra.update(summary)
+        self.final_metrics = summary  # advlab-train merges every callback's `final_metrics` into metrics.json
         if self.plot and self.out_dir is not None:
             from advlab.report.information import information_plane
 

@@ -60,8 +60,6 @@ class ClassifierModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(classes, average="micro")
         self.test_acc = MulticlassAccuracy(classes, average="micro")
         self.test_adv_acc = MeanMetric()
-        # Metrics computed outside the Lightning loop (e.g. of a source model), merged into metrics.json.
-        self.extra_metrics: dict[str, float] = {}
 
     def forward(self, x):
         return self.model(x)
@@ -165,16 +163,6 @@ class ClassifierModule(pl.LightningModule):
             cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = instantiate(cfg, optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
-
-    # -- hook for methods that need extra data work before fitting (see PerturbationLearning) --------
-    def prepare(self, datamodule, artifacts):
-        """Return the datamodule to fit on. Default: the given one."""
-        return datamodule
-
-    # -- hook for methods with figures of their own (see RobustDataset) ------------------------------
-    def plots(self, out_dir, datamodule) -> dict:
-        """Draw the method's own figures under `out_dir`; return {name: png path} (logged to W&B)."""
-        return {}
 
 
 class StandardTraining(ClassifierModule):

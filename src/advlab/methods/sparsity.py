@@ -67,13 +67,13 @@ class SparsityTraining(ClassifierModule):
         self.lam = check_number("method.lam", lam, 0)
         self.adv_ratio = check_number("method.adv_ratio", adv_ratio, 0)
         self.adv_eps = check_number("method.adv_eps", adv_eps, 0)
-        # the FGSM adversarial-training option composes the FGSM attack; bounds follow the data (prepare)
+        # the FGSM adversarial-training option composes the FGSM attack; bounds follow the data (setup)
         self.adv_attack = FGSM(eps=self.adv_eps, norm="linf") if self.adv_ratio > 0 else None
 
-    def prepare(self, datamodule, artifacts):
-        if self.adv_attack is not None:
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.adv_attack is not None and datamodule is not None:
             self.adv_attack.bounds = datamodule.bounds
-        return datamodule
 
     def _neighbors(self, anchors: torch.Tensor) -> torch.Tensor:
         near = anchors.repeat_interleave(self.n_neighbors, dim=0)
