@@ -128,9 +128,9 @@ def evaluate(cfg: DictConfig) -> float | None:
         if "robustness" in analyses:
             curves = robustness_analysis.robustness_curves(
                 m.model, attacks, eps_grids, x, y, losses=list(cfg.robustness.losses), cumulative=bool(cfg.robustness.cumulative),
-                batch_size=batch, device=device, desc=label)
+                diagnostics=cfg.robustness.get("diagnostics", False), batch_size=batch, device=device, desc=label)
             res["robustness"] = {name: {"norm": c["norm"], "eps": c["eps"], "acc": robustness_analysis.accuracy(c["robust"]),
-                                        "alone": robustness_analysis.accuracy(c["alone"]),
+                                        "alone": None if c["alone"] is None else robustness_analysis.accuracy(c["alone"]),
                                         "by_loss": {loss: robustness_analysis.accuracy(mask) for loss, mask in c["by_loss"].items()},
                                         "attacked": c["attacked"], "attacked_all": c["attacked_all"]}
                                  for name, c in curves.items()}
@@ -251,7 +251,8 @@ def _summarise(per_member: dict, analyses: list[str]) -> dict:
             for attack, first in results[0]["robustness"].items():
                 entry = _curve_stat([r["robustness"][attack]["acc"] for r in results], first["eps"])
                 entry["norm"] = first["norm"]
-                entry["alone_mean"] = _curve_stat([r["robustness"][attack]["alone"] for r in results], first["eps"])["mean"]
+                alone = [r["robustness"][attack]["alone"] for r in results]  # None: not exact (robustness.diagnostics)
+                entry["alone_mean"] = None if None in alone else _curve_stat(alone, first["eps"])["mean"]
                 entry["by_loss_mean"] = {loss: _curve_stat([r["robustness"][attack]["by_loss"][loss] for r in results], first["eps"])["mean"]
                                          for loss in first["by_loss"]}
                 # attack calls per point (over ε and losses): robust-only vs attacking every point
@@ -281,7 +282,7 @@ def _robustness_rows(per_member: dict) -> list[list]:
         for r in results:
             for attack, c in r.get("robustness", {}).items():
                 for i, eps in enumerate(c["eps"]):
-                    rows.append([name, r["member"], attack, c["norm"], eps, c["acc"][i], c["alone"][i],
+                    rows.append([name, r["member"], attack, c["norm"], eps, c["acc"][i], (c["alone"] or [None] * len(c["eps"]))[i],
                                  c["by_loss"].get("ce", [None] * len(c["eps"]))[i], c["by_loss"].get("margin", [None] * len(c["eps"]))[i]])
     return rows
 
