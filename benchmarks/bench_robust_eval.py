@@ -141,11 +141,14 @@ def _aa_robust(model, attack, x, y) -> float:
         return float(((model(x_adv).argmax(1) == y) & (model(x).argmax(1) == y)).float().mean())
 
 
-def acceptance_section(n: int, ta, queries: int) -> list[dict]:
+ACCEPTANCE_MODELS = ("digits_mlp", "digits_cnn_pgd_at", "mnist_cnn")
+
+
+def acceptance_section(n: int, ta, queries: int, names=ACCEPTANCE_MODELS) -> list[dict]:
     rows = []
     header = f"  {'model':18s} {'n':>4s} {'clean':>6s} {'ours AA':>8s} {'ta AA':>6s} {'Δ pp':>6s} {'PGD-CE+m':>8s} {'ours s':>7s} {'ta s':>7s} {'ours/ta':>7s} {'CPU o/t':>7s}"
     print("\n[acceptance 1] AutoAttack (standard): advlab vs torchattacks, same points\n" + header)
-    for name, (model, x, y, eps) in trained_models(["digits_mlp", "digits_cnn_pgd_at", "mnist_cnn"]).items():
+    for name, (model, x, y, eps) in trained_models(names).items():
         x, y = x[:n], y[:n]
         with torch.no_grad():
             clean = float((model(x).argmax(1) == y).float().mean())
@@ -176,6 +179,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--curve-n", type=int, default=None, help="test points of the curve section (default: all)")
     ap.add_argument("--curve-arch", default="cnn", choices=["cnn", "wide_mlp"], help="the curve section's digits model")
     ap.add_argument("--deterministic", action="store_true", help="curve: PGD without random start (masks then equal)")
+    ap.add_argument("--models", nargs="+", default=list(ACCEPTANCE_MODELS), choices=ACCEPTANCE_MODELS, help="acceptance models")
     ap.add_argument("--queries", type=int, default=5000, help="Square queries (torchattacks' AutoAttack: 5000)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
@@ -187,7 +191,7 @@ def main(argv=None) -> dict:
     if args.curve:
         result["curve"] = curve_section(args.curve_arch, args.curve_n, not args.deterministic)
     if args.acceptance:
-        result["acceptance"] = acceptance_section(args.n, ta, args.queries)
+        result["acceptance"] = acceptance_section(args.n, ta, args.queries, args.models)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "robust_eval_cpu.json"
     write_json(out, result)  # atomic: a reader never sees half a result
     print(f"wrote {out}")
