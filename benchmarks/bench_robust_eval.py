@@ -120,7 +120,8 @@ def curve_section(arch: str, n: int | None, random_start: bool) -> dict:
     for mode, r in runs.items():
         # with random starts the draws differ between modes (not their distribution): a few borderline points
         diff = sum(int((r["curves"][a]["robust"] != ref[a]["robust"]).sum()) for a in ref)
-        res["modes"][mode] = {"attacked": r["attacked"], "seconds": r["seconds"], "cpu_s": r["cpu_s"], "mask_differences": diff,
+        res["modes"][mode] = {"attacked": r["attacked"], "attacked_per_attack": {a: c["attacked"] for a, c in r["curves"].items()},
+                              "seconds": r["seconds"], "cpu_s": r["cpu_s"], "mask_differences": diff,
                               "acc": {a: accuracy(c["robust"]) for a, c in r["curves"].items()},
                               "attack_ratio_vs_all": r["attacked"] / runs["all_points"]["attacked"],
                               "time_ratio_vs_all": r["seconds"] / runs["all_points"]["seconds"],
@@ -131,6 +132,7 @@ def curve_section(arch: str, n: int | None, random_start: bool) -> dict:
         print(f"  {mode:22s} attacked {r['attacked']:7d} ({m['attack_ratio_vs_all']:.3f}× all)  {r['seconds']:7.2f} s "
               f"({m['time_ratio_vs_all']:.3f}× all, {m['time_ratio_vs_eps_only']:.3f}× ε-only)  CPU {r['cpu_s']:7.2f} s "
               f"({m['cpu_ratio_vs_all']:.3f}× all, {m['cpu_ratio_vs_eps_only']:.3f}× ε-only)  mask diffs {diff}")
+        print(f"  {'':22s} attacked per attack: {m['attacked_per_attack']}")
     return res
 
 

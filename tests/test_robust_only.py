@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_attacks import batch, digits, mlp  # noqa: F401  (module-scoped fixtures)
+from test_methods import _trained_digits_mlp, _trainer
 
 from advlab.analysis.robustness import robustness_curves
 from advlab.attacks import FGSM, PGD, robust_accuracy
-from advlab.data import DigitsDataModule
-from advlab.methods import StandardTraining
-from advlab.models import MLP
-from test_attacks import batch, digits, mlp  # noqa: F401  (module-scoped fixtures)
-from test_methods import OPT, _trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,11 +80,7 @@ def test_robust_only_rejects_a_non_boolean_diagnostics(mlp, batch):
 
 
 def test_test_step_attacks_only_the_clean_correct_points():
-    dm = DigitsDataModule(seed=0)
-    dm.setup()
-    torch.manual_seed(0)
-    module = StandardTraining(MLP(dm.input_shape, 10, width=64, mean=dm.mean, std=dm.std), OPT)
-    _trainer(3).fit(module, dm)
+    module, dm = _trained_digits_mlp()
     module.eval_attack = _counting(PGD)(0.05, steps=5, random_start=False)
     module.eval_attack.calls = []
     res = _trainer().test(module, dm, verbose=False)[0]
