@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # ~3 min on 2 cores: trains the MLP, then torchattacks' Square spends its 5,000 queries
+@pytest.mark.slow  # ~70 s on 2 cores (more under load): trains the MLP, then torchattacks' Square spends its 5,000 queries
 def test_autoattack_matches_torchattacks_on_a_trained_digits_mlp(tmp_path):
     pytest.importorskip("torchattacks", reason="torchattacks not installed: pip install --no-deps torchattacks")
     out = tmp_path / "acceptance.json"
