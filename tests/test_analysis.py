@@ -33,7 +33,7 @@ def test_curves_start_at_clean_accuracy_never_rise_and_pgd_is_below_fgsm(digits_
     model, x, y = digits_mlp
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
-    curves = robustness_curves(model, _attacks(), EPS, x, y, progress=False)
+    curves = robustness_curves(model, _attacks(), EPS, x, y, diagnostics=True, progress=False)  # exact alone / by_loss
     for name, c in curves.items():
         acc = accuracy(c["robust"])
         assert acc[0] == pytest.approx(clean)  # ε = 0 is clean accuracy
@@ -54,7 +54,7 @@ def test_margin_loss_sees_through_a_saturated_softmax(digits_mlp):
     margin loss shows it, and the combined curve follows it."""
     model, x, y = digits_mlp
     saturated = nn.Sequential(model, _Scale(1e4)).eval()
-    curves = robustness_curves(saturated, {"fgsm_linf": FGSM(0.1)}, EPS, x, y, progress=False)["fgsm_linf"]
+    curves = robustness_curves(saturated, {"fgsm_linf": FGSM(0.1)}, EPS, x, y, diagnostics=True, progress=False)["fgsm_linf"]
     ce, margin, combined = accuracy(curves["by_loss"]["ce"]), accuracy(curves["by_loss"]["margin"]), accuracy(curves["robust"])
     assert ce[-1] > margin[-1] + 0.3  # CE is fooled by the masking
     reference = accuracy(robustness_curves(model, {"fgsm_linf": FGSM(0.1)}, EPS, x, y, losses=["ce"], progress=False)["fgsm_linf"]["robust"])

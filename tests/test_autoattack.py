@@ -459,7 +459,7 @@ def test_robustness_curves_report_the_saving(mlp, batch):
 
     x, y = batch
     curves = robustness_curves(mlp, {"pgd": PGD(0.1, steps=3, random_start=False)}, {"linf": [0.0, 0.05, 0.1]},
-                               x, y, losses=("ce", "margin"), progress=False)
+                               x, y, losses=("ce", "margin"), diagnostics=True, progress=False)
     c = curves["pgd"]
     assert c["attacked_all"] == 2 * 3 * len(x)
     assert c["attacked"] == int(c["by_loss"]["ce"][:-1].sum() + c["by_loss"]["margin"][:-1].sum())
@@ -471,10 +471,15 @@ def test_robustness_curves_run_fixed_loss_attacks_once(mlp, batch):
     x, y = batch
     aa = AutoAttack(0.1, attacks=("apgd-ce", "apgd-t"), apgd_steps=5, n_target_classes=3)
     curves = robustness_curves(mlp, {"aa": aa, "pgd": PGD(0.1, steps=3)}, {"linf": [0.0, 0.05, 0.1]}, x, y,
-                               losses=("ce", "margin"), progress=False)
+                               losses=("ce", "margin"), diagnostics=True, progress=False)
     assert list(curves["aa"]["by_loss"]) == ["own"] and list(curves["pgd"]["by_loss"]) == ["ce", "margin"]
     assert torch.equal(curves["aa"]["alone"], curves["aa"]["by_loss"]["own"])
     assert curves["aa"]["alone"][-1].float().mean() < curves["aa"]["alone"][0].float().mean()
+    # robust-only: PGD runs only where AutoAttack left points robust, so it has no exact curve of its own
+    only = robustness_curves(mlp, {"aa": copy.deepcopy(aa), "pgd": PGD(0.1, steps=3)}, {"linf": [0.0, 0.05, 0.1]}, x, y,
+                             losses=("ce", "margin"), progress=False)
+    assert list(only["aa"]["by_loss"]) == ["own"] and only["pgd"]["by_loss"] == {} and only["pgd"]["alone"] is None
+    assert only["pgd"]["attacked"] <= int(only["aa"]["robust"][1:].sum()) * 2 < curves["pgd"]["attacked"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

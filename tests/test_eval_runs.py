@@ -54,7 +54,8 @@ def test_comparison_preset_with_a_train_run_checkpoint(advlab_root, train_run):
     """experiment=paknezhad_digits, shrunk: 3 methods × 2 seeds trained, cached and compared, and an
     advlab-train run given by its directory, all on the same test points; W&B offline files."""
     train, train_metrics = train_run
-    run = run_advlab(advlab_root, "experiment=paknezhad_digits", "seeds=[0,1]", *FAST_EVAL, f"+models.trained_run.checkpoint={train.run_dir}",
+    run = run_advlab(advlab_root, "experiment=paknezhad_digits", "seeds=[0,1]", *FAST_EVAL,
+                     "robustness.diagnostics=true", f"+models.trained_run.checkpoint={train.run_dir}",
                      "off_support.dataset=synthetic", "off_support.dataset.dim=64", "off_support.dataset.kind=uniform",  # another "dataset"
                      "logger=wandb", module=EVAL, env=ONE_THREAD)
     m = _ok(run)

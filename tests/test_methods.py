@@ -29,12 +29,18 @@ class ToPrototype(Attack):
         return self.prototypes[y]
 
 
-def test_eval_attack_metrics_follow_the_rules():
+def _trained_digits_mlp():
+    """(StandardTraining of a digits MLP trained 3 epochs, its datamodule)."""
     dm = DigitsDataModule(seed=0)
     dm.setup()
     torch.manual_seed(0)
     module = StandardTraining(MLP(dm.input_shape, 10, width=64, mean=dm.mean, std=dm.std), OPT)
     _trainer(3).fit(module, dm)
+    return module, dm
+
+
+def test_eval_attack_metrics_follow_the_rules():
+    module, dm = _trained_digits_mlp()
     module.eval_attack = PGD(eps=0.0, norm="linf")
     res = _trainer().test(module, dm, verbose=False)[0]
     assert res["test/adv_acc"] == res["test/acc"]  # ε = 0 is clean accuracy

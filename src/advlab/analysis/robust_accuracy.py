@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from advlab.analysis import robustness as curves_of
 from advlab.analysis.protocol import Analysis, Points, curve_stat, label, stat, write_csv
+from advlab.errors import ConfigError
 
 log = logging.getLogger("advlab.evaluate")
 
@@ -19,7 +20,11 @@ HEADER = ["model", "member", "attack", "norm", "eps", "robust_acc", "attack_alon
 class RobustAccuracy(Analysis):
     key = "robustness"
 
-    def __init__(self, run, eps, losses, cumulative: bool, attacks, robustbench_eps=None, bounds=None):
+    def __init__(self, run, eps, losses, cumulative: bool, attacks, diagnostics: bool = False, robustbench_eps=None,
+                 bounds=None):
+        if diagnostics not in (True, False):
+            raise ConfigError("robustness.diagnostics", f"must be a boolean, got {diagnostics!r}; allowed: true, false")
+        self.diagnostics = bool(diagnostics)
         self.attacks = {name: instantiate(attacks[name], bounds=bounds) for name in run}
         self.eps_grids = {norm: [float(e) for e in eps[norm]] for norm in ("linf", "l2")}
         self.losses, self.cumulative = list(losses), bool(cumulative)
@@ -28,9 +33,10 @@ class RobustAccuracy(Analysis):
     def run(self, member, points: Points) -> dict:
         curves = curves_of.robustness_curves(
             member.model, self.attacks, self.eps_grids, points.x, points.y, losses=self.losses, cumulative=self.cumulative,
-            batch_size=points.batch_size, device=points.device, desc=label(member))
+            diagnostics=self.diagnostics, batch_size=points.batch_size, device=points.device, desc=label(member))
         acc = curves_of.accuracy
-        return {name: {"norm": c["norm"], "eps": c["eps"], "acc": acc(c["robust"]), "alone": acc(c["alone"]),
+        return {name: {"norm": c["norm"], "eps": c["eps"], "acc": acc(c["robust"]),
+                       "alone": None if c["alone"] is None else acc(c["alone"]),  # None: not exact without diagnostics
                        "by_loss": {loss: acc(mask) for loss, mask in c["by_loss"].items()},
                        "attacked": c["attacked"], "attacked_all": c["attacked_all"]}
                 for name, c in curves.items()}
@@ -41,7 +47,8 @@ class RobustAccuracy(Analysis):
             curves = [r["robustness"][attack] for r in results]
             entry = curve_stat([c["acc"] for c in curves], first["eps"])
             entry["norm"] = first["norm"]
-            entry["alone_mean"] = curve_stat([c["alone"] for c in curves], first["eps"])["mean"]
+            alone = [c["alone"] for c in curves]
+            entry["alone_mean"] = None if None in alone else curve_stat(alone, first["eps"])["mean"]
             entry["by_loss_mean"] = {loss: curve_stat([c["by_loss"][loss] for c in curves], first["eps"])["mean"]
                                      for loss in first["by_loss"]}
             # attack calls per point (over ε and losses): robust-only vs attacking every point
@@ -102,6 +109,6 @@ def _rows(per_member: dict) -> list[list]:
             for attack, c in r["robustness"].items():
                 none = [None] * len(c["eps"])
                 for i, eps in enumerate(c["eps"]):
-                    rows.append([name, r["member"], attack, c["norm"], eps, c["acc"][i], c["alone"][i],
+                    rows.append([name, r["member"], attack, c["norm"], eps, c["acc"][i], (c["alone"] or none)[i],
                                  c["by_loss"].get("ce", none)[i], c["by_loss"].get("margin", none)[i]])
     return rows

@@ -33,6 +33,8 @@ def craft_adversarial(source, attack, x: torch.Tensor, y: torch.Tensor, *, batch
     if attack.targeted:
         raise ConfigError("attack.targeted", "attack transfer needs an untargeted attack; allowed: false")
     out = torch.empty_like(x)
+    # every point is attacked, also those the source misclassifies clean (not robust-only): the
+    # examples are the transfer set, and a target may classify correctly what the source does not
     for i in progress_bar(range(0, len(x), batch_size), desc=desc, disable=not progress):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         out[i : i + batch_size] = attack(source, xb, yb).detach().cpu()

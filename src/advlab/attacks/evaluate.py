@@ -84,7 +84,7 @@ def robust_accuracy(model: nn.Module, attack: Attack, loader_or_tensors, device=
 
 def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors, eps_grid, device=None,
                             batch_size: int = 256, progress=None, robust_only: bool = True,
-                            stats: dict | None = None) -> torch.Tensor:
+                            stats: dict | None = None, known_robust: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample robustness at each ε of ``eps_grid`` (ascending): a bool tensor (len(grid), N).
 
     A sample is robust at ε if the model classifies it correctly clean and the attack broke it at no
@@ -95,9 +95,12 @@ def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors,
     ``robust_only``: at each ε only the samples still robust are attacked (the others are non-robust
     whatever the attack returns). Per sample the result is the same as attacking every sample for an
     attack whose result on a sample does not depend on the rest of the batch (no random draws; with
-    random starts the draws differ, not their distribution). ``stats`` (a dict) receives
-    ``attacked`` / ``attacked_all``: attacked samples summed over ε, with and without it.
-    ``attack.eps`` is restored afterwards. ``progress`` (a tqdm bar or None) is advanced per batch.
+    random starts the draws differ, not their distribution). ``known_robust`` ((len(grid), N) bool,
+    non-increasing in ε: what other attacks left robust) makes the result the worst case of both, and
+    with ``robust_only`` the samples it already marks broken at ε are not attacked there.
+    ``stats`` (a dict) receives ``attacked`` / ``attacked_all``: attacked samples summed over ε, with
+    robust-only and when attacking all. ``attack.eps`` is restored afterwards. ``progress`` (a tqdm
+    bar or None) is advanced per batch.
     """
     _check_untargeted(attack)
     grid = [float(e) for e in eps_grid]
@@ -105,36 +108,45 @@ def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors,
         raise ConfigError("attack.eps_grid", f"must be a non-empty ascending list of eps >= 0, got {list(eps_grid)!r}")
     dev = _device_of(model, device)
     saved_eps = attack.eps
-    masks, attacked, attacked_all = [], 0, 0
+    masks, counts, start = [], {"attacked": 0, "attacked_all": 0}, 0
     try:
         for x, y in _batches(loader_or_tensors, batch_size):
             x, y = x.to(dev), y.to(dev)
-            ok = _predict(model, x, y)
-            rows = []
-            for eps in grid:
-                attack.eps = eps
-                attacked_all += x.shape[0]
-                if robust_only:
-                    idx = ok.nonzero().squeeze(1)
-                    if idx.numel() and eps > 0:
-                        xi, yi = x.index_select(0, idx), y.index_select(0, idx)
-                        ok[idx] = _predict(model, attack(model, xi, yi), yi)
-                        attacked += idx.numel()
-                else:
-                    ok = ok & _predict(model, attack(model, x, y), y)
-                    attacked += x.shape[0]
-                rows.append(ok.cpu().clone())
-            masks.append(torch.stack(rows))
+            prior = None if known_robust is None else known_robust[:, start:start + len(x)].to(dev)
+            start += len(x)
+            masks.append(_curve_of_batch(model, attack, x, y, grid, robust_only, prior, counts))
             if progress is not None:
                 progress.update(1)
     finally:
         attack.eps = saved_eps
     if stats is not None:
-        stats["attacked"] = stats.get("attacked", 0) + attacked
-        stats["attacked_all"] = stats.get("attacked_all", 0) + attacked_all
+        for key, value in counts.items():
+            stats[key] = stats.get(key, 0) + value
     if not masks:
         raise ValueError("no samples to evaluate")
     return torch.cat(masks, dim=1)
+
+
+def _curve_of_batch(model, attack, x, y, grid, robust_only, prior, counts) -> torch.Tensor:
+    """(len(grid), len(x)) robustness of one batch; see ``robust_curve_per_sample``."""
+    ok = _predict(model, x, y)
+    rows = []
+    for k, eps in enumerate(grid):
+        attack.eps = eps
+        counts["attacked_all"] += x.shape[0]
+        if prior is not None:
+            ok = ok & prior[k]
+        if robust_only:
+            idx = ok.nonzero().squeeze(1)
+            if idx.numel() and eps > 0:
+                xi, yi = x.index_select(0, idx), y.index_select(0, idx)
+                ok[idx] = _predict(model, attack(model, xi, yi), yi)
+                counts["attacked"] += idx.numel()
+        else:
+            ok = ok & _predict(model, attack(model, x, y), y)
+            counts["attacked"] += x.shape[0]
+        rows.append(ok.cpu().clone())
+    return torch.stack(rows)
 
 
 def robust_accuracy_curve(model: nn.Module, attack: Attack, loader_or_tensors, eps_grid, device=None,

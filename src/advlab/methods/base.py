@@ -141,10 +141,14 @@ class ClassifierModule(pl.LightningModule):
         self.test_acc(logits, y)
         self.log("test/acc", self.test_acc, on_epoch=True, batch_size=len(y))
         if self.eval_attack is not None:
-            with torch.enable_grad():  # Lightning evaluates under no_grad; the attack needs input gradients
-                x_adv = self.eval_attack(self.model, x, y)
-            # robust = correct on x_adv AND on x: a sample misclassified when clean is never robust
-            robust = (self.model(x_adv).argmax(1) == y) & (logits.argmax(1) == y)
+            # robust = correct on x_adv AND on x: a sample misclassified when clean is never robust, so
+            # only the clean-correct ones are attacked (the same numbers, fewer attacked points)
+            robust = logits.argmax(1) == y
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel():
+                with torch.enable_grad():  # Lightning evaluates under no_grad; the attack needs input gradients
+                    x_adv = self.eval_attack(self.model, x[idx], y[idx])
+                robust[idx] = self.model(x_adv).argmax(1) == y[idx]
             self.test_adv_acc.update(robust.float())
             self.log("test/adv_acc", self.test_adv_acc, on_epoch=True, batch_size=len(y))
         return logits
