@@ -148,7 +148,8 @@ ACCEPTANCE_MODELS = ("digits_mlp", "digits_cnn_pgd_at", "mnist_cnn")
 
 def acceptance_section(n: int, ta, queries: int, names=ACCEPTANCE_MODELS) -> list[dict]:
     rows = []
-    header = f"  {'model':18s} {'n':>4s} {'clean':>6s} {'ours AA':>8s} {'ta AA':>6s} {'Δ pp':>6s} {'PGD-CE+m':>8s} {'ours s':>7s} {'ta s':>7s} {'ours/ta':>7s} {'CPU o/t':>7s}"
+    header = (f"  {'model':18s} {'n':>4s} {'clean':>6s} {'ours AA':>8s} {'ta AA':>6s} {'Δ pp':>6s} {'PGD-CE+m':>8s}"
+              f" {'ours s':>7s} {'ta s':>7s} {'ours/ta':>7s} {'CPU o/t':>7s}")
     print("\n[acceptance 1] AutoAttack (standard): advlab vs torchattacks, same points\n" + header)
     for name, (model, x, y, eps) in trained_models(names).items():
         x, y = x[:n], y[:n]
