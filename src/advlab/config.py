@@ -166,8 +166,6 @@ TRAIN_ON = ("adv", "delta")
 # Mutual-information estimators (advlab.analysis.information) and the MI callback's key.
 MI_ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
 MI_CALLBACK = "callbacks.mutual_information"
-# Methods a model spec (`source`, advlab-eval's `models`) can name.
-MODEL_METHODS = ("standard", "adversarial", "sparsity", "external")
 # advlab-eval's choices.
 ANALYSES = ("robustness", "deepfool", "off_support", "linearity", "masking")
 POINTS = ("all", "common_correct")
@@ -205,7 +203,7 @@ def _arch_node(cfg, node: str) -> None:
 
 
 def _sparsity_params(cfg, node: str) -> None:
-    """The data-sparsity method's arguments (`method.*`, or a model spec's `params.*`)."""
+    """The data-sparsity method's arguments (`method.*`, or a model spec's `method.*`)."""
     for key in ("sigma_u", "lam", "adv_ratio", "adv_eps"):
         _number(cfg, f"{node}.{key}", minimum=0)
     _number(cfg, f"{node}.sigma_n", minimum=0, strict_min=True)
@@ -240,18 +238,19 @@ def _mi_estimators(cfg, key: str) -> None:
 
 def _model_spec(cfg, key: str) -> None:
     """A model spec's keys: advlab-train's `source`, advlab-transfer's `source` / `target`, the
-    `models.<name>` of advlab-eval and advlab-probe, advlab-eval's `model_defaults`."""
-    _choice(cfg, f"{key}.method", MODEL_METHODS)
-    if _get(cfg, f"{key}.method") == "external":  # a weight file: checked here, imports torch
+    `models.<name>` of advlab-eval and advlab-probe."""
+    method = _get(cfg, f"{key}.method")
+    if method == "external":  # a weight file: checked here, imports torch
         from advlab.models.external import check_spec
 
         check_spec(_get(cfg, key), key)
+        return
+    if method is not None and not OmegaConf.is_dict(method):
+        specs = "|".join(group_options("spec"))
+        raise ConfigError(f"{key}.method", f"unknown value {method!r}; allowed: a method node, chosen with the spec: spec@{key}={specs}")
     _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
     _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
-    params = _get(cfg, f"{key}.params")
-    if params is not None and not OmegaConf.is_dict(params):
-        raise ConfigError(f"{key}.params", f"expected a mapping of the method's arguments, got {params!r}")
-    _sparsity_params(cfg, f"{key}.params")
+    _sparsity_params(cfg, f"{key}.method")
     _attack_node(cfg, f"{key}.attack")
     _arch_node(cfg, f"{key}.arch")
 
@@ -288,7 +287,7 @@ def _validate_eval(cfg: DictConfig) -> None:
         entry = models[name]
         key = f"models.{name}"
         if entry is not None and not OmegaConf.is_dict(entry):
-            raise ConfigError(key, f"expected a model spec (method, params, ...) or {{checkpoint: <run dir>}}, got {entry!r}")
+            raise ConfigError(key, f"expected a model spec (spec@{key}=standard, ...) or {{checkpoint: <run dir>}}, got {entry!r}")
         if entry is not None and "checkpoint" in entry:
             extra = sorted(set(entry) - {"checkpoint"})
             if extra:
@@ -298,7 +297,7 @@ def _validate_eval(cfg: DictConfig) -> None:
                 checkpoint_files(path, f"{key}.checkpoint")
             continue
         _model_spec(cfg, key)
-    _model_spec(cfg, "model_defaults")
+    _number(cfg, "model_defaults.max_epochs", minimum=1, integer=True)
     checkpoints = _list(cfg, "checkpoints", nonempty=False)
     for i, path in enumerate(checkpoints):
         checkpoint_files(path, f"checkpoints[{i}]")
@@ -347,10 +346,10 @@ def validate(cfg: DictConfig) -> None:
     for spec in ("source", "target"):
         _model_spec(cfg, spec)
     if _get(cfg, "method.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
-        raise ConfigError("method.measure_transfer", "needs a trained source spec, not source=external; allowed: false")
+        raise ConfigError("method.measure_transfer", "needs a trained source spec, not spec@source=external; allowed: false")
     _number(cfg, "method.adv_ratio", minimum=0)
     _sparsity_params(cfg, "method")
-    _number(cfg, "method.optimizer.lr", minimum=0, strict_min=True)
+    _number(cfg, "optimizer.lr", minimum=0, strict_min=True)
     _number(cfg, "method.label_smoothing", minimum=0)
     _arch_node(cfg, "arch")
     # method=robust_dataset (representation inversion)
@@ -389,9 +388,9 @@ def _validate_probe(cfg: DictConfig) -> None:
     _number(cfg, "probe.batch_size", minimum=1, integer=True)
     models = _get(cfg, "models")
     if not models:
-        raise ConfigError("models", "name at least one model spec, e.g. models.NT.method=standard")
+        raise ConfigError("models", "name at least one model spec, e.g. +spec@models.NT=standard")
     for name in models:
         _model_spec(cfg, f"models.{name}")
-        if _get(cfg, f"models.{name}.method") == "adversarial" and _get(cfg, f"models.{name}.attack") is None:
+        if str(_get(cfg, f"models.{name}.method._target_")).endswith("AdversarialTraining") and _get(cfg, f"models.{name}.attack") is None:
             raise ConfigError(f"models.{name}.attack", "an adversarial model needs an attack, e.g. models.AT.attack=${attack}")
     _mi_estimators(cfg, "probe.mi.estimators")

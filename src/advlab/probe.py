@@ -17,7 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
@@ -84,7 +84,9 @@ def probe(cfg: DictConfig) -> None:
     batch = int(cfg.probe.batch_size)
     results, information, metrics = {}, {}, {}
     for name, spec in cfg.models.items():
-        model, model_metrics, _ = artifacts.model(spec, datamodule, name=f"model {name}")
+        if spec.get("arch") is None:  # the `arch` group's architecture
+            spec = OmegaConf.merge(spec, {"arch": cfg.arch})
+        model, model_metrics, _ = artifacts.model(spec, datamodule, name=f"model {name}", where=f"models.{name}")
         inputs = {"clean": x}
         if attack is not None:
             inputs["adversarial"] = torch.cat([attack(model, x[i : i + batch].to(device), y[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)])

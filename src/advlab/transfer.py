@@ -63,7 +63,7 @@ def transfer(cfg: DictConfig) -> float | None:
     target_data = _training_data(cfg.target, datamodule, "target")
     loggers = start_loggers(cfg, out_dir)
 
-    artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
+    artifacts = Artifacts(cache, trainer=cfg.trainer)
     source_spec, target_spec = (OmegaConf.create(_spec(s)) for s in (cfg.source, cfg.target))
     source, source_metrics, source_key = artifacts.model(source_spec, source_data, name="source model")
     target, target_metrics, target_key = artifacts.model(target_spec, target_data, name="target model")

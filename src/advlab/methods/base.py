@@ -27,11 +27,22 @@ def check_number(key: str, value, minimum: float, *, integer: bool = False, stri
     return int(value) if integer else float(value)
 
 
+def optimizer_config(factory) -> dict:
+    """The `_partial_` config node of an optimizer factory (a functools.partial of a class)."""
+    import functools
+
+    if not isinstance(factory, functools.partial):
+        raise ConfigError("optimizer", f"expected a `_partial_: true` optimizer node (e.g. conf/optimizer/sgd.yaml), got {factory!r}")
+    func = factory.func
+    return {"_target_": f"{func.__module__}.{func.__qualname__}", "_partial_": True, **factory.keywords}
+
+
 class ClassifierModule(pl.LightningModule):
     """Standard (clean) training. Subclasses change what a training batch is.
 
-    `optimizer` / `scheduler` are config nodes (`_target_` + kwargs) instantiated in
-    `configure_optimizers`; `eval_attack` (an `advlab.attacks.Attack` or None) adds `test/adv_acc`.
+    `optimizer`: a callable taking the parameters (a `_partial_` optimizer node, instantiated), or such a
+    node itself; `scheduler`: a config node instantiated in `configure_optimizers` (its `interval` and
+    `total_steps: null` are known only there); `eval_attack` (an Attack or None) adds `test/adv_acc`.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None,
@@ -39,10 +50,12 @@ class ClassifierModule(pl.LightningModule):
         super().__init__()
         # Every init argument but the objects, as plain values (checkpoints load with weights_only=True);
         # `record_configs` adds how to rebuild the objects, so `load_from_checkpoint(path)` needs nothing else.
-        self.save_hyperparameters(ignore=["model", "attack", "eval_attack"], logger=False)
+        self.save_hyperparameters(ignore=["model", "attack", "eval_attack", "optimizer"], logger=False)
         for key, value in list(self.hparams.items()):
             if OmegaConf.is_config(value):
                 self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+        self.optimizer_factory = optimizer if callable(optimizer) else instantiate(optimizer, _partial_=True)
+        self.hparams["optimizer"] = optimizer_config(self.optimizer_factory)  # what rebuilds it on loading
         self.label_smoothing = check_number("method.label_smoothing", label_smoothing, 0.0)
         if self.label_smoothing >= 1.0:
             raise ConfigError("method.label_smoothing", f"must be in [0, 1), got {label_smoothing!r}")
@@ -52,7 +65,6 @@ class ClassifierModule(pl.LightningModule):
         if self.channels_last and len(getattr(model, "input_shape", ())) == 3:
             model.to(memory_format=torch.channels_last)  # NHWC weights: convolutions then run NHWC
         self.model = model
-        self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         self.eval_attack = eval_attack
         classes = model.num_classes
@@ -153,7 +165,7 @@ class ClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = instantiate(self.optimizer_cfg, params=params)
+        optimizer = self.optimizer_factory(params)
         if not self.scheduler_cfg:
             return optimizer
         cfg = dict(self.scheduler_cfg)
