@@ -25,7 +25,7 @@ from conftest import REPO
 OPT = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}
 ARCH = OmegaConf.create({"_target_": "advlab.models.MLP", "_partial_": True, "width": 32})
 PGD_CFG = {"_target_": "advlab.attacks.PGD", "eps": 0.5, "norm": "l2", "steps": 3}
-SOURCE = {"arch": OmegaConf.to_container(ARCH), "method": "standard", "max_epochs": 1, "seed": 0, "optimizer": OPT}
+SOURCE = {"arch": OmegaConf.to_container(ARCH), "method": {"_target_": "advlab.methods.StandardTraining"}, "max_epochs": 1, "seed": 0, "optimizer": OPT}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_load_from_checkpoint_needs_nothing_but_the_path(cls, tmp_path, one_torc
     if cls in (AdversarialTraining, PerturbationLearning):
         assert isinstance(loaded.attack, PGD) and loaded.attack.eps == 0.5 and loaded.attack.norm == "l2"
     if cls is RobustDataset:
-        assert loaded.steps == 7 and loaded.source_cfg["method"] == "standard"
+        assert loaded.steps == 7 and loaded.source_cfg["method"]["_target_"] == "advlab.methods.StandardTraining"
     if cls is PerturbationLearning:
         assert loaded.target_rule == "rand"
 

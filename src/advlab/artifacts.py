@@ -68,7 +68,7 @@ class Artifacts:
 
     def __init__(self, cache: ArtifactCache, trainer=None, accelerator: str | None = None, progress: bool = True):
         self.cache = cache
-        self.trainer = plain(trainer) or {}
+        self.trainer = trainer if trainer is not None else {}
         self.accelerator = accelerator if accelerator is not None else self.trainer.get("accelerator", "auto")
         self.device = pick_device(self.accelerator)
         self.progress = progress

@@ -38,7 +38,7 @@ def build_classifier(method: DictConfig, arch, datamodule, *, optimizer, schedul
     if attack is not None and not isinstance(attack, Attack):
         attack = instantiate(attack, bounds=datamodule.bounds)
     if OmegaConf.is_config(optimizer) or isinstance(optimizer, dict):
-        optimizer = instantiate(optimizer)
+        optimizer = instantiate(optimizer, _partial_=True)
     if attack is not None:
         objects["attack"] = attack
     model = build_model(arch, datamodule)
@@ -48,10 +48,12 @@ def build_classifier(method: DictConfig, arch, datamodule, *, optimizer, schedul
 def spec_trainer(run_trainer, spec) -> dict:
     """The training settings of a model spec: the run's trainer settings, then the spec's own
     `trainer` node, then its `max_epochs` (placement keys left out: the artifact cache sets them)."""
+    from advlab.cache import plain
+
     merged = {"_target_": "pytorch_lightning.Trainer"}
     for node in (run_trainer, spec.get("trainer")):
-        node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
-        merged.update({k: v for k, v in node.items() if k not in PLACEMENT_KEYS})
+        # only these keys are resolved: placement keys may point into the Hydra job (`${paths.output_dir}`)
+        merged.update({str(k): plain(node[k]) for k in (node or {}) if k not in PLACEMENT_KEYS})
     merged["max_epochs"] = int(spec.max_epochs)
     return merged
 
