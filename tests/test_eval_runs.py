@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from advlab.cli import precheck
-from advlab.config import rewrite_overrides
 from advlab.errors import ConfigError
 from conftest import run_advlab
 
@@ -108,7 +107,7 @@ def _eval_cfg(*overrides):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("eval", overrides=rewrite_overrides(list(overrides)))
+        return compose("eval", overrides=list(overrides))
 
 
 def test_checkpoint_entries_and_a_foreign_test_set(train_run):
@@ -164,7 +163,7 @@ BAD = [
 @pytest.mark.parametrize("overrides,key,message", BAD, ids=[b[1] for b in BAD])
 def test_bad_eval_settings_are_caught_by_the_preflight_check(overrides, key, message):
     with pytest.raises(ConfigError) as err:
-        precheck(rewrite_overrides(overrides), "eval")
+        precheck(overrides, "eval")
     assert str(err.value).startswith(key + ":") and message in str(err.value)
 
 

@@ -9,7 +9,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from advlab.cli import precheck
-from advlab.config import rewrite_overrides
 from advlab.errors import ConfigError
 from conftest import run_advlab
 
@@ -170,16 +169,16 @@ def test_preflight_unknown_builder_bad_normalize_and_unfitting_weights(resnet, t
     path, _, _ = resnet
     spec = _spec(path)
     with pytest.raises(ConfigError, match=r"^models\.r\.arch\.builder: unknown builder 'resnet19'; allowed: .*resnet18"):
-        precheck(rewrite_overrides([_override("+models.r", {**spec, "arch": {"_target_": TV, "builder": "resnet19"}})]), "eval")
+        precheck([_override("+models.r", {**spec, "arch": {"_target_": TV, "builder": "resnet19"}})], "eval")
     with pytest.raises(ConfigError, match=r"^models\.r\.normalize: .*std > 0"):
-        precheck(rewrite_overrides([_override("+models.r", {**spec, "normalize": {"mean": [0.0], "std": [0.0]}})]), "eval")
+        precheck([_override("+models.r", {**spec, "normalize": {"mean": [0.0], "std": [0.0]}})], "eval")
     missing = tmp_path / "nope.pt"
     with pytest.raises(ConfigError, match=rf"^target\.weights: {missing} does not exist; give the path of a state-dict file"):
-        precheck(rewrite_overrides(_external_role("target", missing), "transfer"), "transfer")
+        precheck(_external_role("target", missing), "transfer")
     with pytest.raises(ConfigError, match=r"^method\.measure_transfer: needs a trained source spec"):
-        precheck(rewrite_overrides([*_external_role("source", path), "method.measure_transfer=true"]), "train")
+        precheck([*_external_role("source", path), "method.measure_transfer=true"], "train")
     with pytest.raises(ConfigError, match=r"^target\.weights: is required"):
-        precheck(rewrite_overrides(["target=external"], "transfer"), "transfer")
+        precheck(["target=external"], "transfer")
     from advlab.models.external import load_external
 
     wrong = {**spec, "arch": {"_target_": TV, "builder": "resnet34"}}
@@ -193,7 +192,7 @@ def test_preflight_unknown_builder_bad_normalize_and_unfitting_weights(resnet, t
 
 @pytest.mark.parametrize("preset", ["autoattack_digits", "autoattack_mnist"])
 def test_autoattack_presets_compose_and_pass_the_preflight(preset):
-    precheck(rewrite_overrides([f"experiment={preset}"]), "eval")
+    precheck([f"experiment={preset}"], "eval")
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -208,7 +207,7 @@ def test_autoattack_presets_compose_and_pass_the_preflight(preset):
     assert "masking" in cfg.analyses and cfg.robustness.attacks.autoattack._target_.endswith("AutoAttack")
     assert cfg.dataset._target_.endswith("MNISTDataModule" if preset.endswith("mnist") else "DigitsDataModule")
     with pytest.raises(ConfigError, match=r"^robustbench_eps: 0\.3 is not on the ε grid of autoattack; allowed: \[0.0, 0.05, 0.1, 0.2\] or null"):
-        precheck(rewrite_overrides([f"experiment={preset}", "robustbench_eps=0.3"]), "eval")
+        precheck([f"experiment={preset}", "robustbench_eps=0.3"], "eval")
 
 
 @pytest.mark.slow  # ~40 s: crafts the training set's targeted examples on the resnet18

@@ -1,11 +1,10 @@
-"""Config location, resolvers, CLI shorthands and validation of user input before any work starts.
+"""Config location, resolvers and validation of user input before any work starts.
 
 Bad input gets one line naming the key and the allowed values (exit code 2), never a traceback.
 """
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -72,63 +71,7 @@ def group_options(group: str) -> list[str]:
 
 
 GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep",
-          "scheduler")
-# CLI shorthands for groups composed at another package: `source.arch=cnn` means `arch@source.arch=cnn`
-# (with a `+` where the app's defaults list does not compose that package already).
-ALIASES = {
-    "source": "spec", "target": "spec",
-    "source.arch": "arch", "target.arch": "arch",
-    "source.attack": "attack", "target.attack": "attack",
-    "source.dataset": "dataset", "target.dataset": "dataset",
-    "eval_attack": "attack",
-    "off_support.dataset": "dataset",
-    "method.scheduler": "scheduler", "source.scheduler": "scheduler",
-}
-
-
-def composed_packages(config_name: str) -> set[str]:
-    """`group@package` entries of an app's defaults list (conf/<config_name>.yaml)."""
-    path = CONF_DIR / f"{config_name}.yaml"
-    if not path.is_file():
-        return set()
-    entries = OmegaConf.load(path).get("defaults") or []
-    return {str(k).lstrip("/") for e in entries if isinstance(e, (dict, DictConfig)) for k in e.keys()}
-
-
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-
-
-def rewrite_overrides(args: list[str], config_name: str = "train") -> list[str]:
-    """Apply the CLI shorthands.
-
-    `eps=0.37` (or `-m eps=0.1,0.37`): a number names the ε directly. Hydra group options must be
-    strings, so numbers become `eps='0.3'` where an option file exists, else `eps.value=0.37`.
-    `source.arch=cnn`, `target.dataset=mnist`, `eval_attack=fgsm`: a group option composed at
-    that node (see ALIASES).
-    """
-    composed = composed_packages(config_name)
-    out = []
-    for arg in args:
-        prefix = ""
-        body = arg
-        for p in ("++", "+", "~"):
-            if body.startswith(p):
-                prefix, body = p, body[len(p):]
-                break
-        key, sep, value = body.partition("=")
-        if sep and key in ALIASES and not prefix and value != "null":  # `method.scheduler=null`: the plain key
-            name = f"{ALIASES[key]}@{key}"
-            prefix, body = ("" if name in composed else "+"), f"{name}={value}"
-        elif sep and key == "eps" and not prefix:
-            values = value.split(",")
-            if values and all(_NUMBER.match(v.strip()) for v in values):
-                options = set(group_options("eps"))
-                if all(v.strip() in options for v in values):
-                    body = "eps=" + ",".join(f"'{v.strip()}'" for v in values)
-                else:
-                    body = "eps.value=" + ",".join(v.strip() for v in values)
-        out.append(prefix + body)
-    return out
+          "scheduler", "optimizer")
 
 
 # -- validation of a composed config ----------------------------------------------------------------
@@ -193,6 +136,10 @@ def _attack_node(cfg, node: str) -> None:
 
 def _arch_node(cfg, node: str) -> None:
     """An architecture's size knobs: `arch`, or a model spec's `arch`."""
+    value = _get(cfg, node)
+    if value is not None and not OmegaConf.is_dict(value):
+        raise ConfigError(node, f"expected an architecture node, got {value!r}; choose one with arch@{node}=<option>, "
+                                f"allowed: {', '.join(group_options('arch'))}")
     for key in ("width", "depth", "growth_rate", "num_init_features", "bn_size"):
         _number(cfg, f"{node}.{key}", minimum=1, integer=True)
     for key in ("width_mult", "logit_scale"):
