@@ -153,7 +153,7 @@ def test_size_knobs_are_validated_before_any_work():
 
     cases = ((["arch=mobilenet_v2", "arch.width_mult=0"], "arch.width_mult"),
              (["arch=densenet121", "arch.growth_rate=1.5"], "arch.growth_rate"),
-             (["source.arch=resnet9", "source.arch.width=0"], "source.arch.width"))
+             (["arch@source.arch=resnet9", "source.arch.width=0"], "source.arch.width"))
     for overrides, key in cases:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -54,7 +54,7 @@ def test_comparison_preset_with_a_train_run_checkpoint(advlab_root, train_run):
     advlab-train run given by its directory, all on the same test points; W&B offline files."""
     train, train_metrics = train_run
     run = run_advlab(advlab_root, "experiment=paknezhad_digits", "seeds=[0,1]", *FAST_EVAL, f"+models.trained_run.checkpoint={train.run_dir}",
-                     "off_support.dataset=synthetic", "off_support.dataset.dim=64", "off_support.dataset.kind=uniform",  # another "dataset"
+                     "dataset@off_support.dataset=synthetic", "off_support.dataset.dim=64", "off_support.dataset.kind=uniform",  # another "dataset"
                      "logger=wandb", module=EVAL, env=ONE_THREAD)
     m = _ok(run)
     assert set(m["models"]) == {"standard", "adversarial", "sparsity", "trained_run"}
@@ -133,10 +133,10 @@ def test_checkpoint_entries_and_a_foreign_test_set(train_run):
 
 
 def test_bad_input_is_one_line_before_any_work(advlab_root):
-    run = run_advlab(advlab_root, "+models.mine.method=magic", "logger=csv", module=EVAL)
+    run = run_advlab(advlab_root, "+spec@models.mine=magic", "logger=csv", module=EVAL)
     assert run.returncode == 2 and "Traceback" not in run.log
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-    assert lines == ["advlab-eval: error: models.mine.method: unknown value 'magic'; allowed: standard, adversarial, sparsity, external"]
+    assert lines == ["advlab-eval: error: spec@models.mine: unknown option 'magic'; allowed: adversarial, external, sparsity, standard"]
     assert not (advlab_root / "cache").exists()
 
 
@@ -149,7 +149,8 @@ BAD = [
     (["deepfool.norms=[l1]"], "deepfool.norms", "allowed: l2, linf"),
     (["off_support.kinds=[laplace]"], "off_support.kinds", "allowed: uniform, gaussian"),
     (["seeds=[0,one]"], "seeds", "integers"),
-    (["+models.s.method=sparsity", "+models.s.params.sigma_n=0"], "models.s.params.sigma_n", "> 0"),
+    (["+spec@models.s=sparsity", "models.s.method.sigma_n=0"], "models.s.method.sigma_n", "> 0"),
+    (["models.standard.method=sparsity"], "models.standard.method", "allowed: a method node, chosen with the spec: spec@models.standard="),
     (["checkpoints=[/no/such/run]"], "checkpoints[0]", "/no/such/run does not exist"),
     (["models=null"], "models", "nothing to evaluate"),
     (["linearity.loss=hinge"], "linearity.loss", "allowed: ce, margin"),

@@ -131,7 +131,7 @@ TRANSFER = ["attack.steps=5", "logger=csv", "source.max_epochs=2", "source.arch.
 
 
 def _external_role(role: str, path) -> list[str]:
-    return [f"{role}=external", f"{role}.weights={path}", f"{role}.arch=torchvision", f"{role}.normalize={{mean:[{MEAN}],std:[{STD}]}}"]
+    return [f"spec@{role}=external", f"{role}.weights={path}", f"arch@{role}.arch=torchvision", f"{role}.normalize={{mean:[{MEAN}],std:[{STD}]}}"]
 
 
 def test_external_model_as_transfer_target(advlab_root, resnet):
@@ -178,7 +178,7 @@ def test_preflight_unknown_builder_bad_normalize_and_unfitting_weights(resnet, t
     with pytest.raises(ConfigError, match=r"^method\.measure_transfer: needs a trained source spec"):
         precheck([*_external_role("source", path), "method.measure_transfer=true"], "train")
     with pytest.raises(ConfigError, match=r"^target\.weights: is required"):
-        precheck(["target=external"], "transfer")
+        precheck(["spec@target=external"], "transfer")
     from advlab.models.external import load_external
 
     wrong = {**spec, "arch": {"_target_": TV, "builder": "resnet34"}}
@@ -202,7 +202,7 @@ def test_autoattack_presets_compose_and_pass_the_preflight(preset):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"experiment={preset}"])
     assert set(cfg.models) == {"standard", "adversarial", "sparsity_1e4", "sparsity_100"}
-    assert cfg.models.sparsity_1e4.params.lam == 1e4 and cfg.models.sparsity_100.params.lam == 100
+    assert cfg.models.sparsity_1e4.method.lam == 1e4 and cfg.models.sparsity_100.method.lam == 100
     assert list(cfg.robustness.run) == ["pgd_linf", "autoattack"] and list(cfg.robustness.losses) == ["ce"]
     assert "masking" in cfg.analyses and cfg.robustness.attacks.autoattack._target_.endswith("AutoAttack")
     assert cfg.dataset._target_.endswith("MNISTDataModule" if preset.endswith("mnist") else "DigitsDataModule")

@@ -80,3 +80,29 @@ def test_specs_are_composed_by_hydra(digits, tmp_path):
         Artifacts(ArtifactCache(tmp_path)).model_spec(OmegaConf.merge(spec, {"method": {"adv_ration": 1}}), digits)
     evaluation = _compose("+spec@models.s=sparsity", "models.s.method.lam=300", "model_defaults.max_epochs=4", app="eval")
     assert evaluation.models.s.method.lam == 300 and evaluation.models.s.max_epochs == 4 and evaluation.models.standard.max_epochs == 4
+
+
+def test_what_is_typed_is_what_hydra_records_and_the_source_trains_with(advlab_root):
+    """advlab-train in a subprocess: `.hydra/overrides.yaml` is the command line as typed, and the
+    source model (trained through the same path) follows the run's precision and its own optimiser."""
+    import json
+
+    import yaml
+
+    from conftest import run_advlab
+
+    typed = ["method=perturbation", "arch@source.arch=mlp", "optimizer@source.optimizer=adam", "source.optimizer.lr=0.01",
+             "eps.value=1.5", "trainer.precision=bf16-mixed", "trainer.max_epochs=2", "source.max_epochs=2", "attack.steps=5",
+             "callbacks=none", "logger=csv", "arch.width=64"]
+    run = run_advlab(advlab_root, *typed)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert yaml.safe_load((run.run_dir / ".hydra" / "overrides.yaml").read_text()) == typed
+    records = [json.loads(p.read_text()) for p in (advlab_root / "cache" / "models").glob("*.json")]
+    assert len(records) == 1
+    spec = records[0]["spec"]
+    assert spec["trainer"] == {"precision": "bf16-mixed"} and spec["arch"]["_target_"] == "advlab.models.MLP"
+    assert spec["optimizer"]["_target_"] == "torch.optim.Adam" and spec["optimizer"]["lr"] == 0.01
+    resolved = yaml.safe_load((run.run_dir / "config_resolved.yaml").read_text())
+    assert resolved["attack"]["eps"] == 1.5 and resolved["source"]["arch"]["_target_"] == "advlab.models.MLP"
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["source/test/acc"] > 0.3 and metrics["perturb/delta_l2_mean"] <= 1.5 + 1e-4

@@ -191,11 +191,10 @@ def precheck(args: list[str], config_name: str = "train") -> None:
     GlobalHydra.instance().clear()
 
 
-def run_hydra_app(hydra_entry, prog: str, config_name: str, argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+def run_hydra_app(hydra_entry, prog: str, config_name: str) -> None:
+    """Check the command line as Hydra will read it (sys.argv, untouched), then hand over to Hydra."""
     try:
-        precheck(args, config_name)
+        precheck(sys.argv[1:], config_name)
     except ConfigError as err:
         fail_with(prog, err)
-    sys.argv = [sys.argv[0], *args]
     hydra_entry()

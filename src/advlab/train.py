@@ -1,7 +1,7 @@
 """advlab-train: one training run (standard, adversarial or perturbation learning) from its config.
 
     advlab-train                                   # perturbation learning on digits, D_det rule
-    advlab-train method=adversarial attack=pgd_linf eps=0.1 eval_attack=pgd_linf
+    advlab-train method=adversarial attack=pgd_linf eps=digits_linf attack@eval_attack=pgd_linf
     advlab-train -m arch=wide_mlp,cnn method.target_rule=det,rand
 """
 from __future__ import annotations

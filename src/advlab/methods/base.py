@@ -27,14 +27,17 @@ def check_number(key: str, value, minimum: float, *, integer: bool = False, stri
     return int(value) if integer else float(value)
 
 
-def optimizer_config(factory) -> dict:
-    """The `_partial_` config node of an optimizer factory (a functools.partial of a class)."""
+def optimizer_config(optimizer):
+    """A plain `_partial_` config of an optimizer (what rebuilds it from a checkpoint's hyperparameters):
+    of a config node, a functools.partial of a class, or a class; None for other callables."""
     import functools
 
-    if not isinstance(factory, functools.partial):
-        raise ConfigError("optimizer", f"expected a `_partial_: true` optimizer node (e.g. conf/optimizer/sgd.yaml), got {factory!r}")
-    func = factory.func
-    return {"_target_": f"{func.__module__}.{func.__qualname__}", "_partial_": True, **factory.keywords}
+    if not callable(optimizer):
+        return OmegaConf.to_container(optimizer, resolve=True) if OmegaConf.is_config(optimizer) else optimizer
+    func, keywords = (optimizer.func, optimizer.keywords) if isinstance(optimizer, functools.partial) else (optimizer, {})
+    if not isinstance(func, type):
+        return None
+    return {"_target_": f"{func.__module__}.{func.__qualname__}", "_partial_": True, **keywords}
 
 
 class ClassifierModule(pl.LightningModule):
@@ -54,8 +57,8 @@ class ClassifierModule(pl.LightningModule):
         for key, value in list(self.hparams.items()):
             if OmegaConf.is_config(value):
                 self.hparams[key] = OmegaConf.to_container(value, resolve=True)
-        self.optimizer_factory = optimizer if callable(optimizer) else instantiate(optimizer, _partial_=True)
-        self.hparams["optimizer"] = optimizer_config(self.optimizer_factory)  # what rebuilds it on loading
+        self.optimizer_spec = optimizer  # a callable or a `_partial_` node: built when Lightning asks for it
+        self.hparams["optimizer"] = optimizer_config(optimizer)  # what rebuilds it on loading
         self.label_smoothing = check_number("method.label_smoothing", label_smoothing, 0.0)
         if self.label_smoothing >= 1.0:
             raise ConfigError("method.label_smoothing", f"must be in [0, 1), got {label_smoothing!r}")
@@ -165,7 +168,8 @@ class ClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        factory = self.optimizer_spec if callable(self.optimizer_spec) else instantiate(self.optimizer_spec, _partial_=True)
+        optimizer = factory(params)
         if not self.scheduler_cfg:
             return optimizer
         cfg = dict(self.scheduler_cfg)
