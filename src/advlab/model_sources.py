@@ -70,9 +70,15 @@ def checkpoint_files(path, key: str) -> tuple[Path, Path]:
     return ckpt.resolve(), config.resolve()
 
 
+def with_arch(spec, arch) -> DictConfig:
+    """The spec with the app's `arch` when it names none (conf/spec/: `arch: null`)."""
+    if spec.get("arch") is not None:
+        return spec
+    return OmegaConf.merge(spec, {"arch": OmegaConf.to_container(arch, resolve=True) if OmegaConf.is_config(arch) else arch})
+
+
 def resolve_entries(cfg: DictConfig) -> list[Entry]:
     """Turn `models`, `seeds` and `checkpoints` into entries (no training, no loading)."""
-    arch = OmegaConf.to_container(cfg.arch, resolve=True) if cfg.get("arch") is not None else None
     seeds = [int(s) for s in _as_list(cfg.get("seeds"))] or [int(cfg.seed)]
     entries = []
     models = OmegaConf.to_container(cfg.models, resolve=True) if cfg.get("models") else {}
@@ -92,7 +98,7 @@ def resolve_entries(cfg: DictConfig) -> list[Entry]:
             continue
         entry = Entry(str(name), key)
         for seed in seeds[:1] if node.get("method") == "external" else seeds:  # a file: the same model for every seed
-            entry.specs.append(OmegaConf.create({**node, "arch": node.get("arch") or arch, "seed": seed}))
+            entry.specs.append(with_arch(OmegaConf.create({**node, "seed": seed}), cfg.get("arch")))
             entry.members.append(f"seed={seed}")
         entries.append(entry)
     for i, path in enumerate(_as_list(cfg.get("checkpoints"))):

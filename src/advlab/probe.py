@@ -17,7 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from advlab.cli import run_hydra_app
 from advlab.config import CONF_DIR, validate
@@ -57,6 +57,7 @@ def probe(cfg: DictConfig) -> None:
     from advlab.analysis.activations import layer_outputs, resolve_layers
     from advlab.analysis.information import InformationEstimator
     from advlab.artifacts import Artifacts
+    from advlab.model_sources import with_arch
     from advlab.report.grids import image_rows
     from advlab.report.information import texture_shape, texture_shape_information
     from advlab.utils.run import data_and_cache, finish_loggers, start_loggers
@@ -84,9 +85,7 @@ def probe(cfg: DictConfig) -> None:
     batch = int(cfg.probe.batch_size)
     results, information, metrics = {}, {}, {}
     for name, spec in cfg.models.items():
-        if spec.get("arch") is None:  # the `arch` group's architecture
-            spec = OmegaConf.merge(spec, {"arch": cfg.arch})
-        model, model_metrics, _ = artifacts.model(spec, datamodule, name=f"model {name}", where=f"models.{name}")
+        model, model_metrics, _ = artifacts.model(with_arch(spec, cfg.arch), datamodule, name=f"model {name}", where=f"models.{name}")
         inputs = {"clean": x}
         if attack is not None:
             inputs["adversarial"] = torch.cat([attack(model, x[i : i + batch].to(device), y[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
