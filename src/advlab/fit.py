@@ -18,13 +18,14 @@ log = logging.getLogger(__name__)
 
 FIT_METRICS = ("val/acc", "train/acc")
 # Trainer keys that say where and how visibly a model trains, not what its weights become: the
-# artifact cache sets them itself, and they stay out of a model's cache key.
+# artifact cache sets them itself, and they stay out of a model's cache key (the accelerator too: a
+# cached model is shared by CPU and GPU runs; max_epochs: a spec's own, keyed on its own).
 PLACEMENT_KEYS = ("_target_", "default_root_dir", "accelerator", "devices", "num_nodes", "strategy", "sync_batchnorm", "plugins",
                   "logger", "callbacks", "enable_checkpointing", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
                   "num_sanity_val_steps", "inference_mode", "max_epochs", "limit_val_batches", "limit_test_batches",
                   "check_val_every_n_epoch", "val_check_interval", "profiler", "barebones")
-# conf/trainer/default.yaml's values of the other keys: a spec trained with them keeps the cache key it
-# had before trainer settings entered the key
+# conf/trainer/default.yaml's values of the other keys: the key of a spec trained with them has no
+# `trainer` entry, so it does not change when the run's trainer config lists them
 DEFAULT_TRAINING = {"precision": "32-true", "deterministic": False}
 
 

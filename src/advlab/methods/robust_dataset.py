@@ -47,7 +47,9 @@ class RobustDataset(ClassifierModule):
 
     def prepare(self, datamodule, artifacts):
         source, source_metrics, source_key = artifacts.model(self.source_cfg, datamodule, name="representation model")
-        self.dataset_name = "D_R" if source_key.get("attack") is not None else "D_NR"  # adversarially trained
+        method = source_key["method"]  # a method node, or "external"
+        adversarial = isinstance(method, dict) and str(method.get("_target_")).endswith("AdversarialTraining")
+        self.dataset_name = "D_R" if adversarial else "D_NR"
         spec = {"construction": "representation_inversion", "source": source_key, "steps": self.steps,
                 "step_size": self.step_size, "seed": self.construct_seed}
         x, y = datamodule.x_train, datamodule.y_train
