@@ -65,7 +65,7 @@ def test_the_optimizer_group_serves_the_run_and_the_source(digits):
     source = build_classifier(cfg.source.method, ARCH, digits, optimizer=cfg.source.optimizer)
     sgd = source.configure_optimizers()
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"] is True and sgd.param_groups[0]["momentum"] == 0.9
-    assert module.hparams["optimizer"] == {"_target_": "torch.optim.adam.Adam", "_partial_": True, "lr": 0.003, "weight_decay": 0.0}
+    assert module.hparams["optimizer"] == {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.003, "weight_decay": 0.0}
 
 
 def test_specs_are_composed_by_hydra(digits, tmp_path):

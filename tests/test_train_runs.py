@@ -128,7 +128,7 @@ def test_multirun_over_groups_and_free_eps(advlab_root):
 
 
 def test_a_failing_run_still_closes_its_wandb_run(advlab_root):
-    run = run_advlab(advlab_root, "method=standard", *FAST, "logger=wandb", "method.optimizer._target_=torch.optim.NoSuchOptimizer")
+    run = run_advlab(advlab_root, "method=standard", *FAST, "logger=wandb", "optimizer._target_=torch.optim.NoSuchOptimizer")
     assert run.returncode != 0 and not (run.run_dir / "metrics.json").exists()
     debug = next((run.run_dir / "wandb").glob("offline-run-*/logs/debug.log")).read_text()
     assert "finishing run" in debug and "exitcode: 1" in debug

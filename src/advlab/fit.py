@@ -30,16 +30,14 @@ DEFAULT_TRAINING = {"precision": "32-true", "deterministic": False}
 
 
 def build_classifier(method: DictConfig, arch, datamodule, *, optimizer, scheduler=None, attack=None, **objects):
-    """The LightningModule of a `method` node around a fresh `arch` model. `optimizer`: a config node
-    (`_partial_`) or a callable; `attack`: a config node (instantiated with the data's bounds) or an
+    """The LightningModule of a `method` node around a fresh `arch` model. `optimizer`: a `_partial_`
+    config node (the module builds it when Lightning asks for it) or a callable; `attack`: a config node (instantiated with the data's bounds) or an
     Attack; `objects`: further constructor arguments (eval_attack, source, ...)."""
     from advlab.attacks.base import Attack
     from advlab.models import build_model
 
     if attack is not None and not isinstance(attack, Attack):
         attack = instantiate(attack, bounds=datamodule.bounds)
-    if OmegaConf.is_config(optimizer) or isinstance(optimizer, dict):
-        optimizer = instantiate(optimizer, _partial_=True)
     if attack is not None:
         objects["attack"] = attack
     model = build_model(arch, datamodule)
