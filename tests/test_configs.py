@@ -141,7 +141,7 @@ def test_the_command_line_is_hydras_own():
     ("source.arch=cnn", "source.arch: is a config node: choose its arch option with Hydra's package syntax, arch@source.arch=cnn"),
     ("attack@eval_attack=pgd", "attack@eval_attack: unknown option 'pgd'; allowed: "),
     ("source=external", "source: is a config node: choose its spec option with Hydra's package syntax, spec@source=external"),
-    ("attack@eval_attack=fgsm", "eval_attack: is a config node: choose its attack option with Hydra's package syntax, attack@eval_attack=fgsm"),
+    ("eval_attack=fgsm", "eval_attack: is a config node: choose its attack option with Hydra's package syntax, attack@eval_attack=fgsm"),
 ])
 def test_old_shorthands_are_refused_with_the_hydra_form(typed, message):
     from advlab.cli import precheck
