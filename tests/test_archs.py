@@ -149,15 +149,15 @@ def test_size_knobs_are_validated_before_any_work():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from advlab.config import CONF_DIR, rewrite_overrides, validate
+    from advlab.config import CONF_DIR, validate
 
     cases = ((["arch=mobilenet_v2", "arch.width_mult=0"], "arch.width_mult"),
              (["arch=densenet121", "arch.growth_rate=1.5"], "arch.growth_rate"),
-             (["source.arch=resnet9", "source.arch.width=0"], "source.arch.width"))
+             (["arch@source.arch=resnet9", "source.arch.width=0"], "source.arch.width"))
     for overrides, key in cases:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=rewrite_overrides(overrides))
+            cfg = compose("train", overrides=overrides)
         with pytest.raises(ConfigError, match=f"^{key}:"):
             validate(cfg)
     GlobalHydra.instance().clear()

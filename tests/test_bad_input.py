@@ -9,12 +9,14 @@ CASES = [
     (["arch=transformer"], "arch", "allowed: cnn, densenet121, googlenet, mlp"),
     (["-m", "dataset=digits,imagenet"], "dataset", "allowed: cifar10, cifar10_jpeg, digits"),
     (["trainer.max_epochs=ten"], "trainer.max_epochs", "integer"),
-    (["eps=-0.5"], "eps.value", ">= 0"),
+    (["eps.value=-0.5"], "eps.value", ">= 0"),
+    (["eps=0.37"], "eps", "any other ε: eps.value=0.37"),  # a number is a value, not a named budget
+    (["source.arch=cnn"], "source.arch", "arch@source.arch=cnn"),  # a group option at a node: Hydra's package syntax
     (["attack.norm=l3"], "attack.norm", "allowed: linf, l2"),
     (["method.target_rule=random"], "method.target_rule", "allowed: det, rand, uniform"),
     (["dataset=mnist"], "dataset.data_dir", "download"),  # no MNIST files under <root>/data
     (["paths.cache_dir=/proc/advlab-cache"], "paths.cache_dir", "writable"),
-    (["source.arch=vgg"], "arch@source.arch", "allowed:"),
+    (["arch@source.arch=vgg"], "arch@source.arch", "allowed:"),
     (["dataset=synthetic", "dataset.kind=laplace"], "dataset.kind", "allowed: gaussian"),  # raised inside instantiate
     (["arch=cnn", "dataset=synthetic"], "arch", "image inputs"),  # a model that cannot take this data
 ]

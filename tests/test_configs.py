@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from advlab.attacks import FABT, Attack, AutoAttack
-from advlab.config import CONF_DIR, group_options, rewrite_overrides, validate
+from advlab.config import CONF_DIR, group_options, validate
 from advlab.data import DigitsDataModule
 from advlab.data.derived import derived_builder
 from advlab.errors import ConfigError
@@ -27,7 +27,7 @@ def digits():
 def _compose(*overrides, app="train"):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(app, overrides=list(rewrite_overrides(list(overrides))), return_hydra_config=False)
+        return compose(app, overrides=list(overrides), return_hydra_config=False)
 
 
 def test_groups_have_the_designed_options():
@@ -50,7 +50,7 @@ def test_every_arch_instantiates_and_maps_pixels_to_logits(arch, digits):
 
 @pytest.mark.parametrize("attack", group_options("attack"))
 def test_every_attack_instantiates_with_eps_from_its_group(attack, digits):
-    cfg = _compose(f"attack={attack}", "eps=0.25")
+    cfg = _compose(f"attack={attack}", "eps.value=0.25")
     atk = instantiate(cfg.attack, bounds=[0.0, 1.0])
     assert isinstance(atk, Attack) and atk.eps == pytest.approx(0.25)
     model = build_model(cfg.arch, digits)
@@ -68,7 +68,8 @@ def test_every_method_instantiates(method, digits):
     cfg = _compose(f"method={method}")
     atk = instantiate(cfg.attack, bounds=[0.0, 1.0])
     training, builder = derived_builder(cfg.method)  # perturbation, robust_dataset: StandardTraining + a dataset builder
-    module = instantiate(training, model=build_model(cfg.arch, digits), attack=atk, eval_attack=None, _recursive_=False)
+    module = instantiate(training, model=build_model(cfg.arch, digits), optimizer=instantiate(cfg.optimizer), attack=atk,
+                         eval_attack=None, _recursive_=False)
     assert isinstance(module, ClassifierModule)
     assert (builder is not None) == (method in ("perturbation", "robust_dataset"))
     opt = module.configure_optimizers()
@@ -90,8 +91,11 @@ def test_every_dataset_config_instantiates(dataset, tmp_path):
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_preset_composes_and_validates(experiment):
-    cfg = _compose(f"experiment={experiment}")
+    from advlab.cli import precheck
+
     try:
+        precheck([f"experiment={experiment}"], "train")
+        cfg = _compose(f"experiment={experiment}")
         validate(cfg)
     except ConfigError as err:  # a preset comparing models is advlab-eval's, and advlab-train says so
         assert err.key == "experiment" and "advlab-eval" in str(err)
@@ -102,6 +106,10 @@ def test_every_experiment_preset_composes_and_validates(experiment):
     assert cfg.experiment_name != "${hydra:runtime.choices.method}-${hydra:runtime.choices.dataset}"
 
 
+# the literature's named budgets (conf/eps/); n px: n/255
+NAMED_EPS = {"mnist_linf": 0.3, "mnist_l2": 2.0, "cifar_linf": 8 / 255, "cifar_l2": 0.5, "digits_linf": 0.1, "digits_l2": 2.0}
+
+
 @pytest.mark.parametrize("option", group_options("eps"))
 def test_eps_options_and_free_values(option):
     cfg = _compose(f"eps={option}")
@@ -110,18 +118,39 @@ def test_eps_options_and_free_values(option):
     if option.endswith("px"):
         assert value == pytest.approx(int(option[:-2]) / 255)
     else:
-        assert value == pytest.approx(float(option))
-    assert _compose("eps=0.3713").eps.value == pytest.approx(0.3713)  # a free value, no file needed
-    assert _compose("eps=0.3713").attack.eps == pytest.approx(0.3713)
+        assert value == pytest.approx(NAMED_EPS[option])
+    assert _compose(f"eps={option}", "eps.value=0.3713").eps.value == pytest.approx(0.3713)  # a free value, no file needed
+    assert _compose("eps.value=0.3713").attack.eps == pytest.approx(0.3713)
 
 
-def test_cli_shorthands():
-    assert rewrite_overrides(["eps=0.3", "eps=0.123", "-m", "eps=0.1,0.77", "source.arch=cnn", "eval_attack=fgsm"]) == [
-        "eps='0.3'", "eps.value=0.123", "-m", "eps.value=0.1,0.77", "+arch@source.arch=cnn", "attack@eval_attack=fgsm"]
-    cfg = _compose("source.arch=cnn", "eval_attack=fgsm")
+def test_the_command_line_is_hydras_own():
+    """Groups composed at another node are chosen with Hydra's package syntax; nothing is rewritten."""
+    cfg = _compose("arch@source.arch=cnn", "attack@eval_attack=fgsm", "spec@source=adversarial", "attack@source.attack=pgd_l2",
+                   "scheduler=one_cycle", "optimizer=adam")
     assert cfg.source.arch._target_ == "advlab.models.CNN" and cfg.arch._target_ == "advlab.models.WideMLP"
     assert cfg.eval_attack._target_ == "advlab.attacks.FGSM"
     assert "width" not in cfg.source.arch  # composed fresh, not merged onto the trained arch
+    assert cfg.source.method._target_ == "advlab.methods.AdversarialTraining" and cfg.source.attack.norm == "l2"
+    assert cfg.scheduler._target_.endswith("one_cycle") and cfg.optimizer._target_ == "torch.optim.Adam"
+    transfer = _compose("arch@source.arch=cnn", "arch@target.arch=mlp", "eps=mnist_linf", app="transfer")
+    assert transfer.source.arch._target_ == "advlab.models.CNN" and transfer.target.arch._target_ == "advlab.models.MLP"
+    assert transfer.attack.eps == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("typed,message", [
+    ("eps=0.37", "eps: unknown option '0.37'; allowed: 16px, 2px, 45px, 4px, 8px, cifar_l2, cifar_linf, digits_l2, digits_linf, "
+                 "mnist_l2, mnist_linf; any other ε: eps.value=0.37"),
+    ("source.arch=cnn", "source.arch: is a config node: choose its arch option with Hydra's package syntax, arch@source.arch=cnn"),
+    ("attack@eval_attack=pgd", "attack@eval_attack: unknown option 'pgd'; allowed: "),
+    ("source=external", "source: is a config node: choose its spec option with Hydra's package syntax, spec@source=external"),
+    ("eval_attack=fgsm", "eval_attack: is a config node: choose its attack option with Hydra's package syntax, attack@eval_attack=fgsm"),
+])
+def test_old_shorthands_are_refused_with_the_hydra_form(typed, message):
+    from advlab.cli import precheck
+
+    with pytest.raises(ConfigError) as err:
+        precheck([typed], "train")
+    assert str(err.value).startswith(message)
 
 
 def test_wandb_offline_unless_opted_in(monkeypatch):
@@ -135,7 +164,7 @@ def test_wandb_offline_unless_opted_in(monkeypatch):
 
 def test_validate_rejects_wrong_types():
     for overrides, key in ((["seed=abc"], "seed"), (["attack.steps=0"], "attack.steps"), (["dataset.batch_size=1.5"], "dataset.batch_size"),
-                           (["method.optimizer.lr=0"], "method.optimizer.lr")):
+                           (["optimizer.lr=0"], "optimizer.lr")):
         with pytest.raises(ConfigError, match=f"^{key}:"):
             validate(_compose(*overrides))
 

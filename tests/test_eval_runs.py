@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from advlab.cli import precheck
-from advlab.config import rewrite_overrides
 from advlab.errors import ConfigError
 from conftest import run_advlab
 
@@ -56,7 +55,7 @@ def test_comparison_preset_with_a_train_run_checkpoint(advlab_root, train_run):
     train, train_metrics = train_run
     run = run_advlab(advlab_root, "experiment=paknezhad_digits", "seeds=[0,1]", *FAST_EVAL,
                      "robustness.diagnostics=true", f"+models.trained_run.checkpoint={train.run_dir}",
-                     "off_support.dataset=synthetic", "off_support.dataset.dim=64", "off_support.dataset.kind=uniform",  # another "dataset"
+                     "dataset@off_support.dataset=synthetic", "off_support.dataset.dim=64", "off_support.dataset.kind=uniform",  # another "dataset"
                      "logger=wandb", module=EVAL, env=ONE_THREAD)
     m = _ok(run)
     assert set(m["models"]) == {"standard", "adversarial", "sparsity", "trained_run"}
@@ -109,7 +108,7 @@ def _eval_cfg(*overrides):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("eval", overrides=rewrite_overrides(list(overrides)))
+        return compose("eval", overrides=list(overrides))
 
 
 def test_checkpoint_entries_and_a_foreign_test_set(train_run):
@@ -135,10 +134,10 @@ def test_checkpoint_entries_and_a_foreign_test_set(train_run):
 
 
 def test_bad_input_is_one_line_before_any_work(advlab_root):
-    run = run_advlab(advlab_root, "+models.mine.method=magic", "logger=csv", module=EVAL)
+    run = run_advlab(advlab_root, "+spec@models.mine=magic", "logger=csv", module=EVAL)
     assert run.returncode == 2 and "Traceback" not in run.log
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-    assert lines == ["advlab-eval: error: models.mine.method: unknown value 'magic'; allowed: standard, adversarial, sparsity, external"]
+    assert lines == ["advlab-eval: error: spec@models.mine: unknown option 'magic'; allowed: adversarial, external, sparsity, standard"]
     assert not (advlab_root / "cache").exists()
 
 
@@ -151,7 +150,8 @@ BAD = [
     (["deepfool.norms=[l1]"], "deepfool.norms", "allowed: l2, linf"),
     (["off_support.kinds=[laplace]"], "off_support.kinds", "allowed: uniform, gaussian"),
     (["seeds=[0,one]"], "seeds", "integers"),
-    (["+models.s.method=sparsity", "+models.s.params.sigma_n=0"], "models.s.params.sigma_n", "> 0"),
+    (["+spec@models.s=sparsity", "models.s.method.sigma_n=0"], "models.s.method.sigma_n", "> 0"),
+    (["models.standard.method=sparsity"], "models.standard.method", "package syntax, method@models.standard.method=sparsity"),
     (["checkpoints=[/no/such/run]"], "checkpoints[0]", "/no/such/run does not exist"),
     (["models=null"], "models", "nothing to evaluate"),
     (["linearity.loss=hinge"], "linearity.loss", "allowed: ce, margin"),
@@ -165,7 +165,7 @@ BAD = [
 @pytest.mark.parametrize("overrides,key,message", BAD, ids=[b[1] for b in BAD])
 def test_bad_eval_settings_are_caught_by_the_preflight_check(overrides, key, message):
     with pytest.raises(ConfigError) as err:
-        precheck(rewrite_overrides(overrides), "eval")
+        precheck(overrides, "eval")
     assert str(err.value).startswith(key + ":") and message in str(err.value)
 
 

@@ -9,7 +9,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from advlab.cli import precheck
-from advlab.config import rewrite_overrides
 from advlab.errors import ConfigError
 from conftest import run_advlab
 
@@ -132,7 +131,7 @@ TRANSFER = ["attack.steps=5", "logger=csv", "source.max_epochs=2", "source.arch.
 
 
 def _external_role(role: str, path) -> list[str]:
-    return [f"{role}=external", f"{role}.weights={path}", f"{role}.arch=torchvision", f"{role}.normalize={{mean:[{MEAN}],std:[{STD}]}}"]
+    return [f"spec@{role}=external", f"{role}.weights={path}", f"arch@{role}.arch=torchvision", f"{role}.normalize={{mean:[{MEAN}],std:[{STD}]}}"]
 
 
 def test_external_model_as_transfer_target(advlab_root, resnet):
@@ -170,16 +169,16 @@ def test_preflight_unknown_builder_bad_normalize_and_unfitting_weights(resnet, t
     path, _, _ = resnet
     spec = _spec(path)
     with pytest.raises(ConfigError, match=r"^models\.r\.arch\.builder: unknown builder 'resnet19'; allowed: .*resnet18"):
-        precheck(rewrite_overrides([_override("+models.r", {**spec, "arch": {"_target_": TV, "builder": "resnet19"}})]), "eval")
+        precheck([_override("+models.r", {**spec, "arch": {"_target_": TV, "builder": "resnet19"}})], "eval")
     with pytest.raises(ConfigError, match=r"^models\.r\.normalize: .*std > 0"):
-        precheck(rewrite_overrides([_override("+models.r", {**spec, "normalize": {"mean": [0.0], "std": [0.0]}})]), "eval")
+        precheck([_override("+models.r", {**spec, "normalize": {"mean": [0.0], "std": [0.0]}})], "eval")
     missing = tmp_path / "nope.pt"
     with pytest.raises(ConfigError, match=rf"^target\.weights: {missing} does not exist; give the path of a state-dict file"):
-        precheck(rewrite_overrides(_external_role("target", missing), "transfer"), "transfer")
+        precheck(_external_role("target", missing), "transfer")
     with pytest.raises(ConfigError, match=r"^method\.measure_transfer: needs a trained source spec"):
-        precheck(rewrite_overrides([*_external_role("source", path), "method.measure_transfer=true"]), "train")
+        precheck([*_external_role("source", path), "method.measure_transfer=true"], "train")
     with pytest.raises(ConfigError, match=r"^target\.weights: is required"):
-        precheck(rewrite_overrides(["target=external"], "transfer"), "transfer")
+        precheck(["spec@target=external"], "transfer")
     from advlab.models.external import load_external
 
     wrong = {**spec, "arch": {"_target_": TV, "builder": "resnet34"}}
@@ -193,7 +192,7 @@ def test_preflight_unknown_builder_bad_normalize_and_unfitting_weights(resnet, t
 
 @pytest.mark.parametrize("preset", ["autoattack_digits", "autoattack_mnist"])
 def test_autoattack_presets_compose_and_pass_the_preflight(preset):
-    precheck(rewrite_overrides([f"experiment={preset}"]), "eval")
+    precheck([f"experiment={preset}"], "eval")
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -203,12 +202,12 @@ def test_autoattack_presets_compose_and_pass_the_preflight(preset):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"experiment={preset}"])
     assert set(cfg.models) == {"standard", "adversarial", "sparsity_1e4", "sparsity_100"}
-    assert cfg.models.sparsity_1e4.params.lam == 1e4 and cfg.models.sparsity_100.params.lam == 100
+    assert cfg.models.sparsity_1e4.method.lam == 1e4 and cfg.models.sparsity_100.method.lam == 100
     assert list(cfg.robustness.run) == ["pgd_linf", "autoattack"] and list(cfg.robustness.losses) == ["ce"]
     assert "masking" in cfg.analyses and cfg.robustness.attacks.autoattack._target_.endswith("AutoAttack")
     assert cfg.dataset._target_.endswith("MNISTDataModule" if preset.endswith("mnist") else "DigitsDataModule")
     with pytest.raises(ConfigError, match=r"^robustbench_eps: 0\.3 is not on the ε grid of autoattack; allowed: \[0.0, 0.05, 0.1, 0.2\] or null"):
-        precheck(rewrite_overrides([f"experiment={preset}", "robustbench_eps=0.3"]), "eval")
+        precheck([f"experiment={preset}", "robustbench_eps=0.3"], "eval")
 
 
 @pytest.mark.slow  # ~40 s: crafts the training set's targeted examples on the resnet18

@@ -114,7 +114,7 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     assert list(cfg.hydra.sweeper.params.items()) == [("method.target_rule", "det,rand")]
     assert cfg.dataset._target_ == "advlab.data.CIFAR10JPEGDataModule" and cfg.arch.width == 16
     assert cfg.attack.norm == "l2" and cfg.attack.eps == 0.5 and cfg.method.target_rule == "det" and cfgs["rand"].method.target_rule == "rand"
-    assert cfg.method.scheduler._target_.endswith("one_cycle") and cfg.source.scheduler.interval == "step"
+    assert cfg.scheduler._target_.endswith("one_cycle") and cfg.source.scheduler.interval == "step"
 
     class Data:  # the two parts of a datamodule a model spec's cache key reads
         batch_size = cfg.dataset.batch_size
@@ -122,9 +122,12 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
         def describe(self):
             return {"name": "cifar10_jpeg"}
 
-    keys = [Artifacts.model_spec(None, OmegaConf.merge(c.source, {"arch": c.arch}), Data()) for c in cfgs.values()]
-    assert keys[0] == keys[1] and keys[0]["params"] == {"label_smoothing": 0.1}  # one source for both rules
+    artifacts = Artifacts(None, trainer=cfg.trainer)
+    keys = [artifacts.model_spec(OmegaConf.merge(c.source, {"arch": c.arch}), Data()) for c in cfgs.values()]
+    assert keys[0] == keys[1] and keys[0]["method"]["label_smoothing"] == 0.1  # one source for both rules
+    assert keys[0]["optimizer"]["nesterov"] is True and "trainer" not in keys[0]
     model = ResNet9((3, 32, 32), 10, **{k: v for k, v in cfg.arch.items() if k in ("width", "logit_scale")})
     attack = instantiate(cfg.attack, bounds=[0.0, 1.0])
-    method = instantiate(cfg.method, model=model, attack=attack, eval_attack=None, source=cfg.source, _recursive_=False)
+    method = instantiate(cfg.method, model=model, optimizer=instantiate(cfg.optimizer), attack=attack, eval_attack=None, source=cfg.source,
+                         _recursive_=False)
     assert method.label_smoothing == 0.1 and method.attack.steps == 20 and method.attack.alpha == pytest.approx(0.1)

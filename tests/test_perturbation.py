@@ -124,7 +124,7 @@ def test_source_and_trained_model_do_not_share_initial_weights(tmp_path):
     dm = DigitsDataModule(seed=0, max_train=64)
     dm.setup()
     arch = OmegaConf.create({"_target_": "advlab.models.MLP", "_partial_": True, "depth": 1, "width": 16})
-    spec = OmegaConf.create({"arch": arch, "method": "standard", "max_epochs": 1, "seed": 0, "scheduler": None,
+    spec = OmegaConf.create({"arch": arch, "method": {"_target_": "advlab.methods.StandardTraining"}, "max_epochs": 1, "seed": 0, "scheduler": None,
                              "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.0}})  # lr 0: weights stay at init
     source, _, _ = Artifacts(ArtifactCache(tmp_path), accelerator="cpu", progress=False).model(spec, dm)
     pl.seed_everything(0, verbose=False)  # what advlab-train does before building the trained model
@@ -154,7 +154,7 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
     dm = DigitsDataModule(seed=0, max_train=300)
     dm.setup()
     arch = OmegaConf.create({"_target_": "advlab.models.MLP", "_partial_": True, "depth": 1, "width": 64})
-    spec = OmegaConf.create({"arch": arch, "method": "standard", "max_epochs": 8, "seed": 0, "scheduler": None,
+    spec = OmegaConf.create({"arch": arch, "method": {"_target_": "advlab.methods.StandardTraining"}, "max_epochs": 8, "seed": 0, "scheduler": None,
                              "optimizer": {"_target_": "torch.optim.Adam", "lr": 0.01}})
     artifacts = Artifacts(ArtifactCache(tmp_path), accelerator="cpu", progress=False)
     source = SourceModel(*artifacts.model(spec, dm))

@@ -52,13 +52,12 @@ def _first_job(args: list[str]) -> list[str]:
 
 def _preflight(command: str, tmp_path, monkeypatch, whole_sweep: bool) -> None:
     from advlab.cli import precheck
-    from advlab.config import rewrite_overrides
 
     monkeypatch.setenv("ADVLAB_ROOT", str(tmp_path))
     app, *args = shlex.split(command)
     config_name = APPS[app]
     args = args if whole_sweep else _first_job(args)
-    precheck(rewrite_overrides(args, config_name), config_name)  # raises a ConfigError on any bad option
+    precheck(args, config_name)  # raises a ConfigError on any bad option
 
 
 @pytest.mark.parametrize("command", HYDRA_COMMANDS)

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from advlab.cli import precheck
-from advlab.config import CONF_DIR, rewrite_overrides
+from advlab.config import CONF_DIR
 from advlab.errors import ConfigError
 from advlab.report.sweep import load_sweep, mean_std
 from advlab.report.sweep_report import main as report_main
@@ -139,7 +139,7 @@ def test_report_of_a_config_defined_sweep_uses_hydra_sweeper_params(tmp_path):
 def _compose(config_name: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=rewrite_overrides(overrides, config_name), return_hydra_config=True)
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
 
 
 def test_launcher_configs_compose():
@@ -189,7 +189,7 @@ def test_wandb_sweep_files_expand_to_valid_hydra_overrides(path):
         for value in values:
             args = fixed + [f"{k}={value if k == key else vs[0]}" for k, vs in params.items()]
             assert not any(a.startswith("-") for a in args)
-            precheck(rewrite_overrides(args, app), app)
+            precheck(args, app)
 
 
 def test_native_wandb_charts_hold_the_numbers():

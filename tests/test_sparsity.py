@@ -146,29 +146,30 @@ def test_bad_arguments(kwargs, key):
 
 def test_model_specs_name_the_method_and_its_params(digits, tmp_path, caplog):
     arch = {"_target_": "advlab.models.MLP", "_partial_": True, "width": 32, "depth": 1}
-    spec = OmegaConf.create({"arch": arch, "method": "sparsity", "params": {"lam": 10.0, "n_unlabeled": 1},
-                             "optimizer": OPT, "scheduler": None, "max_epochs": 1, "seed": 0})
+    sparsity = {"_target_": "advlab.methods.SparsityTraining", "lam": 10.0, "n_unlabeled": 1}
+    spec = OmegaConf.create({"arch": arch, "method": sparsity, "optimizer": OPT, "scheduler": None, "max_epochs": 1, "seed": 0})
     art = Artifacts(ArtifactCache(tmp_path), accelerator="cpu", progress=False)
     key = art.model_spec(spec, digits)
-    assert key["method"] == "sparsity" and key["params"] == {"lam": 10.0, "n_unlabeled": 1}
-    standard = OmegaConf.create({**OmegaConf.to_container(spec), "method": "standard", "params": {}})
-    assert "params" not in art.model_spec(standard, digits)  # specs without params keep their old keys
+    assert key["method"] == sparsity
+    standard = OmegaConf.create({**OmegaConf.to_container(spec), "method": {"_target_": "advlab.methods.StandardTraining"}})
+    assert "trainer" not in art.model_spec(standard, digits)  # the default training settings add nothing to the key
     model, metrics, _ = art.model(spec, digits)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and not model.training
     with caplog.at_level("INFO"):
         again, _, _ = art.model(spec, digits)
     assert "Cache hit" in caplog.text
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-    with pytest.raises(ConfigError, match=r"^models.x.params: unknown key\(s\) lambda .* allowed: sigma_u"):
-        art.model_spec(OmegaConf.merge(spec, {"params": {"lambda": 1.0}}), digits, where="models.x")
+    with pytest.raises(ConfigError, match=r"^models.x.method: unknown key\(s\) lambda .* allowed: sigma_u"):
+        art.model_spec(OmegaConf.merge(spec, {"method": {"lambda": 1.0}}), digits, where="models.x")
     with pytest.raises(ConfigError, match="allowed: label_smoothing, channels_last$"):
-        art.model_spec(OmegaConf.merge(standard, {"params": {"lam": 1.0}}), digits)
+        art.model_spec(OmegaConf.merge(standard, {"method": {"lam": 1.0}}), digits)
 
 
 def test_a_cached_model_does_not_depend_on_what_was_trained_before(digits, tmp_path):
     """Two specs trained in one process on one datamodule, in either order, give the same weights."""
     arch = {"_target_": "advlab.models.MLP", "_partial_": True, "width": 16, "depth": 1}
-    a = OmegaConf.create({"arch": arch, "method": "standard", "optimizer": OPT, "scheduler": None, "max_epochs": 1, "seed": 0})
+    a = OmegaConf.create({"arch": arch, "method": {"_target_": "advlab.methods.StandardTraining"}, "optimizer": OPT,
+                          "scheduler": None, "max_epochs": 1, "seed": 0})
     b = OmegaConf.merge(a, {"seed": 1})
     first = Artifacts(ArtifactCache(tmp_path / "1"), accelerator="cpu", progress=False)
     wa, _, _ = first.model(a, digits)

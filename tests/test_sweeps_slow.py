@@ -13,7 +13,7 @@ ARCHS = ["wide_mlp", "mlp", "cnn"]
 
 
 def test_transfer_matrix_3x3_with_two_workers_trains_three_models_then_nothing(advlab_root):
-    grid = ["source.arch=" + ",".join(ARCHS), "target.arch=" + ",".join(ARCHS), "hydra/launcher=joblib_local"]
+    grid = ["arch@source.arch=" + ",".join(ARCHS), "arch@target.arch=" + ",".join(ARCHS), "hydra/launcher=joblib_local"]
     first = run_advlab(advlab_root, "-m", *grid, f"hydra.sweep.dir={advlab_root / 's1'}", module="advlab.transfer", timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]
     logs = "".join(p.read_text() for p in (advlab_root / "s1").glob("[0-9]*/transfer.log"))
@@ -33,7 +33,7 @@ def test_transfer_matrix_3x3_with_two_workers_trains_three_models_then_nothing(a
 
 def test_a_job_failing_in_training_leaves_the_other_jobs_running(advlab_root):
     sweep = advlab_root / "s"
-    run = run_advlab(advlab_root, "-m", "target.arch=mlp", "target.optimizer.momentum=0.9,-1,0.5", "source.max_epochs=5",
+    run = run_advlab(advlab_root, "-m", "arch@target.arch=mlp", "target.optimizer.momentum=0.9,-1,0.5", "source.max_epochs=5",
                      "target.max_epochs=5", "hydra/launcher=joblib_local", "logger=csv", f"hydra.sweep.dir={sweep}",
                      module="advlab.transfer", timeout=1800)
     assert run.returncode == 1

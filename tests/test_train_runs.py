@@ -17,7 +17,7 @@ def _ok(run):
 
 
 def test_standard_run_writes_outputs_and_evaluates_under_attack(advlab_root):
-    run = run_advlab(advlab_root, "method=standard", "eval_attack=pgd_linf", "eps=0.1", *FAST, "trainer.max_epochs=5")
+    run = run_advlab(advlab_root, "method=standard", "attack@eval_attack=pgd_linf", "eps=digits_linf", *FAST, "trainer.max_epochs=5")
     m = _ok(run)
     assert m["test/acc"] > 0.85  # digits are easy: 5 epochs of a width-256 MLP
     assert 0.0 <= m["test/adv_acc"] < m["test/acc"]  # the attack hurts, never helps
@@ -27,7 +27,7 @@ def test_standard_run_writes_outputs_and_evaluates_under_attack(advlab_root):
 
 
 def test_adversarial_training_is_more_robust_than_standard(advlab_root):
-    common = ["eval_attack=pgd_linf", "attack=pgd_linf", "eps=0.1", *FAST, "trainer.max_epochs=6", "attack.steps=5"]
+    common = ["attack@eval_attack=pgd_linf", "attack=pgd_linf", "eps=digits_linf", *FAST, "trainer.max_epochs=6", "attack.steps=5"]
     std = _ok(run_advlab(advlab_root, "method=standard", *common, run_dir=advlab_root / "std"))
     adv = _ok(run_advlab(advlab_root, "method=adversarial", *common, run_dir=advlab_root / "adv"))
     assert adv["test/acc"] > 0.6
@@ -110,7 +110,7 @@ def test_concurrent_runs_train_the_source_once(advlab_root):
 
 def test_multirun_over_groups_and_free_eps(advlab_root):
     sweep = advlab_root / "sweep"
-    run = run_advlab(advlab_root, "-m", "method=standard", "arch=wide_mlp,mlp", "eval_attack=fgsm", "eps=0.05,0.2", *FAST,
+    run = run_advlab(advlab_root, "-m", "method=standard", "arch=wide_mlp,mlp", "attack@eval_attack=fgsm", "eps.value=0.05,0.2", *FAST,
                      f"hydra.sweep.dir={sweep}")
     assert run.returncode == 0, run.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
@@ -128,7 +128,7 @@ def test_multirun_over_groups_and_free_eps(advlab_root):
 
 
 def test_a_failing_run_still_closes_its_wandb_run(advlab_root):
-    run = run_advlab(advlab_root, "method=standard", *FAST, "logger=wandb", "method.optimizer._target_=torch.optim.NoSuchOptimizer")
+    run = run_advlab(advlab_root, "method=standard", *FAST, "logger=wandb", "optimizer._target_=torch.optim.NoSuchOptimizer")
     assert run.returncode != 0 and not (run.run_dir / "metrics.json").exists()
     debug = next((run.run_dir / "wandb").glob("offline-run-*/logs/debug.log")).read_text()
     assert "finishing run" in debug and "exitcode: 1" in debug

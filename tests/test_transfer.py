@@ -58,7 +58,7 @@ def _wandb_log(run_dir: Path) -> bytes:
 def test_transfer_sweep_with_parallel_jobs_trains_each_model_once(advlab_root):
     archs = ["wide_mlp", "mlp"]
     sweep = advlab_root / "sweep1"
-    run = run_advlab(advlab_root, "-m", "source.arch=wide_mlp,mlp", "target.arch=wide_mlp,mlp", *TINY, "logger=csv",
+    run = run_advlab(advlab_root, "-m", "arch@source.arch=wide_mlp,mlp", "arch@target.arch=wide_mlp,mlp", *TINY, "logger=csv",
                      "hydra/launcher=joblib_local", f"hydra.sweep.dir={sweep}", module="advlab.transfer", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     # exactly two models trained (each source is also a target), each source's test set crafted once
@@ -101,7 +101,7 @@ def test_transfer_sweep_with_parallel_jobs_trains_each_model_once(advlab_root):
 
     # the same sweep again: nothing is trained or crafted, same numbers
     sweep2 = advlab_root / "sweep2"
-    again = run_advlab(advlab_root, "-m", "source.arch=wide_mlp,mlp", "target.arch=wide_mlp,mlp", *TINY, "logger=wandb",
+    again = run_advlab(advlab_root, "-m", "arch@source.arch=wide_mlp,mlp", "arch@target.arch=wide_mlp,mlp", *TINY, "logger=wandb",
                        f"hydra.sweep.dir={sweep2}", module="advlab.transfer", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Cache miss" not in _job_logs(sweep2)
@@ -147,7 +147,7 @@ def test_cross_architecture_perturbation_sweep_gives_matrix_and_scatter(advlab_r
     from conftest import FAST
 
     sweep = advlab_root / "sweep"
-    run = run_advlab(advlab_root, "-m", "method=perturbation", "method.measure_transfer=true", "method.transfer_eps=0.5", "source.arch=wide_mlp,mlp",
+    run = run_advlab(advlab_root, "-m", "method=perturbation", "method.measure_transfer=true", "method.transfer_eps=0.5", "arch@source.arch=wide_mlp,mlp",
                      "arch=wide_mlp,mlp", *[o for o in FAST if not o.startswith("arch.")], f"hydra.sweep.dir={sweep}", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     jobs = load_sweep(sweep).jobs

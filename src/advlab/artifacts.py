@@ -1,57 +1,32 @@
 """Source models and crafted datasets: built once, then taken from the artifact cache.
 
-A model spec (the `source` config node, or an entry of advlab-eval's `models`) is {arch, method:
-standard|adversarial|sparsity, optimizer, scheduler, max_epochs, seed, attack, params}; `params` are
-the method's own keyword arguments (e.g. `adv_ratio`, or sparsity's `sigma_u`, `lam`, ...). Together
-with the data description and batch size it is exactly what determines the trained weights, so it is
-the cache key.
+A model spec (the `source` / `target` config nodes, an entry of advlab-eval's and advlab-probe's
+`models`; conf/spec/) is composed by Hydra like a run: {method: a method node (`_target_` and its
+keys), arch, optimizer (`_partial_`), scheduler, attack (adversarial methods), max_epochs, seed,
+trainer (its own trainer settings over the run's)}. It is trained through the run's own path
+(advlab.fit). Together with the data description, the batch size and the trainer settings that change
+weights, it is exactly what determines the trained weights, so it is the cache key.
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import random
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from advlab.cache import ArtifactCache, plain, spec_key
 from advlab.callbacks.history import EpochHistory
 from advlab.callbacks.progress import progress_bar
-from advlab.config import MODEL_METHODS
 from advlab.errors import ConfigError
+from advlab.fit import build_classifier, check_keys, fit_classifier, spec_trainer, training_settings
 from advlab.models import build_model
 
 log = logging.getLogger(__name__)
-
-SOURCE_METHODS = MODEL_METHODS
-# keyword arguments every method takes from the pipeline, not from a spec's `params`
-_PIPELINE_ARGS = {"self", "model", "optimizer", "scheduler", "eval_attack", "attack", "source"}
-
-
-def method_class(method: str):
-    from advlab.methods import AdversarialTraining, SparsityTraining, StandardTraining
-
-    return {"standard": StandardTraining, "adversarial": AdversarialTraining, "sparsity": SparsityTraining}[method]
-
-
-def method_params(method: str) -> tuple[str, ...]:
-    """The keyword arguments a spec's `params` may set for `method`."""
-    from advlab.methods import ClassifierModule
-
-    names = {}  # the method's own, then the base class's (label_smoothing, channels_last)
-    for fn in (method_class(method).__init__, ClassifierModule.__init__):
-        for name, p in inspect.signature(fn).parameters.items():
-            if name not in _PIPELINE_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-                names.setdefault(name, None)
-    return tuple(names)
-
 
 @contextlib.contextmanager
 def preserved_rng():
@@ -88,45 +63,47 @@ def pick_device(accelerator: str | None) -> torch.device:
 
 
 class Artifacts:
-    def __init__(self, cache: ArtifactCache, accelerator: str | None = "auto", progress: bool = True):
+    """Models and datasets of a run, taken from the cache or built. `trainer`: the run's trainer config,
+    whose settings every trained model follows unless its spec's own `trainer` node overrides them."""
+
+    def __init__(self, cache: ArtifactCache, trainer=None, accelerator: str | None = None, progress: bool = True):
         self.cache = cache
-        self.accelerator = accelerator
-        self.device = pick_device(accelerator)
+        self.trainer = trainer if trainer is not None else {}
+        self.accelerator = accelerator if accelerator is not None else self.trainer.get("accelerator", "auto")
+        self.device = pick_device(self.accelerator)
         self.progress = progress
-        # {spec node: {"metrics", "history"}} of every model this run took from the cache or trained
+        # {spec node: {"metrics", "history", "trainer"}} of every model this run took from the cache or trained
         self.trained: dict[str, dict] = {}
 
     # -- models --------------------------------------------------------------------------------------
     def model_spec(self, spec, datamodule, where: str = "source") -> dict:
         """The cache key of a model spec; `where` names the spec's config node in error messages."""
-        method = spec.get("method", "standard")
-        if method not in SOURCE_METHODS:
-            raise ConfigError(f"{where}.method", f"unknown method {method!r}; allowed: {', '.join(SOURCE_METHODS)}")
-        if method == "external":  # not trained: the key names the file's content
+        if spec.get("method") == "external":  # not trained: the key names the file's content
             from advlab.models.external import external_key
 
             return external_key(spec, datamodule, where)
-        if method == "adversarial" and not spec.get("attack"):
-            raise ConfigError(f"{where}.attack", f"{where}.method=adversarial needs an attack: add attack@{where}.attack=pgd_linf (or another attack option)")
-        params = plain(spec.get("params")) or {}
-        allowed = method_params(method)
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise ConfigError(f"{where}.params", f"unknown key(s) {', '.join(unknown)} for method {method}; allowed: {', '.join(allowed) or 'none'}")
+        method = spec.get("method")
+        if not OmegaConf.is_dict(method) or "_target_" not in method:
+            raise ConfigError(f"{where}.method", f"expected a method node with a `_target_`, got {method!r}; choose the spec: "
+                                                 f"spec@{where}=standard|adversarial|sparsity|external (conf/spec/)")
+        check_keys(method, f"{where}.method", exclude=("model", "optimizer", "scheduler", "eval_attack", "attack", "source"))
+        if str(method._target_).endswith("AdversarialTraining") and not spec.get("attack"):
+            raise ConfigError(f"{where}.attack", f"an adversarial spec needs an attack: add attack@{where}.attack=pgd_linf (or another attack option)")
         key = {
             "data": datamodule.describe(),
             "batch_size": datamodule.batch_size,
             "arch": plain(spec.arch),
-            "method": method,
+            "method": plain(method),
             "optimizer": plain(spec.optimizer),
             "scheduler": plain(spec.get("scheduler")),
             "max_epochs": int(spec.max_epochs),
             "seed": int(spec.seed),
         }
-        if method == "adversarial":
+        if spec.get("attack") is not None:
             key["attack"] = plain(spec.attack)
-        if params:  # only when given: the keys of specs without params stay what they were
-            key["params"] = params
+        settings = training_settings(spec_trainer(self.trainer, spec))
+        if settings:  # only what differs from the default training: default specs keep their keys
+            key["trainer"] = settings
         return key
 
     def model(self, spec, datamodule, name: str = "source model", where: str = "source"):
@@ -137,7 +114,8 @@ class Artifacts:
         payload, _ = self.cache.get_or_create("models", key, lambda: self._train(spec, datamodule, name, key), what=name)
         model = build_model(spec.arch, datamodule)
         model.load_state_dict(payload["state_dict"])
-        self.trained.setdefault(where, {"metrics": dict(payload["metrics"]), "history": list(payload.get("history", []))})
+        self.trained.setdefault(where, {"metrics": dict(payload["metrics"]), "history": list(payload.get("history", [])),
+                                        "trainer": dict(payload.get("trainer", {}))})
         return model.to(self.device).eval(), dict(payload["metrics"]), key
 
     def _external(self, spec, datamodule, name: str, where: str, key: dict):
@@ -153,35 +131,37 @@ class Artifacts:
         self.trained.setdefault(where, {"metrics": dict(metrics), "history": []})
         return model, metrics, key
 
+    def trainer_config(self, spec) -> dict:
+        """The Trainer config a spec's model is fitted with: its training settings, on this run's device,
+        without logs or checkpoints (the cache keeps the weights)."""
+        cuda = self.device.type == "cuda"
+        return {**spec_trainer(self.trainer, spec), "accelerator": "gpu" if cuda else "cpu", "devices": [self.device.index] if cuda else 1,
+                "logger": False, "enable_checkpointing": False, "enable_model_summary": False, "enable_progress_bar": self.progress,
+                "inference_mode": False, "num_sanity_val_steps": 0}
+
     def _train(self, spec, datamodule, name: str, key: dict) -> dict:
+        import pytorch_lightning as pl
+
         with preserved_rng():
             # Seeded from the whole spec, not from `seed` alone: a source model and the model trained
             # later in the same run (seeded with `seed`) must not share their initial weights.
             pl.seed_everything(int(spec_key(key), 16) % 2**31, verbose=False)
-            model = build_model(spec.arch, datamodule)
-            method = spec.get("method", "standard")
-            attack = instantiate(spec.attack, bounds=datamodule.bounds) if method == "adversarial" else None
-            module = method_class(method)(model, spec.optimizer, spec.get("scheduler"), attack=attack, **key.get("params", {}))
+            module = build_classifier(spec.method, spec.arch, datamodule, optimizer=spec.optimizer, scheduler=spec.get("scheduler"),
+                                      attack=spec.get("attack"))
             # a fresh copy: the data order must not depend on what this datamodule trained before
             datamodule = datamodule.fresh()
-            log.info("Training %s: %s, %s, %s epochs", name, method, OmegaConf.select(spec, "arch._target_"), spec.max_epochs)
+            log.info("Training %s: %s, %s, %s epochs", name, spec.method._target_, OmegaConf.select(spec, "arch._target_"), spec.max_epochs)
             history = EpochHistory()
-            trainer = pl.Trainer(
-                max_epochs=int(spec.max_epochs),
-                accelerator="gpu" if self.device.type == "cuda" else "cpu",
-                devices=[self.device.index] if self.device.type == "cuda" else 1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_model_summary=False,
-                enable_progress_bar=self.progress,
-                callbacks=[history, progress_bar()] if self.progress else [history],
-                inference_mode=False,
-                num_sanity_val_steps=0,
-            )
-            trainer.fit(module, datamodule=datamodule)
-            # read before testing: trainer.test resets the callback metrics
-            metrics = {k: float(trainer.callback_metrics[k]) for k in ("val/acc", "train/acc") if k in trainer.callback_metrics}
-            metrics["test/acc"] = float(trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"])
+            fit_metrics, test_metrics, trainer = fit_classifier(
+                module, datamodule, OmegaConf.create(self.trainer_config(spec)),
+                callbacks=[history, progress_bar()] if self.progress else [history])
+            metrics = {**fit_metrics, "test/acc": test_metrics["test/acc"]}
         log.info("Trained %s: test/acc = %.4f", name, metrics["test/acc"])
-        return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metrics": metrics,
-                "history": history.rows}
+        used = {"precision": str(trainer.precision), "accelerator": self.device.type}
+        return {"state_dict": {k: v.detach().cpu() for k, v in module.model.state_dict().items()}, "metrics": metrics,
+                "history": history.rows, "trainer": used}
+
+
+def source_model(spec, datamodule, artifacts: Artifacts, name: str = "source model", where: str = "source"):
+    """The model of a spec (trained once, then cached) for dataset builders: (model, metrics, cache key)."""
+    return artifacts.model(spec, datamodule, name=name, where=where)

@@ -1,11 +1,12 @@
-"""Entry-point plumbing shared by advlab's Hydra apps: CLI shorthands and a pre-flight check that
-composes every job of a run or sweep and validates it before Hydra starts any work."""
+"""Entry-point plumbing shared by advlab's Hydra apps: a pre-flight check that composes every job of a
+run or sweep and validates it before Hydra starts any work. The command line is Hydra's own: what
+the user types is what Hydra receives (and records in .hydra/overrides.yaml)."""
 from __future__ import annotations
 
-import itertools
+import argparse
 import sys
 
-from advlab.config import CONF_DIR, GROUPS, group_options, rewrite_overrides, validate
+from advlab.config import CONF_DIR, GROUPS, group_options, validate
 from advlab.errors import ConfigError
 from advlab.utils.wrapper import fail_with
 
@@ -67,21 +68,52 @@ def check_ddp_in_multirun(cfg, launcher) -> None:
                           "with hydra/launcher=slurm hydra.launcher.tasks_per_node=<devices>")
 
 
-def precheck(args: list[str], config_name: str = "train") -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+def _hydra_flags(args: list[str]) -> argparse.Namespace:
+    """Hydra's own command-line flags (those of `hydra.main`) and the overrides."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"), ("--multirun", "-m"),
+                  ("--shell-completion", "-sc"), ("--experimental-rerun",)):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"), ("--config-dir", "-cd")):
+        parser.add_argument(*flags)
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    parser.add_argument("overrides", nargs="*")
+    return parser.parse_known_args(args)[0]
 
-    ns, _ = get_args_parser().parse_known_args(args)
-    if ns.help or ns.hydra_help or ns.info or ns.shell_completion or ns.cfg or ns.config_dir or ns.config_path:
-        return  # Hydra's own introspection flags: nothing runs
-    config_name = ns.config_name or config_name
-    try:
-        parsed = OverridesParser.create().parse_overrides(ns.overrides)
-    except Exception as err:
-        raise ConfigError("overrides", _one_line(err)) from None
+
+def _group_hint(parsed, choices: dict) -> None:
+    """`source.arch=cnn` sets a node to a string; the option of a group composed at that node is chosen
+    with Hydra's package syntax: say so before anything runs."""
+    for o in parsed:
+        if o.package or o.key_or_group in GROUPS or o.is_delete():
+            continue
+        try:
+            values = [getattr(v, "text", v) for v in (list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()])]
+        except Exception:
+            continue
+        key = o.key_or_group
+        for choice in choices:
+            group, _, package = str(choice).partition("@")
+            if package == key and values and all(isinstance(v, str) and v in group_options(group) for v in values):
+                raise ConfigError(key, f"is a config node: choose its {group} option with Hydra's package syntax, "
+                                       f"{group}@{key}={','.join(map(str, values))}")
+
+
+def _eps_hint(parsed) -> None:
+    for o in parsed:
+        if o.key_or_group == "eps" and not o.package and not o.is_delete():
+            try:
+                values = [getattr(v, "text", v) for v in (list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()])]
+            except Exception:
+                continue
+            bad = [str(v) for v in values if str(v) not in group_options("eps")]
+            if bad:
+                raise ConfigError("eps", f"unknown option {bad[0]!r}; allowed: {', '.join(group_options('eps'))}; any other ε: eps.value={bad[0]}")
+
+
+def _check_options(parsed) -> None:
+    """Every group option named on the command line exists (one line naming the allowed ones)."""
+    _eps_hint(parsed)
     for o in parsed:
         group = o.key_or_group
         if group not in GROUPS or o.is_delete():
@@ -96,14 +128,51 @@ def precheck(args: list[str], config_name: str = "train") -> None:
             if value is not None and str(value) not in allowed:
                 shown = group + (f"@{o.package}" if o.package else "")
                 raise ConfigError(shown, f"unknown option {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _check_preset_app(parsed, config_name: str) -> None:
+    """advlab-eval's presets (they name `models`) cannot compose in advlab-train: say which app they are for."""
+    from omegaconf import OmegaConf
+
+    for o in parsed:
+        if o.key_or_group == "experiment" and not o.is_sweep_override() and config_name == "train":
+            path = CONF_DIR / "experiment" / f"{o.value()}.yaml"
+            if path.is_file() and "models" in (OmegaConf.load(path) or {}):
+                raise ConfigError("experiment", "this preset compares several models: it is an advlab-eval preset (advlab-eval experiment=...)")
+
+
+def precheck(args: list[str], config_name: str = "train") -> None:
+    """Compose and validate every job of the command line (one per sweep value) without running any;
+    raises ConfigError. Nothing is rewritten: Hydra gets `args` as they are."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    ns = _hydra_flags(args)
+    if ns.help or ns.hydra_help or ns.info or ns.shell_completion or ns.cfg or ns.config_dir or ns.config_path:
+        return  # Hydra's own introspection flags: nothing runs
+    config_name = ns.config_name or config_name
+    try:
+        parsed = OverridesParser.create().parse_overrides(ns.overrides)
+    except Exception as err:
+        raise ConfigError("overrides", _one_line(err)) from None
+    _check_options(parsed)
+    _check_preset_app(parsed, config_name)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="advlab_check"):
-        # sweeps defined in configs (`sweep=...` presets set hydra.sweeper.params) are checked too
+        groups_only = [o.input_line for o in parsed if (o.package or o.key_or_group in GROUPS) and not o.is_sweep_override()]
+        try:
+            base = compose(config_name=config_name, overrides=groups_only, return_hydra_config=True)
+        except Exception as err:
+            raise ConfigError("overrides", _one_line(err)) from None
+        _group_hint(parsed, dict(base.hydra.runtime.choices))
         try:
             first = compose(config_name=config_name, overrides=[o.input_line for o in parsed if not o.is_sweep_override()],
                             return_hydra_config=True)
         except Exception as err:
             raise ConfigError("overrides", _one_line(err)) from None
+        # sweeps defined in configs (`sweep=...` presets set hydra.sweeper.params) are checked too
         params = OmegaConf.select(first, "hydra.sweeper.params") or {}
         if params:
             swept = {o.key_or_group + (f"@{o.package}" if o.package else "") for o in parsed if o.is_sweep_override()}
@@ -122,11 +191,10 @@ def precheck(args: list[str], config_name: str = "train") -> None:
     GlobalHydra.instance().clear()
 
 
-def run_hydra_app(hydra_entry, prog: str, config_name: str, argv: list[str] | None = None) -> None:
-    args = rewrite_overrides(list(sys.argv[1:] if argv is None else argv), config_name)
+def run_hydra_app(hydra_entry, prog: str, config_name: str) -> None:
+    """Check the command line as Hydra will read it (sys.argv, untouched), then hand over to Hydra."""
     try:
-        precheck(args, config_name)
+        precheck(sys.argv[1:], config_name)
     except ConfigError as err:
         fail_with(prog, err)
-    sys.argv = [sys.argv[0], *args]
     hydra_entry()

@@ -1,11 +1,10 @@
-"""Config location, resolvers, CLI shorthands and validation of user input before any work starts.
+"""Config location, resolvers and validation of user input before any work starts.
 
 Bad input gets one line naming the key and the allowed values (exit code 2), never a traceback.
 """
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -74,63 +73,7 @@ def group_options(group: str) -> list[str]:
 
 
 GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep",
-          "scheduler")
-# CLI shorthands for groups composed at another package: `source.arch=cnn` means `arch@source.arch=cnn`
-# (with a `+` where the app's defaults list does not compose that package already).
-ALIASES = {
-    "source": "spec", "target": "spec",
-    "source.arch": "arch", "target.arch": "arch",
-    "source.attack": "attack", "target.attack": "attack",
-    "source.dataset": "dataset", "target.dataset": "dataset",
-    "eval_attack": "attack",
-    "off_support.dataset": "dataset",
-    "method.scheduler": "scheduler", "source.scheduler": "scheduler",
-}
-
-
-def composed_packages(config_name: str) -> set[str]:
-    """`group@package` entries of an app's defaults list (conf/<config_name>.yaml)."""
-    path = CONF_DIR / f"{config_name}.yaml"
-    if not path.is_file():
-        return set()
-    entries = OmegaConf.load(path).get("defaults") or []
-    return {str(k).lstrip("/") for e in entries if isinstance(e, (dict, DictConfig)) for k in e.keys()}
-
-
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-
-
-def rewrite_overrides(args: list[str], config_name: str = "train") -> list[str]:
-    """Apply the CLI shorthands.
-
-    `eps=0.37` (or `-m eps=0.1,0.37`): a number names the ε directly. Hydra group options must be
-    strings, so numbers become `eps='0.3'` where an option file exists, else `eps.value=0.37`.
-    `source.arch=cnn`, `target.dataset=mnist`, `eval_attack=fgsm`: a group option composed at
-    that node (see ALIASES).
-    """
-    composed = composed_packages(config_name)
-    out = []
-    for arg in args:
-        prefix = ""
-        body = arg
-        for p in ("++", "+", "~"):
-            if body.startswith(p):
-                prefix, body = p, body[len(p):]
-                break
-        key, sep, value = body.partition("=")
-        if sep and key in ALIASES and not prefix and value != "null":  # `method.scheduler=null`: the plain key
-            name = f"{ALIASES[key]}@{key}"
-            prefix, body = ("" if name in composed else "+"), f"{name}={value}"
-        elif sep and key == "eps" and not prefix:
-            values = value.split(",")
-            if values and all(_NUMBER.match(v.strip()) for v in values):
-                options = set(group_options("eps"))
-                if all(v.strip() in options for v in values):
-                    body = "eps=" + ",".join(f"'{v.strip()}'" for v in values)
-                else:
-                    body = "eps.value=" + ",".join(v.strip() for v in values)
-        out.append(prefix + body)
-    return out
+          "scheduler", "optimizer")
 
 
 # -- validation of a composed config ----------------------------------------------------------------
@@ -168,8 +111,6 @@ TRAIN_ON = ("adv", "delta")
 # Mutual-information estimators (advlab.analysis.information) and the MI callback's key.
 MI_ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
 MI_CALLBACK = "callbacks.mutual_information"
-# Methods a model spec (`source`, advlab-eval's `models`) can name.
-MODEL_METHODS = ("standard", "adversarial", "sparsity", "external")
 # advlab-eval's choices.
 POINTS = ("all", "common_correct")
 # AutoAttack's versions (advlab.attacks.autoattack).
@@ -194,6 +135,10 @@ def _attack_node(cfg, node: str) -> None:
 
 def _arch_node(cfg, node: str) -> None:
     """An architecture's size knobs: `arch`, or a model spec's `arch`."""
+    value = _get(cfg, node)
+    if value is not None and not OmegaConf.is_dict(value):
+        raise ConfigError(node, f"expected an architecture node, got {value!r}; choose one with arch@{node}=<option>, "
+                                f"allowed: {', '.join(group_options('arch'))}")
     for key in ("width", "depth", "growth_rate", "num_init_features", "bn_size"):
         _number(cfg, f"{node}.{key}", minimum=1, integer=True)
     for key in ("width_mult", "logit_scale"):
@@ -204,7 +149,7 @@ def _arch_node(cfg, node: str) -> None:
 
 
 def _sparsity_params(cfg, node: str) -> None:
-    """The data-sparsity method's arguments (`method.*`, or a model spec's `params.*`)."""
+    """The data-sparsity method's arguments (`method.*`, or a model spec's `method.*`)."""
     for key in ("sigma_u", "lam", "adv_ratio", "adv_eps"):
         _number(cfg, f"{node}.{key}", minimum=0)
     _number(cfg, f"{node}.sigma_n", minimum=0, strict_min=True)
@@ -239,18 +184,19 @@ def _mi_estimators(cfg, key: str) -> None:
 
 def _model_spec(cfg, key: str) -> None:
     """A model spec's keys: advlab-train's `source`, advlab-transfer's `source` / `target`, the
-    `models.<name>` of advlab-eval and advlab-probe, advlab-eval's `model_defaults`."""
-    _choice(cfg, f"{key}.method", MODEL_METHODS)
-    if _get(cfg, f"{key}.method") == "external":  # a weight file: checked here, imports torch
+    `models.<name>` of advlab-eval and advlab-probe."""
+    method = _get(cfg, f"{key}.method")
+    if method == "external":  # a weight file: checked here, imports torch
         from advlab.models.external import check_spec
 
         check_spec(_get(cfg, key), key)
+        return
+    if method is not None and not OmegaConf.is_dict(method):
+        specs = "|".join(group_options("spec"))
+        raise ConfigError(f"{key}.method", f"unknown value {method!r}; allowed: a method node, chosen with the spec: spec@{key}={specs}")
     _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
     _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
-    params = _get(cfg, f"{key}.params")
-    if params is not None and not OmegaConf.is_dict(params):
-        raise ConfigError(f"{key}.params", f"expected a mapping of the method's arguments, got {params!r}")
-    _sparsity_params(cfg, f"{key}.params")
+    _sparsity_params(cfg, f"{key}.method")
     _attack_node(cfg, f"{key}.attack")
     _arch_node(cfg, f"{key}.arch")
 
@@ -288,7 +234,7 @@ def _validate_eval(cfg: DictConfig) -> None:
         entry = models[name]
         key = f"models.{name}"
         if entry is not None and not OmegaConf.is_dict(entry):
-            raise ConfigError(key, f"expected a model spec (method, params, ...) or {{checkpoint: <run dir>}}, got {entry!r}")
+            raise ConfigError(key, f"expected a model spec (spec@{key}=standard, ...) or {{checkpoint: <run dir>}}, got {entry!r}")
         if entry is not None and "checkpoint" in entry:
             extra = sorted(set(entry) - {"checkpoint"})
             if extra:
@@ -298,7 +244,7 @@ def _validate_eval(cfg: DictConfig) -> None:
                 checkpoint_files(path, f"{key}.checkpoint")
             continue
         _model_spec(cfg, key)
-    _model_spec(cfg, "model_defaults")
+    _number(cfg, "model_defaults.max_epochs", minimum=1, integer=True)
     checkpoints = _list(cfg, "checkpoints", nonempty=False)
     for i, path in enumerate(checkpoints):
         checkpoint_files(path, f"checkpoints[{i}]")
@@ -347,10 +293,10 @@ def validate(cfg: DictConfig) -> None:
     for spec in ("source", "target"):
         _model_spec(cfg, spec)
     if _get(cfg, "method.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
-        raise ConfigError("method.measure_transfer", "needs a trained source spec, not source=external; allowed: false")
+        raise ConfigError("method.measure_transfer", "needs a trained source spec, not spec@source=external; allowed: false")
     _number(cfg, "method.adv_ratio", minimum=0)
     _sparsity_params(cfg, "method")
-    _number(cfg, "method.optimizer.lr", minimum=0, strict_min=True)
+    _number(cfg, "optimizer.lr", minimum=0, strict_min=True)
     _number(cfg, "method.label_smoothing", minimum=0)
     _arch_node(cfg, "arch")
     # method=robust_dataset (representation inversion)
@@ -389,9 +335,9 @@ def _validate_probe(cfg: DictConfig) -> None:
     _number(cfg, "probe.batch_size", minimum=1, integer=True)
     models = _get(cfg, "models")
     if not models:
-        raise ConfigError("models", "name at least one model spec, e.g. models.NT.method=standard")
+        raise ConfigError("models", "name at least one model spec, e.g. +spec@models.NT=standard")
     for name in models:
         _model_spec(cfg, f"models.{name}")
-        if _get(cfg, f"models.{name}.method") == "adversarial" and _get(cfg, f"models.{name}.attack") is None:
+        if str(_get(cfg, f"models.{name}.method._target_")).endswith("AdversarialTraining") and _get(cfg, f"models.{name}.attack") is None:
             raise ConfigError(f"models.{name}.attack", "an adversarial model needs an attack, e.g. models.AT.attack=${attack}")
     _mi_estimators(cfg, "probe.mi.estimators")

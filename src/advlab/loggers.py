@@ -111,14 +111,16 @@ def dashboard_config(cfg: DictConfig) -> dict[str, Any]:
     """What W&B records as the run's config: choices first, then the resolved settings."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     choices = {k: v for k, v in _choices().items() if not k.startswith("hydra") and v is not None}
-    top = {key: choices[key] for key in ("dataset", "arch", "method", "attack", "eval_attack", "experiment", "sweep")
-           if key in choices}
+    top = {key: choices[key] for key in ("dataset", "arch", "method", "optimizer", "scheduler", "attack", "eval_attack", "experiment",
+                                         "sweep") if key in choices}
     eps = OmegaConf.select(cfg, "eps.value", default=None)
     if eps is not None:
         top["eps"] = eps
     source = resolved.get("source")
     if isinstance(source, dict):
-        top["source"] = {"arch": choices.get("arch@source.arch", choices.get("arch")), "method": source.get("method")}
+        # the spec's method option (its node is in the settings below); an external spec names no option
+        top["source"] = {"arch": choices.get("arch@source.arch") or choices.get("arch"),
+                         "method": choices.get("method@source.method") or source.get("method")}
     settings = {k: _strip_targets(v) for k, v in resolved.items() if k not in _NOISE}
     settings["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
                            if isinstance(v, (int, float, str, bool)) and not str(k).startswith("_") and k != "default_root_dir"}

@@ -3,8 +3,8 @@ taken from the cache) and checkpoints of advlab-train runs.
 
 An entry of the `models` config node is either
 
-* a model spec, merged over `model_defaults` and trained once per seed of `seeds`: {method, params,
-  arch, optimizer, scheduler, max_epochs, attack} (the shape of advlab-train's `source` node), or
+* a model spec (conf/spec/, composed by Hydra: `+spec@models.<name>=sparsity`), trained once per
+  seed of `seeds`, with the `arch` group's architecture unless it names its own; or
 * ``{checkpoint: <run dir or .ckpt> | [several]}``: trained runs; the run's `config_resolved.yaml`
   gives its architecture and dataset, `checkpoints/last.ckpt` its weights. Several runs of one entry
   (e.g. seeds) are summarised as mean ± SEM like the seeds of a spec.
@@ -24,10 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 from advlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-# spec nodes that name a class: a spec's own node replaces the default instead of being merged into it
-_TARGET_NODES = ("arch", "attack", "optimizer", "scheduler")
-
 
 @dataclass
 class Entry:
@@ -74,16 +70,15 @@ def checkpoint_files(path, key: str) -> tuple[Path, Path]:
     return ckpt.resolve(), config.resolve()
 
 
-def merge_spec(defaults: dict, entry: dict) -> dict:
-    """The entry over the defaults; an entry's node with its own `_target_` replaces the default node."""
-    base = {k: v for k, v in defaults.items()
-            if not (k in _TARGET_NODES and isinstance(entry.get(k), dict) and "_target_" in entry[k])}
-    return OmegaConf.to_container(OmegaConf.merge(base, entry), resolve=True)
+def with_arch(spec, arch) -> DictConfig:
+    """The spec with the app's `arch` when it names none (conf/spec/: `arch: null`)."""
+    if spec.get("arch") is not None:
+        return spec
+    return OmegaConf.merge(spec, {"arch": OmegaConf.to_container(arch, resolve=True) if OmegaConf.is_config(arch) else arch})
 
 
 def resolve_entries(cfg: DictConfig) -> list[Entry]:
-    """Turn `models`, `model_defaults`, `seeds` and `checkpoints` into entries (no training, no loading)."""
-    defaults = OmegaConf.to_container(cfg.model_defaults, resolve=True) if cfg.get("model_defaults") else {}
+    """Turn `models`, `seeds` and `checkpoints` into entries (no training, no loading)."""
     seeds = [int(s) for s in _as_list(cfg.get("seeds"))] or [int(cfg.seed)]
     entries = []
     models = OmegaConf.to_container(cfg.models, resolve=True) if cfg.get("models") else {}
@@ -103,7 +98,7 @@ def resolve_entries(cfg: DictConfig) -> list[Entry]:
             continue
         entry = Entry(str(name), key)
         for seed in seeds[:1] if node.get("method") == "external" else seeds:  # a file: the same model for every seed
-            entry.specs.append(OmegaConf.create({**merge_spec(defaults, node), "seed": seed}))
+            entry.specs.append(with_arch(OmegaConf.create({**node, "seed": seed}), cfg.get("arch")))
             entry.members.append(f"seed={seed}")
         entries.append(entry)
     for i, path in enumerate(_as_list(cfg.get("checkpoints"))):

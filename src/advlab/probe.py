@@ -91,6 +91,7 @@ def probe(cfg: DictConfig) -> None:
 
     from advlab.analysis.activations import resolve_layers
     from advlab.artifacts import Artifacts
+    from advlab.model_sources import with_arch
     from advlab.utils.run import data_and_cache, finish_loggers, start_loggers
 
     out_dir = Path(cfg.paths.output_dir)
@@ -109,7 +110,7 @@ def probe(cfg: DictConfig) -> None:
     batch = int(cfg.probe.batch_size)
     results, information, metrics = {}, {}, {}
     for name, spec in cfg.models.items():
-        model, model_metrics, _ = artifacts.model(spec, datamodule, name=f"model {name}")
+        model, model_metrics, _ = artifacts.model(with_arch(spec, cfg.arch), datamodule, name=f"model {name}", where=f"models.{name}")
         inputs = {"clean": x}
         if attack is not None:
             inputs["adversarial"] = torch.cat([attack(model, x[i : i + batch].to(device), y[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)])

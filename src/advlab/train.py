@@ -1,7 +1,7 @@
 """advlab-train: one training run (standard, adversarial or perturbation learning) from its config.
 
     advlab-train                                   # perturbation learning on digits, D_det rule
-    advlab-train method=adversarial attack=pgd_linf eps=0.1 eval_attack=pgd_linf
+    advlab-train method=adversarial attack=pgd_linf eps=digits_linf attack@eval_attack=pgd_linf
     advlab-train -m arch=wide_mlp,cnn method.target_rule=det,rand
 """
 from __future__ import annotations
@@ -50,17 +50,18 @@ def _eval_attack_grid(method, datamodule, out_dir: Path, device) -> dict[str, Pa
 def _build_method(cfg: DictConfig, datamodule, bounds):
     """(the LightningModule, the derived-dataset builder or None, the crafting attack)."""
     from advlab.data.derived import derived_builder
-    from advlab.models import build_model
+    from advlab.fit import build_classifier
 
-    attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
     eval_attack = instantiate(cfg.eval_attack, bounds=bounds) if cfg.get("eval_attack") else None
     training, builder = derived_builder(cfg.method)
-    model = build_model(cfg.arch, datamodule)
     source = cfg.get("source")
     if source is not None and source.get("arch") is None:
         # default: the source has the trained model's architecture; recorded as used (config_resolved, W&B)
         cfg.source.arch = cfg.arch
-    method = instantiate(training, model=model, attack=attack, eval_attack=eval_attack, _recursive_=False)
+    # the run's attack: the training attack of adversarial methods, the crafting attack of derived datasets
+    attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
+    method = build_classifier(training, cfg.arch, datamodule, optimizer=cfg.optimizer, scheduler=cfg.get("scheduler"),
+                              attack=attack, eval_attack=eval_attack)
     method.record_configs(arch=cfg.arch, datamodule=datamodule, attack=cfg.get("attack"), eval_attack=cfg.get("eval_attack"))
     return method, builder, attack
 
@@ -91,28 +92,22 @@ def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from,
     import pytorch_lightning as pl
 
     from advlab.callbacks.checkpoint import LAST, completed_epochs
+    from advlab.fit import fit_classifier
     from advlab.utils.io import atomic_path
     from advlab.utils.run import make_callbacks
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)  # same stream whether artifacts were cached or built
-    extra = {}
-    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":  # torch's SyncBatchNorm needs GPUs
-        log.info("trainer.sync_batchnorm: off on CPU processes (each rank keeps its own batch statistics)")
-        extra["sync_batchnorm"] = False
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[*make_callbacks(cfg), *callbacks], **extra)
     if resume_from:
         log.info("Resuming from %s (%d epochs done)", resume_from, completed_epochs(resume_from))
-    trainer.fit(method, datamodule=fit_datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    metrics, test_metrics, trainer = fit_classifier(method, fit_datamodule, cfg.trainer, ckpt_path=resume_from,
+                                                    logger=loggers or False, callbacks=[*make_callbacks(cfg), *callbacks])
     last = Path(cfg.paths.output_dir) / "checkpoints" / LAST
     if resume_from and trainer.is_global_zero and resume_from.name != LAST and not last.exists():  # best.ckpt was the final epoch: nothing trained
         with atomic_path(last) as tmp:
             shutil.copyfile(resume_from, tmp)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in EPOCH_METRICS}
     if len(metrics) < len(EPOCH_METRICS):  # resumed at the final epoch: nothing trained, the history has them
         metrics = {**_last_logged(Path(cfg.paths.output_dir) / "csv" / "metrics.csv"), **metrics}
-    trainer.test(method, datamodule=fit_datamodule, verbose=False)  # with the last epoch's weights (last.ckpt)
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    return metrics, trainer
+    return {**metrics, **test_metrics}, trainer
 
 
 @task_wrapper
@@ -136,7 +131,7 @@ def train(cfg: DictConfig) -> float | None:
     method, builder, attack = _build_method(cfg, datamodule, bounds)
     resume_from = resume_checkpoint(out_dir / "checkpoints", set_aside_bad=rank == 0) if cfg.get("resume") else None
     loggers = start_loggers(cfg, out_dir, resume_step=int(torch_load_plain(resume_from)["global_step"]) if resume_from else None)
-    artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
+    artifacts = Artifacts(cache, trainer=cfg.trainer)
     derived = _derived_data(cfg, builder, method, attack, datamodule, artifacts)
     source_metrics, images = log_source_history(loggers, artifacts, out_dir, fresh=resume_from is None)
     metrics, trainer = _fit_and_test(cfg, method, derived.datamodule, loggers, resume_from, callbacks=derived.callbacks)

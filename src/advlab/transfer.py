@@ -1,7 +1,7 @@
 """advlab-transfer: adversarial examples crafted on a source model, evaluated on a target model.
 
-    advlab-transfer source.arch=cnn target.arch=wide_mlp attack=mifgsm eps=0.1
-    advlab-transfer -m source.arch=wide_mlp,mlp,cnn target.arch=wide_mlp,mlp,cnn seed=0,1,2
+    advlab-transfer arch@source.arch=cnn arch@target.arch=wide_mlp attack=mifgsm eps.value=0.1
+    advlab-transfer -m arch@source.arch=wide_mlp,mlp,cnn arch@target.arch=wide_mlp,mlp,cnn seed=0,1,2
     advlab-transfer sweep=transfer_matrix hydra/launcher=joblib_local    # a ready grid, 2 parallel jobs
 
 Both models are model specs (conf/spec/), trained once and cached; so is the crafted adversarial test
@@ -63,7 +63,7 @@ def transfer(cfg: DictConfig) -> float | None:
     target_data = _training_data(cfg.target, datamodule, "target")
     loggers = start_loggers(cfg, out_dir)
 
-    artifacts = Artifacts(cache, accelerator=cfg.trainer.get("accelerator"))
+    artifacts = Artifacts(cache, trainer=cfg.trainer)
     source_spec, target_spec = (OmegaConf.create(_spec(s)) for s in (cfg.source, cfg.target))
     source, source_metrics, source_key = artifacts.model(source_spec, source_data, name="source model")
     target, target_metrics, target_key = artifacts.model(target_spec, target_data, name="target model")

@@ -27,11 +27,25 @@ def check_number(key: str, value, minimum: float, *, integer: bool = False, stri
     return int(value) if integer else float(value)
 
 
+def optimizer_config(optimizer):
+    """A plain `_partial_` config of an optimizer (what rebuilds it from a checkpoint's hyperparameters):
+    of a config node, a functools.partial of a class, or a class; None for other callables."""
+    import functools
+
+    if not callable(optimizer):
+        return OmegaConf.to_container(optimizer, resolve=True) if OmegaConf.is_config(optimizer) else optimizer
+    func, keywords = (optimizer.func, optimizer.keywords) if isinstance(optimizer, functools.partial) else (optimizer, {})
+    if not isinstance(func, type):
+        return None
+    return {"_target_": f"{func.__module__}.{func.__qualname__}", "_partial_": True, **keywords}
+
+
 class ClassifierModule(pl.LightningModule):
     """Standard (clean) training. Subclasses change what a training batch is.
 
-    `optimizer` / `scheduler` are config nodes (`_target_` + kwargs) instantiated in
-    `configure_optimizers`; `eval_attack` (an `advlab.attacks.Attack` or None) adds `test/adv_acc`.
+    `optimizer`: a callable taking the parameters (a `_partial_` optimizer node, instantiated), or such a
+    node itself; `scheduler`: a config node instantiated in `configure_optimizers` (its `interval` and
+    `total_steps: null` are known only there); `eval_attack` (an Attack or None) adds `test/adv_acc`.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None,
@@ -39,10 +53,12 @@ class ClassifierModule(pl.LightningModule):
         super().__init__()
         # Every init argument but the objects, as plain values (checkpoints load with weights_only=True);
         # `record_configs` adds how to rebuild the objects, so `load_from_checkpoint(path)` needs nothing else.
-        self.save_hyperparameters(ignore=["model", "attack", "eval_attack"], logger=False)
+        self.save_hyperparameters(ignore=["model", "attack", "eval_attack", "optimizer"], logger=False)
         for key, value in list(self.hparams.items()):
             if OmegaConf.is_config(value):
                 self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+        self.optimizer_spec = optimizer  # a callable or a `_partial_` node: built when Lightning asks for it
+        self.hparams["optimizer"] = optimizer_config(optimizer)  # what rebuilds it on loading
         self.label_smoothing = check_number("method.label_smoothing", label_smoothing, 0.0)
         if self.label_smoothing >= 1.0:
             raise ConfigError("method.label_smoothing", f"must be in [0, 1), got {label_smoothing!r}")
@@ -52,7 +68,6 @@ class ClassifierModule(pl.LightningModule):
         if self.channels_last and len(getattr(model, "input_shape", ())) == 3:
             model.to(memory_format=torch.channels_last)  # NHWC weights: convolutions then run NHWC
         self.model = model
-        self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         self.eval_attack = eval_attack
         classes = model.num_classes
@@ -155,7 +170,8 @@ class ClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = instantiate(self.optimizer_cfg, params=params)
+        factory = self.optimizer_spec if callable(self.optimizer_spec) else instantiate(self.optimizer_spec, _partial_=True)
+        optimizer = factory(params)
         if not self.scheduler_cfg:
             return optimizer
         cfg = dict(self.scheduler_cfg)

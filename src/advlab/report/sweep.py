@@ -59,15 +59,22 @@ def display_key(key: str) -> str:
 
 
 def _expected_overrides(multirun: dict) -> list[list[str]]:
-    """Each job's overrides, in job-number order, as Hydra's BasicSweeper builds them."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """Each job's overrides, in job-number order, as Hydra's basic sweeper builds them: the config's
+    sweeper params, then the command line's (a key given twice keeps its first place, the last value),
+    expanded as a cartesian product."""
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hydra_node = multirun.get("hydra", {})
     params = (hydra_node.get("sweeper") or {}).get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list((hydra_node.get("overrides") or {}).get("task") or [])
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    choices: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(arguments):
+        key = o.get_key_element()
+        choices[key] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                        else [f"{key}={o.get_value_element_as_str()}"])
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def _read_job(num: int, overrides: list[str], job_dir: Path) -> Job:

@@ -207,4 +207,7 @@ def transfer_target(source_spec, arch):
     if source_spec is None or arch is None:
         raise ConfigError("method.measure_transfer", "needs the source's spec and the trained architecture")
     target = {k: v for k, v in OmegaConf.to_container(source_spec, resolve=True).items() if k not in ("arch", "attack")}
-    return OmegaConf.create({**target, "arch": OmegaConf.to_container(arch, resolve=True), "method": "standard"})
+    method = target.get("method")
+    own = {k: v for k, v in method.items() if k in ("label_smoothing", "channels_last")} if isinstance(method, dict) else {}
+    target["method"] = {"_target_": "advlab.methods.StandardTraining", **own}
+    return OmegaConf.create({**target, "arch": OmegaConf.to_container(arch, resolve=True)})

@@ -1,12 +1,12 @@
 """Training on Ilyas et al.'s robust / non-robust datasets (RECIPES.md §4).
 
 The representation model g is the source model (the top-level `source` spec): adversarially
-trained (`source.method=adversarial source.attack=...`) it gives D_R, standard it gives D_NR. Every
+trained (`spec@source=adversarial attack@source.attack=...`) it gives D_R, standard it gives D_NR. Every
 training image x gets a constructed counterpart x_r: start from another random training image and
 minimise ‖g(x_r) − g(x)‖₂ / ‖g(x)‖₂ with normalised-gradient steps (no ε bound), label y(x). The
 dataset is built once and cached (keyed by the source model's key and the construction
 parameters) by `RobustDataset`; a fresh model is trained on it by plain standard training and
-tested on the clean test set, and under `eval_attack` (`test/adv_acc`). Paper (CIFAR-10, L2 ε=0.25): D_R 84 % clean / 48 % robust, D_NR 88 % / 0 %.
+tested on the clean test set, and under `attack@eval_attack` (`test/adv_acc`). Paper (CIFAR-10, L2 ε=0.25): D_R 84 % clean / 48 % robust, D_NR 88 % / 0 %.
 """
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ class RobustDataset:
 
     def build(self, source: SourceModel, datamodule, artifacts, *, attack=None, eval_attack=None, arch=None, source_spec=None) -> DerivedData:
         """Construct (or take from the cache) the dataset; `eval_attack` also measures the source's robustness."""
-        name = "D_R" if source.key["method"] == "adversarial" else "D_NR"
+        method = source.key["method"]  # a method node, or "external"
+        adversarial = isinstance(method, dict) and str(method.get("_target_")).endswith("AdversarialTraining")
+        name = "D_R" if adversarial else "D_NR"
         spec = {"construction": "representation_inversion", "source": source.key, "steps": self.steps,
                 "step_size": self.step_size, "seed": self.construct_seed}
         x, y = datamodule.x_train, datamodule.y_train
