@@ -184,16 +184,16 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
 ])
 def test_derived_methods_are_standard_training_plus_a_builder(overrides, builder_class, options):
     """method=perturbation / robust_dataset: the training node is StandardTraining's (with the
-    method's optimizer), the builder's options are the method's own keys."""
+    training's own keys), the builder's options are the method's own keys."""
     from hydra import compose, initialize_config_dir
 
     from advlab.config import CONF_DIR
     from advlab.data.derived import derived_builder
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "method.optimizer.lr=0.2"])
+        cfg = compose("train", overrides=[*overrides, "method.label_smoothing=0.2"])
     training, builder = derived_builder(cfg.method)
-    assert training["_target_"] == "advlab.methods.StandardTraining" and training.optimizer.lr == 0.2
+    assert training["_target_"] == "advlab.methods.StandardTraining" and training.label_smoothing == 0.2
     assert not set(options) & set(training) and "derived" not in training
     assert type(builder).__name__ == builder_class
     assert {k: getattr(builder, k) for k in options} == options
