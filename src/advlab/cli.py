@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pathlib import Path
+
 from advlab.config import CONF_DIR, GROUPS, group_options, validate
 from advlab.errors import ConfigError
+from advlab.preflight import check_objects
 from advlab.utils.wrapper import fail_with
 
 _PREFIX = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~", "CHANGE": ""}
@@ -141,6 +144,16 @@ def _check_preset_app(parsed, config_name: str) -> None:
                 raise ConfigError("experiment", "this preset compares several models: it is an advlab-eval preset (advlab-eval experiment=...)")
 
 
+def _check_new_keys(parsed, base) -> None:
+    """`+foo=1` adds a key: at the top level only one the app knows (`+method.x=1` is checked by the
+    method's constructor signature, advlab.preflight)."""
+    allowed = sorted(str(k) for k in base if k != "hydra")
+    for o in parsed:
+        top = o.key_or_group.split(".")[0]
+        if o.type.name in ("ADD", "FORCE_ADD") and not o.package and o.key_or_group not in GROUPS and top not in base:
+            raise ConfigError(o.key_or_group, f"unknown top-level key {top!r}; allowed: {', '.join(allowed)}")
+
+
 def precheck(args: list[str], config_name: str = "train") -> None:
     """Compose and validate every job of the command line (one per sweep value) without running any;
     raises ConfigError. Nothing is rewritten: Hydra gets `args` as they are."""
@@ -150,25 +163,28 @@ def precheck(args: list[str], config_name: str = "train") -> None:
     from omegaconf import OmegaConf
 
     ns = _hydra_flags(args)
-    if ns.help or ns.hydra_help or ns.info or ns.shell_completion or ns.cfg or ns.config_dir or ns.config_path:
+    if ns.help or ns.hydra_help or ns.info or ns.shell_completion or ns.cfg or ns.config_path:
         return  # Hydra's own introspection flags: nothing runs
     config_name = ns.config_name or config_name
     try:
         parsed = OverridesParser.create().parse_overrides(ns.overrides)
     except Exception as err:
         raise ConfigError("overrides", _one_line(err)) from None
-    _check_options(parsed)
-    _check_preset_app(parsed, config_name)
+    if not ns.config_dir:  # a --config-dir may add options and presets
+        _check_options(parsed)
+        _check_preset_app(parsed, config_name)
+    searchpath = [f"hydra.searchpath=[file://{Path(ns.config_dir).resolve()}]"] if ns.config_dir else []
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="advlab_check"):
         groups_only = [o.input_line for o in parsed if (o.package or o.key_or_group in GROUPS) and not o.is_sweep_override()]
         try:
-            base = compose(config_name=config_name, overrides=groups_only, return_hydra_config=True)
+            base = compose(config_name=config_name, overrides=searchpath + groups_only, return_hydra_config=True)
         except Exception as err:
             raise ConfigError("overrides", _one_line(err)) from None
         _group_hint(parsed, dict(base.hydra.runtime.choices))
+        _check_new_keys(parsed, base)
         try:
-            first = compose(config_name=config_name, overrides=[o.input_line for o in parsed if not o.is_sweep_override()],
+            first = compose(config_name=config_name, overrides=searchpath + [o.input_line for o in parsed if not o.is_sweep_override()],
                             return_hydra_config=True)
         except Exception as err:
             raise ConfigError("overrides", _one_line(err)) from None
@@ -180,12 +196,13 @@ def precheck(args: list[str], config_name: str = "train") -> None:
             parsed = OverridesParser.create().parse_overrides(extra) + list(parsed)
         for variant in _variants(parsed):
             try:
-                cfg = compose(config_name=config_name, overrides=variant)
+                cfg = compose(config_name=config_name, overrides=searchpath + variant)
             except ConfigError:
                 raise
             except Exception as err:
                 raise ConfigError("overrides", _one_line(err)) from None
             validate(cfg)
+            check_objects(cfg)
             if ns.multirun:
                 check_ddp_in_multirun(cfg, OmegaConf.select(first, "hydra.launcher"))
     GlobalHydra.instance().clear()

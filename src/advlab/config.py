@@ -11,7 +11,6 @@ from typing import Iterable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from advlab.attack_losses import LOSSES as ATTACK_LOSSES
-from advlab.attack_losses import NODE_LOSSES as ATTACK_NODE_LOSSES
 from advlab.errors import ConfigError
 
 
@@ -104,33 +103,11 @@ def _choice(cfg, key, allowed: Iterable[str]):
         raise ConfigError(key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
 
 
-# Choices of the perturbation-learning method (kept here so validation needs no torch import).
-TARGET_RULES = ("det", "rand", "uniform")
-BASES = ("natural", "uniform")
-TRAIN_ON = ("adv", "delta")
 # Mutual-information estimators (advlab.analysis.information) and the MI callback's key.
 MI_ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
 MI_CALLBACK = "callbacks.mutual_information"
 # advlab-eval's choices.
 POINTS = ("all", "common_correct")
-# AutoAttack's versions (advlab.attacks.autoattack).
-AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
-NOISE_KINDS = ("uniform", "gaussian")
-
-
-def _attack_node(cfg, node: str) -> None:
-    if _get(cfg, node) is None:
-        return
-    _number(cfg, f"{node}.eps", minimum=0)
-    _choice(cfg, f"{node}.norm", ("linf", "l2"))
-    _number(cfg, f"{node}.steps", minimum=1, integer=True)
-    _number(cfg, f"{node}.restarts", minimum=1, integer=True)
-    _number(cfg, f"{node}.step_size", minimum=0)
-    _number(cfg, f"{node}.rel_step_size", minimum=0)
-    _choice(cfg, f"{node}.loss", ATTACK_NODE_LOSSES)
-    _choice(cfg, f"{node}.version", AUTOATTACK_VERSIONS)
-    for key in ("n_target_classes", "square_queries", "n_queries", "apgd_steps", "fab_steps", "eot_iter"):
-        _number(cfg, f"{node}.{key}", minimum=1, integer=True)
 
 
 def _arch_node(cfg, node: str) -> None:
@@ -197,7 +174,6 @@ def _model_spec(cfg, key: str) -> None:
     _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
     _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
     _sparsity_params(cfg, f"{key}.method")
-    _attack_node(cfg, f"{key}.attack")
     _arch_node(cfg, f"{key}.arch")
 
 
@@ -205,8 +181,6 @@ def _validate_robustness(cfg: DictConfig) -> None:
     """advlab-eval's `robustness` node and the ε of its RobustBench line."""
     attacks = _get(cfg, "robustness.attacks") or {}
     _list(cfg, "robustness.run", tuple(attacks), nonempty=False)
-    for name in attacks:
-        _attack_node(cfg, f"robustness.attacks.{name}")
     for norm in ("linf", "l2"):
         _list(cfg, f"robustness.eps.{norm}", numbers=True, ascending=True)
     _list(cfg, "robustness.losses", ATTACK_LOSSES)
@@ -253,25 +227,8 @@ def _validate_eval(cfg: DictConfig) -> None:
     _list(cfg, "analyses", analysis_names(cfg, CONF_DIR), nonempty=False)
     _choice(cfg, "points", POINTS)
     _number(cfg, "max_points", minimum=1, integer=True)
-    _number(cfg, "batch_size", minimum=1, integer=True)
     _validate_robustness(cfg)
-    _list(cfg, "deepfool.norms", ("l2", "linf"), nonempty=False)
-    _number(cfg, "deepfool.steps", minimum=1, integer=True)
-    _number(cfg, "deepfool.overshoot", minimum=0)
-    _number(cfg, "deepfool.candidates", minimum=1, integer=True)
-    _number(cfg, "deepfool.refine_steps", minimum=0, integer=True)
-    _list(cfg, "off_support.kinds", NOISE_KINDS, nonempty=False)
-    _number(cfg, "off_support.n", minimum=1, integer=True)
-    _number(cfg, "linearity.eps_max", minimum=0, strict_min=True)
-    _number(cfg, "linearity.points", minimum=3, integer=True)
-    _number(cfg, "linearity.n", minimum=1, integer=True)
-    _number(cfg, "linearity.examples", minimum=0, integer=True)
-    _choice(cfg, "linearity.loss", ATTACK_LOSSES)
-    _number(cfg, "masking.eps", minimum=0, strict_min=True)
-    _choice(cfg, "masking.norm", ("linf", "l2"))
-    _number(cfg, "masking.large_eps", minimum=0, strict_min=True)
-    for key in ("n", "steps", "n_target_classes", "queries"):
-        _number(cfg, f"masking.{key}", minimum=1, integer=True)
+
 
 
 def validate(cfg: DictConfig) -> None:
@@ -281,15 +238,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "eps.value", minimum=0, required=True)
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
-    for node in ("attack", "eval_attack", f"{MI_CALLBACK}.attack"):
-        _attack_node(cfg, node)
-    for key in ("batch_size", "eval_batch_size"):
-        _number(cfg, f"dataset.{key}", minimum=1, integer=True)
-    _number(cfg, "dataset.val_fraction", minimum=0)
-    _number(cfg, "dataset.test_fraction", minimum=0)
-    _choice(cfg, "method.target_rule", TARGET_RULES)
-    _choice(cfg, "method.base", BASES)
-    _choice(cfg, "method.train_on", TRAIN_ON)
+    _number(cfg, "batch_size", minimum=1, integer=True)  # advlab-eval's and advlab-transfer's own batch
     for spec in ("source", "target"):
         _model_spec(cfg, spec)
     if _get(cfg, "method.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
@@ -299,9 +248,6 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "optimizer.lr", minimum=0, strict_min=True)
     _number(cfg, "method.label_smoothing", minimum=0)
     _arch_node(cfg, "arch")
-    # method=robust_dataset (representation inversion)
-    _number(cfg, "method.steps", minimum=1, integer=True)
-    _number(cfg, "method.step_size", minimum=0, strict_min=True)
     # callbacks=mi (mutual information during training)
     _number(cfg, f"{MI_CALLBACK}.n_points", minimum=2, integer=True)
     _choice(cfg, f"{MI_CALLBACK}.split", ("test", "val", "train"))

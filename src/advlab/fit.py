@@ -78,7 +78,7 @@ def check_keys(node, where: str, exclude=()) -> None:
     allowed = [name for name in dict.fromkeys(allowed) if name not in exclude]
     unknown = sorted(k for k in node if not str(k).startswith("_") and k not in allowed)
     if unknown:
-        raise ConfigError(where, f"unknown key(s) {', '.join(unknown)} for {node._target_}; allowed: {', '.join(allowed) or 'none'}")
+        raise ConfigError(f"{where}.{unknown[0]}", f"unknown key(s) {', '.join(unknown)} for {node._target_}; allowed: {', '.join(allowed) or 'none'}")
 
 
 def training_settings(trainer: dict) -> dict:

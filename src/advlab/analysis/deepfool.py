@@ -11,6 +11,7 @@ from torch import nn
 
 from advlab.analysis.protocol import Analysis, Points, label, stat, write_csv
 from advlab.attacks import DeepFool
+from advlab.errors import ConfigError
 from advlab.utils.progress import progress_bar
 
 
@@ -56,6 +57,9 @@ class DeepFoolAnalysis(Analysis):
     key = "deepfool"
 
     def __init__(self, norms, steps: int, overshoot: float, candidates=None, refine_steps: int = 20, bounds=None):
+        bad = [norm for norm in norms if norm not in ("l2", "linf")]
+        if bad:
+            raise ConfigError("deepfool.norms", f"unknown value {bad[0]!r}; allowed: l2, linf")
         self.attacks = {norm: DeepFool(norm=norm, steps=steps, overshoot=overshoot, candidates=candidates,
                                        refine_steps=refine_steps, bounds=bounds) for norm in norms}
         self.samples: list[list] = []  # deepfool_samples.csv, filled by `run`

@@ -75,7 +75,16 @@ class Linearity(Analysis):
     key = "linearity"
 
     def __init__(self, eps_max: float, points: int, n: int, examples: int, loss: str = "ce", bounds=None):
-        self.eps_max, self.points, self.n, self.examples, self.loss = float(eps_max), int(points), int(n), int(examples), str(loss)
+        from advlab.attack_losses import LOSSES
+        from advlab.errors import ConfigError
+        from advlab.methods.base import check_number
+
+        if loss not in LOSSES:
+            raise ConfigError("linearity.loss", f"unknown value {loss!r}; allowed: {', '.join(LOSSES)}")
+        self.eps_max = check_number("linearity.eps_max", eps_max, 0, strict=True)
+        self.points = check_number("linearity.points", points, 3, integer=True)
+        self.n = check_number("linearity.n", n, 1, integer=True)
+        self.examples, self.loss = check_number("linearity.examples", examples, 0, integer=True), str(loss)
         self.traces: dict[str, tuple] = {}  # model name -> (eps, logits, labels, r2, member) of the plot
 
     def run(self, member, points: Points) -> dict:

@@ -123,8 +123,18 @@ class Masking(Analysis):
 
     def __init__(self, eps: float, norm: str, n: int, steps: int, n_target_classes: int, queries: int,
                  large_eps=None, seed: int = 0, bounds=None):
-        self.eps, self.norm, self.n, self.bounds, self.seed = float(eps), str(norm), int(n), bounds, int(seed)
-        self.options = {"steps": int(steps), "n_target_classes": int(n_target_classes), "queries": int(queries), "large_eps": large_eps}
+        from advlab.errors import ConfigError
+        from advlab.methods.base import check_number
+
+        if norm not in ("linf", "l2"):
+            raise ConfigError("masking.norm", f"unknown value {norm!r}; allowed: linf, l2")
+        if large_eps is not None:
+            check_number("masking.large_eps", large_eps, 0, strict=True)
+        self.eps, self.norm, self.bounds, self.seed = check_number("masking.eps", eps, 0, strict=True), str(norm), bounds, int(seed)
+        self.n = check_number("masking.n", n, 1, integer=True)
+        self.options = {key: check_number(f"masking.{key}", value, 1, integer=True)
+                        for key, value in (("steps", steps), ("n_target_classes", n_target_classes), ("queries", queries))}
+        self.options["large_eps"] = large_eps
 
     def run(self, member, points: Points) -> dict:
         n = min(self.n, len(points.x))

@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from advlab.analysis.protocol import Analysis, Points, stat, write_csv
 from advlab.errors import ConfigError
 
-KINDS = ("uniform", "gaussian", "dataset")
+NOISE_KINDS = ("uniform", "gaussian")  # what `kinds` may list; a dataset's inputs come from `dataset`
+KINDS = NOISE_KINDS + ("dataset",)
 
 
 def noise_inputs(kind: str, n: int, like: torch.Tensor, bounds, generator: torch.Generator) -> torch.Tensor:
@@ -89,7 +90,12 @@ class OffSupport(Analysis):
     key = "off_support"
 
     def __init__(self, kinds, n: int, dataset=None, seed: int = 0, bounds=None):
-        self.kinds, self.n, self.dataset, self.seed = list(kinds), int(n), dataset, int(seed)
+        from advlab.methods.base import check_number
+
+        bad = [k for k in kinds if k not in NOISE_KINDS]
+        if bad:
+            raise ConfigError("off_support.kinds", f"unknown value {bad[0]!r}; allowed: {', '.join(NOISE_KINDS)}")
+        self.kinds, self.n, self.dataset, self.seed = list(kinds), check_number("off_support.n", n, 1, integer=True), dataset, int(seed)
         self.inputs: dict[str, torch.Tensor] = {}
 
     def prepare(self, datamodule) -> None:

@@ -356,6 +356,8 @@ class ArrayDataModule(pl.LightningDataModule):
             raise ConfigError("dataset.classes", f"must be null or a non-empty list of label ints, e.g. [1, 2]; got {classes!r}")
         if len(set(items)) != len(items):
             raise ConfigError("dataset.classes", f"lists a class twice: {items}")
+        if len(items) < 2:  # a classifier of one class learns nothing (and its attacks have no other class)
+            raise ConfigError("dataset.classes", f"needs at least 2 classes, e.g. [1, 2]; got {items}")
         return [int(c) for c in items]
 
     def _check_class_range(self, n: int) -> None:

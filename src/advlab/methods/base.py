@@ -45,11 +45,12 @@ class ClassifierModule(pl.LightningModule):
 
     `optimizer`: a callable taking the parameters (a `_partial_` optimizer node, instantiated), or such a
     node itself; `scheduler`: a config node instantiated in `configure_optimizers` (its `interval` and
-    `total_steps: null` are known only there); `eval_attack` (an Attack or None) adds `test/adv_acc`.
+    `total_steps: null` are known only there); `eval_attack` (an Attack or None) adds `test/adv_acc`;
+    `attack`: the run's attack, unused by clean training (advlab-train and model specs hand it to every method).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None,
-                 label_smoothing: float = 0.0, channels_last: bool = False, **_ignored):
+                 label_smoothing: float = 0.0, channels_last: bool = False, attack=None):
         super().__init__()
         # Every init argument but the objects, as plain values (checkpoints load with weights_only=True);
         # `record_configs` adds how to rebuild the objects, so `load_from_checkpoint(path)` needs nothing else.

@@ -17,13 +17,17 @@ from omegaconf import OmegaConf
 
 from advlab.artifacts import describe_object
 from advlab.cache import spec_key
-from advlab.config import BASES, TARGET_RULES, TRAIN_ON
 from advlab.data.derived.base import DerivedData, SourceAgreement, SourceModel
 from advlab.errors import ConfigError
 from advlab.methods.base import check_number
 from advlab.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
+
+# the crafting's choices (checked when the builder is made: the pre-flight makes it)
+TARGET_RULES = ("det", "rand", "uniform")
+BASES = ("natural", "uniform")
+TRAIN_ON = ("adv", "delta")
 
 # below this targeted success rate the crafted dataset is flagged (RECIPES.md §1: a weak attack
 # silently produces a weak dataset)

@@ -1,0 +1,177 @@
+"""The pre-flight's object checks: what a composed config describes is built (or its keys matched to
+the constructor it will be given to) before Hydra starts any work, so that each option's rule is the
+constructor's own and a key no constructor takes is an error naming the allowed keys.
+
+Built here (cheap, no data, no model): attacks (`attack`, `eval_attack`, a spec's `attack`,
+`robustness.attacks.*`), the datamodule (`dataset`) and the derived-dataset builders (`method.derived`).
+Matched to their constructors' signatures: methods, architectures, optimizers, schedulers, the
+trainer (pytorch_lightning.Trainer), a spec's `trainer` node and advlab-eval's analyses.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from omegaconf import DictConfig, OmegaConf
+
+from advlab.errors import ConfigError
+from advlab.fit import check_keys
+
+# A model spec's keys (conf/spec/standard.yaml, plus an adversarial spec's `attack` and
+# advlab-transfer's per-model `dataset`); `spec@<node>=external` is checked by models.external.
+SPEC_KEYS = ("method", "optimizer", "scheduler", "attack", "arch", "max_epochs", "seed", "trainer", "dataset")
+# What the code passes itself to each kind of constructor (so not a config key).
+METHOD_OBJECTS = ("model", "optimizer", "scheduler", "eval_attack", "attack", "source")
+# What advlab places models on (artifacts.pick_device); Lightning knows more names (tpu, hpu, ...)
+# that advlab cannot run on.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+TRAINER = "pytorch_lightning.Trainer"
+
+
+def _rekeyed(err: ConfigError, where: str) -> ConfigError:
+    """An attack's constructor names its keys `attack.*`: name the node they came from."""
+    key = err.key
+    if where != "attack" and key.startswith("attack."):
+        key = where + key[len("attack"):]
+    return ConfigError(key, str(err)[len(err.key) + 2:])
+
+
+def build_attack(node, where: str) -> None:
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        return
+    check_keys(node, where, exclude=("bounds",))
+    try:
+        _instantiate(node, where, bounds=(0.0, 1.0))
+    except ConfigError as err:
+        raise _rekeyed(err, where) from None
+
+
+def check_method(node, where: str) -> None:
+    """A method node's keys: the training's, and those of its derived-dataset builder (built here:
+    its dataclass checks its values)."""
+    from advlab.data.derived import derived_builder
+
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        return
+    training, builder = derived_builder(node)
+    try:
+        check_keys(training, where, exclude=METHOD_OBJECTS)
+    except ConfigError as err:
+        if builder is None:
+            raise
+        fields = ", ".join(f.name for f in dataclasses.fields(builder))
+        raise ConfigError(err.key, f"{str(err)[len(err.key) + 2:]}; or {type(builder).__name__}'s: derived, {fields}") from None
+
+
+def check_trainer(node, where: str) -> None:
+    """Trainer keys against pytorch_lightning.Trainer's signature; the accelerator and devices that
+    Lightning would refuse only once a model is built."""
+    if node is None:
+        return
+    target = node.get("_target_", TRAINER)
+    check_keys(OmegaConf.merge({"_target_": target}, node), where)
+    accelerator = node.get("accelerator")
+    if accelerator is not None and accelerator not in ACCELERATORS:
+        raise ConfigError(f"{where}.accelerator", f"unknown value {accelerator!r}; allowed: {', '.join(ACCELERATORS)}")
+    devices = node.get("devices")
+    if devices is not None and not _valid_devices(devices):
+        raise ConfigError(f"{where}.devices", f"expected a number of devices >= 1, -1 (all), auto or a list of device ids, got {devices!r}")
+
+
+def _valid_devices(devices) -> bool:
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices >= 1 or devices == -1
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return True
+        if "," in text:  # device ids
+            ids = [p.strip() for p in text.split(",") if p.strip()]
+            return bool(ids) and all(p.isdigit() for p in ids)
+        try:
+            return _valid_devices(int(text))
+        except ValueError:
+            return False
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices) > 0 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+    return False
+
+
+def check_spec(spec, where: str) -> None:
+    """A model spec (advlab-train's and -transfer's `source` / `target`, `models.<name>`) and its inner nodes."""
+    if not OmegaConf.is_dict(spec) or spec.get("method") == "external" or "checkpoint" in spec:
+        return
+    unknown = sorted(str(k) for k in spec if k not in SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", f"unknown key(s) {', '.join(unknown)} of a model spec; allowed: {', '.join(SPEC_KEYS)}")
+    check_method(spec.get("method"), f"{where}.method")
+    for part in ("arch", "optimizer", "scheduler"):
+        _target_keys(spec, part, f"{where}.{part}")
+    build_attack(spec.get("attack"), f"{where}.attack")
+    if spec.get("dataset") is not None:
+        build_dataset(spec.dataset, f"{where}.dataset")
+    check_trainer(spec.get("trainer") or None, f"{where}.trainer")
+
+
+def _target_keys(cfg, key: str, where: str, exclude=("input_shape", "num_classes", "params", "bounds")) -> None:
+    node = cfg.get(key) if OmegaConf.is_dict(cfg) else None
+    if OmegaConf.is_dict(node) and "_target_" in node:
+        check_keys(node, where, exclude=exclude)
+
+
+def build_dataset(node, where: str = "dataset") -> None:
+    """The datamodule's constructor (no data is read). Its `check` (are the files there?) is the app's,
+    run before any data loads: the pre-flight may run where the data is not (a SLURM login node)."""
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        return
+    check_keys(node, where)
+    _instantiate(node, where)
+
+
+def _instantiate(node, where: str, **kwargs):
+    """`instantiate`, its errors as one ConfigError (a constructor's own, or one naming `where`)."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as err:  # a TypeError of a wrong type, an InstantiationException wrapping a ConfigError
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(where, " ".join(str(err).split())) from None
+
+
+def build_analysis(node, where: str) -> None:
+    """An advlab-eval analysis (conf/analysis/): its constructor checks its settings."""
+    check_keys(node, where, exclude=("bounds",))
+    _instantiate(node, where, _recursive_=False, bounds=(0.0, 1.0))  # as advlab.evaluate builds it
+
+
+def check_objects(cfg: DictConfig) -> None:
+    """Every `_target_` node of a composed run config (see the module docstring); raises ConfigError."""
+    from advlab.analysis.protocol import analysis_names
+    from advlab.config import CONF_DIR
+
+    check_method(cfg.get("method"), "method")
+    _target_keys(cfg, "arch", "arch")
+    _target_keys(cfg, "optimizer", "optimizer")
+    _target_keys(cfg, "scheduler", "scheduler")
+    for node in ("attack", "eval_attack"):
+        build_attack(cfg.get(node), node)
+    check_trainer(cfg.get("trainer"), "trainer")
+    for node in ("source", "target"):
+        check_spec(cfg.get(node), node)
+    models = cfg.get("models")
+    for name in (models or {}) if OmegaConf.is_dict(models) else ():
+        check_spec(models[name], f"models.{name}")
+    build_attack(OmegaConf.select(cfg, "callbacks.mutual_information.attack"), "callbacks.mutual_information.attack")
+    if cfg.get("task_name") == "eval":
+        for name, node in (OmegaConf.select(cfg, "robustness.attacks") or {}).items():
+            build_attack(node, f"robustness.attacks.{name}")
+        for name in analysis_names(cfg, CONF_DIR):
+            build_analysis(cfg[name], name)
+    if cfg.get("dataset") is not None:
+        build_dataset(cfg.dataset)
