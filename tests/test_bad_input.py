@@ -20,6 +20,15 @@ CASES = [
     (["dataset=synthetic", "dataset.kind=laplace"], "dataset.kind", "allowed: gaussian"),  # raised inside instantiate
     (["arch=cnn", "dataset=synthetic"], "arch", "image inputs"),  # a model that cannot take this data
 ]
+# issue 13's list: refused by the pre-flight, before Hydra makes the run directory
+PREFLIGHT_CASES = [
+    (["method=perturbation", "+method.target_rul=rand"], "method.target_rul", "target_rule"),
+    (["+foo=1"], "foo", "allowed: arch, attack,"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator", "allowed: auto, cpu, gpu, cuda, mps"),
+    (["trainer.devices=0"], "trainer.devices", "got 0"),
+    (["method=perturbation", "method.craft_batch_size=0"], "method.craft_batch_size", "integer >= 1"),
+    (["dataset.classes=[1]"], "dataset.classes", "at least 2 classes"),
+]
 
 
 @pytest.mark.parametrize("overrides,key,allowed", CASES, ids=[c[1] + ":" + c[0][-1] for c in CASES])
@@ -32,3 +41,32 @@ def test_bad_input_is_one_clear_line(advlab_root, overrides, key, allowed):
     assert lines[0].startswith("advlab-train: error: " + key), lines[0]
     assert allowed in lines[0]
     assert not (run.run_dir / "checkpoints").exists() and not (advlab_root / "cache" / "models").exists()
+
+
+def _one_error_line(run, prog: str, key: str, allowed: str) -> None:
+    assert run.returncode == 2, run.log[-2000:]
+    assert "Traceback" not in run.log
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"{prog}: error: {key}"), lines[0]
+    assert allowed in lines[0]
+    assert not run.run_dir.exists()  # refused before Hydra started: nothing written
+
+
+@pytest.mark.parametrize("overrides,key,allowed", PREFLIGHT_CASES, ids=[c[1] for c in PREFLIGHT_CASES])
+def test_preflight_refuses_before_anything_is_written(advlab_root, overrides, key, allowed):
+    _one_error_line(run_advlab(advlab_root, *overrides, "logger=csv"), "advlab-train", key, allowed)
+    assert not (advlab_root / "cache").exists()
+
+
+def test_transfer_batch_size_is_refused_before_any_source_model(advlab_root):
+    run = run_advlab(advlab_root, "batch_size=0", "logger=csv", module="advlab.transfer")
+    _one_error_line(run, "advlab-transfer", "batch_size", "integer >= 1")
+
+
+def test_malformed_yaml_of_a_config_dir_names_its_file_and_line(advlab_root, tmp_path):
+    (tmp_path / "experiment").mkdir()
+    broken = tmp_path / "experiment" / "broken.yaml"
+    broken.write_text("# @package _global_\nmethod:\n  target_rule: [rand\n  base: natural\n")
+    run = run_advlab(advlab_root, "--config-dir", str(tmp_path), "experiment=broken", "logger=csv")
+    _one_error_line(run, "advlab-train", f"{broken}:3", "line 3")

@@ -15,6 +15,7 @@ from advlab.data.derived import derived_builder
 from advlab.errors import ConfigError
 from advlab.methods import ClassifierModule
 from advlab.models import Classifier, build_model
+from advlab.preflight import check_objects
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,9 @@ def test_validate_rejects_wrong_types():
     for overrides, key in ((["seed=abc"], "seed"), (["attack.steps=0"], "attack.steps"), (["dataset.batch_size=1.5"], "dataset.batch_size"),
                            (["optimizer.lr=0"], "optimizer.lr")):
         with pytest.raises(ConfigError, match=f"^{key}:"):
-            validate(_compose(*overrides))
+            cfg = _compose(*overrides)
+            validate(cfg)
+            check_objects(cfg)  # attacks and datamodules check their own values when the pre-flight builds them
 
 
 @pytest.mark.parametrize("option", group_options("trainer"))

@@ -21,6 +21,15 @@ def _one_line(text: str) -> str:
     return " ".join(lines)
 
 
+def _compose_error(err: Exception) -> ConfigError:
+    """A composition error as one line; malformed YAML is named by its file and line."""
+    import re
+
+    text = _one_line(err)
+    where = re.search(r'in "([^"]+\.yaml)", line (\d+)', text)
+    return ConfigError(f"{where[1]}:{where[2]}" if where else "overrides", text)
+
+
 def _variants(parsed) -> list[list[str]]:
     """Each sweep value once (with the first value of the other sweeps): enough to check every
     option without composing the whole cartesian product."""
@@ -180,14 +189,14 @@ def precheck(args: list[str], config_name: str = "train") -> None:
         try:
             base = compose(config_name=config_name, overrides=searchpath + groups_only, return_hydra_config=True)
         except Exception as err:
-            raise ConfigError("overrides", _one_line(err)) from None
+            raise _compose_error(err) from None
         _group_hint(parsed, dict(base.hydra.runtime.choices))
         _check_new_keys(parsed, base)
         try:
             first = compose(config_name=config_name, overrides=searchpath + [o.input_line for o in parsed if not o.is_sweep_override()],
                             return_hydra_config=True)
         except Exception as err:
-            raise ConfigError("overrides", _one_line(err)) from None
+            raise _compose_error(err) from None
         # sweeps defined in configs (`sweep=...` presets set hydra.sweeper.params) are checked too
         params = OmegaConf.select(first, "hydra.sweeper.params") or {}
         if params:
@@ -200,7 +209,7 @@ def precheck(args: list[str], config_name: str = "train") -> None:
             except ConfigError:
                 raise
             except Exception as err:
-                raise ConfigError("overrides", _one_line(err)) from None
+                raise _compose_error(err) from None
             validate(cfg)
             check_objects(cfg)
             if ns.multirun:
