@@ -125,15 +125,6 @@ def _arch_node(cfg, node: str) -> None:
     _choice(cfg, f"{node}.normalize", ("standardize", "center", "none"))
 
 
-def _sparsity_params(cfg, node: str) -> None:
-    """The data-sparsity method's arguments (`method.*`, or a model spec's `method.*`)."""
-    for key in ("sigma_u", "lam", "adv_ratio", "adv_eps"):
-        _number(cfg, f"{node}.{key}", minimum=0)
-    _number(cfg, f"{node}.sigma_n", minimum=0, strict_min=True)
-    _number(cfg, f"{node}.n_unlabeled", minimum=0, integer=True)
-    _number(cfg, f"{node}.n_neighbors", minimum=1, integer=True)
-
-
 def _list(cfg, key: str, allowed=None, *, numbers=False, ascending=False, nonempty=True) -> list:
     value = _get(cfg, key)
     if value is None:
@@ -173,7 +164,6 @@ def _model_spec(cfg, key: str) -> None:
         raise ConfigError(f"{key}.method", f"unknown value {method!r}; allowed: a method node, chosen with the spec: spec@{key}={specs}")
     _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
     _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
-    _sparsity_params(cfg, f"{key}.method")
     _arch_node(cfg, f"{key}.arch")
 
 
@@ -243,10 +233,7 @@ def validate(cfg: DictConfig) -> None:
         _model_spec(cfg, spec)
     if _get(cfg, "method.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
         raise ConfigError("method.measure_transfer", "needs a trained source spec, not spec@source=external; allowed: false")
-    _number(cfg, "method.adv_ratio", minimum=0)
-    _sparsity_params(cfg, "method")
     _number(cfg, "optimizer.lr", minimum=0, strict_min=True)
-    _number(cfg, "method.label_smoothing", minimum=0)
     _arch_node(cfg, "arch")
     # callbacks=mi (mutual information during training)
     _number(cfg, f"{MI_CALLBACK}.n_points", minimum=2, integer=True)
@@ -283,7 +270,5 @@ def _validate_probe(cfg: DictConfig) -> None:
     if not models:
         raise ConfigError("models", "name at least one model spec, e.g. +spec@models.NT=standard")
     for name in models:
-        _model_spec(cfg, f"models.{name}")
-        if str(_get(cfg, f"models.{name}.method._target_")).endswith("AdversarialTraining") and _get(cfg, f"models.{name}.attack") is None:
-            raise ConfigError(f"models.{name}.attack", "an adversarial model needs an attack, e.g. models.AT.attack=${attack}")
+        _model_spec(cfg, f"models.{name}")  # an adversarial one without an attack: its method's constructor (pre-flight)
     _mi_estimators(cfg, "probe.mi.estimators")

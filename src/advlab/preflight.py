@@ -2,10 +2,11 @@
 the constructor it will be given to) before Hydra starts any work, so that each option's rule is the
 constructor's own and a key no constructor takes is an error naming the allowed keys.
 
-Built here (cheap, no data, no model): attacks (`attack`, `eval_attack`, a spec's `attack`,
-`robustness.attacks.*`), the datamodule (`dataset`) and the derived-dataset builders (`method.derived`).
-Matched to their constructors' signatures: methods, architectures, optimizers, schedulers, the
-trainer (pytorch_lightning.Trainer), a spec's `trainer` node and advlab-eval's analyses.
+Built here (cheap, no data, no real model): attacks (`attack`, `eval_attack`, a spec's `attack`,
+`robustness.attacks.*`), the datamodule (`dataset`, without reading data), the derived-dataset
+builders (`method.derived`), the methods (around a stand-in model) and advlab-eval's analyses.
+Only matched to their constructors' signatures: architectures, optimizers, schedulers, the trainer
+(pytorch_lightning.Trainer) and a spec's `trainer` node.
 """
 from __future__ import annotations
 
@@ -27,12 +28,22 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 TRAINER = "pytorch_lightning.Trainer"
 
 
-def _rekeyed(err: ConfigError, where: str) -> ConfigError:
-    """An attack's constructor names its keys `attack.*`: name the node they came from."""
+def _rekeyed(err: ConfigError, where: str, prefix: str = "attack") -> ConfigError:
+    """A constructor names its keys as at the run's top level (`attack.*`, `method.*`): name the node
+    they came from (`eval_attack.steps`, `source.method.lam`)."""
     key = err.key
-    if where != "attack" and key.startswith("attack."):
-        key = where + key[len("attack"):]
+    if where != prefix and (key == prefix or key.startswith(prefix + ".")):
+        key = where + key[len(prefix):]
     return ConfigError(key, str(err)[len(err.key) + 2:])
+
+
+def _stand_in_model():
+    """What a method is built around in the pre-flight: its checks need only the number of classes."""
+    import torch
+
+    model = torch.nn.Linear(1, 2)
+    model.num_classes, model.input_shape = 2, (1,)
+    return model
 
 
 def build_attack(node, where: str) -> None:
@@ -45,14 +56,18 @@ def build_attack(node, where: str) -> None:
         raise _rekeyed(err, where) from None
 
 
-def check_method(node, where: str) -> None:
-    """A method node's keys: the training's, and those of its derived-dataset builder (built here:
-    its dataclass checks its values)."""
+def check_method(node, where: str, attack=None) -> None:
+    """A method node: its keys (the training's, and those of its derived-dataset builder), then the
+    builder (a dataclass checking its values) and the training itself, around a stand-in model.
+    `attack`: the attack node the method will be given, if any; `where`: e.g. `source.method`."""
     from advlab.data.derived import derived_builder
 
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         return
-    training, builder = derived_builder(node)
+    try:
+        training, builder = derived_builder(node)
+    except ConfigError as err:
+        raise _rekeyed(err, where, "method") from None
     try:
         check_keys(training, where, exclude=METHOD_OBJECTS)
     except ConfigError as err:
@@ -60,6 +75,12 @@ def check_method(node, where: str) -> None:
             raise
         fields = ", ".join(f.name for f in dataclasses.fields(builder))
         raise ConfigError(err.key, f"{str(err)[len(err.key) + 2:]}; or {type(builder).__name__}'s: derived, {fields}") from None
+    stand_in = object() if attack is not None else None  # the attack itself is built and checked on its own
+    try:
+        _instantiate(training, where, model=_stand_in_model(), optimizer={}, attack=stand_in, _recursive_=False)
+    except ConfigError as err:
+        spec = where[: -len(".method")] if where.endswith(".method") else ""
+        raise (_rekeyed(err, f"{spec}.attack", "attack") if spec and err.key == "attack" else _rekeyed(err, where, "method")) from None
 
 
 def check_trainer(node, where: str) -> None:
@@ -105,7 +126,7 @@ def check_spec(spec, where: str) -> None:
     unknown = sorted(str(k) for k in spec if k not in SPEC_KEYS)
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}", f"unknown key(s) {', '.join(unknown)} of a model spec; allowed: {', '.join(SPEC_KEYS)}")
-    check_method(spec.get("method"), f"{where}.method")
+    check_method(spec.get("method"), f"{where}.method", spec.get("attack"))
     for part in ("arch", "optimizer", "scheduler"):
         _target_keys(spec, part, f"{where}.{part}")
     build_attack(spec.get("attack"), f"{where}.attack")
@@ -155,7 +176,7 @@ def check_objects(cfg: DictConfig) -> None:
     from advlab.analysis.protocol import analysis_names
     from advlab.config import CONF_DIR
 
-    check_method(cfg.get("method"), "method")
+    check_method(cfg.get("method"), "method", cfg.get("attack"))
     _target_keys(cfg, "arch", "arch")
     _target_keys(cfg, "optimizer", "optimizer")
     _target_keys(cfg, "scheduler", "scheduler")
