@@ -157,7 +157,10 @@ BAD = [
     (["linearity.loss=hinge"], "linearity.loss", "allowed: ce, margin"),
     (["masking.norm=l1"], "masking.norm", "allowed: linf, l2"),
     (["masking.queries=0"], "masking.queries", ">= 1"),
-    (["+robustness.attacks.pgd_linf.version=fast"], "robustness.attacks.pgd_linf.version", "allowed: standard, plus, rand"),
+    # a PGD has no version: an unknown key; an AutoAttack's version is checked by its constructor
+    (["+robustness.attacks.pgd_linf.version=fast"], "robustness.attacks.pgd_linf.version", "allowed: eps, norm, steps"),
+    (["+attack@robustness.attacks.aa=autoattack", "robustness.attacks.aa.version=fast"], "robustness.attacks.aa.version",
+     "allowed: standard, plus, rand"),
     (["experiment=nope"], "experiment", "allowed:"),
 ]
 

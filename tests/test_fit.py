@@ -76,7 +76,7 @@ def test_specs_are_composed_by_hydra(digits, tmp_path):
     key = Artifacts(ArtifactCache(tmp_path), trainer=OmegaConf.create({"accelerator": "cpu"})).model_spec(spec, digits)
     assert key["method"]["adv_ratio"] == 0.5 and key["attack"]["_target_"] == "advlab.attacks.FGSM"
     assert key["scheduler"]["_target_"] == "torch.optim.lr_scheduler.StepLR"
-    with pytest.raises(ConfigError, match=r"^source.method: unknown key\(s\) adv_ration for advlab.methods.AdversarialTraining"):
+    with pytest.raises(ConfigError, match=r"^source.method.adv_ration: unknown key\(s\) adv_ration for advlab.methods.AdversarialTraining"):
         Artifacts(ArtifactCache(tmp_path)).model_spec(OmegaConf.merge(spec, {"method": {"adv_ration": 1}}), digits)
     evaluation = _compose("+spec@models.s=sparsity", "models.s.method.lam=300", "model_defaults.max_epochs=4", app="eval")
     assert evaluation.models.s.method.lam == 300 and evaluation.models.s.max_epochs == 4 and evaluation.models.standard.max_epochs == 4
