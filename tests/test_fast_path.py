@@ -101,6 +101,7 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     from advlab.artifacts import Artifacts
     from advlab.cli import precheck
     from advlab.config import CONF_DIR, validate
+    from advlab.data.derived import derived_builder
 
     precheck(["experiment=ilyas_cifar10_cpu", "-m"], "train")  # composes and validates every job of its sweep (both rules)
     cfgs = {}
@@ -128,6 +129,9 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     assert keys[0]["optimizer"]["nesterov"] is True and "trainer" not in keys[0]
     model = ResNet9((3, 32, 32), 10, **{k: v for k, v in cfg.arch.items() if k in ("width", "logit_scale")})
     attack = instantiate(cfg.attack, bounds=[0.0, 1.0])
-    method = instantiate(cfg.method, model=model, optimizer=instantiate(cfg.optimizer), attack=attack, eval_attack=None, source=cfg.source,
-                         _recursive_=False)
-    assert method.label_smoothing == 0.1 and method.attack.steps == 20 and method.attack.alpha == pytest.approx(0.1)
+    # the method node holds the training's keys and its dataset builder's (split as advlab-train does);
+    # the crafting attack goes to the builder, the training is plain StandardTraining
+    training, builder = derived_builder(cfg.method)
+    method = instantiate(training, model=model, optimizer=instantiate(cfg.optimizer), eval_attack=None, _recursive_=False)
+    assert method.label_smoothing == 0.1 and attack.steps == 20 and attack.alpha == pytest.approx(0.1)
+    assert builder.target_rule == "det" and type(method).__name__ == "StandardTraining"
