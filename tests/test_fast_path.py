@@ -113,7 +113,8 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     cfg = cfgs["det"]
     assert list(cfg.hydra.sweeper.params.items()) == [("method.target_rule", "det,rand")]
     assert cfg.dataset._target_ == "advlab.data.CIFAR10JPEGDataModule" and cfg.arch.width == 16
-    assert cfg.attack.norm == "l2" and cfg.attack.eps == 1.5 and cfg.attack.steps == 10 and cfg.method.target_rule == "det" and cfgs["rand"].method.target_rule == "rand"
+    assert cfg.attack.norm == "l2" and cfg.attack.eps == 1.5 and cfg.attack.steps == 10
+    assert cfg.method.target_rule == "det" and cfgs["rand"].method.target_rule == "rand"
     assert cfg.scheduler._target_.endswith("one_cycle") and cfg.source.scheduler.interval == "step"
 
     class Data:  # the two parts of a datamodule a model spec's cache key reads
