@@ -12,6 +12,10 @@ fixed schedule of the query budget (``p_init`` = 0.8, AutoAttack's setting).
   other), scaled to ``‖δ‖₂ = ε``; a proposal moves the perturbation mass of a second window into the
   first, adds a new ±pulse there and rescales to ``‖δ‖₂ = ε``.
 
+L∞ proposals known to be rejected (no pixel changes, or the sample already rejected the same window
+and signs at its current point) are not sent to the model: same points, fewer model evaluations
+(on robust points late in the schedule most single-pixel proposals are such repeats).
+
 Inputs of any shape are viewed as images ``(N, C, H, W)``: 2-D ``(N, D)`` as ``(N, 1, 1, D)`` (the
 windows are then segments), 3-D ``(N, H, W)`` as one channel.
 """
