@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from advlab.analysis.protocol import Points, analysis_names
-from advlab.config import CONF_DIR, rewrite_overrides
+from advlab.config import CONF_DIR
 from advlab.errors import ConfigError
 from advlab.evaluate import _build
 
@@ -17,7 +17,7 @@ from advlab.evaluate import _build
 def _eval_cfg(*overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("eval", overrides=rewrite_overrides(list(overrides)))
+        return compose("eval", overrides=list(overrides))
 
 
 def test_the_analyses_are_the_yaml_files_and_each_builds_its_class():

@@ -114,7 +114,8 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     cfg = cfgs["det"]
     assert list(cfg.hydra.sweeper.params.items()) == [("method.target_rule", "det,rand")]
     assert cfg.dataset._target_ == "advlab.data.CIFAR10JPEGDataModule" and cfg.arch.width == 16
-    assert cfg.attack.norm == "l2" and cfg.attack.eps == 0.5 and cfg.method.target_rule == "det" and cfgs["rand"].method.target_rule == "rand"
+    assert cfg.attack.norm == "l2" and cfg.attack.eps == 1.5 and cfg.attack.steps == 10
+    assert cfg.method.target_rule == "det" and cfgs["rand"].method.target_rule == "rand"
     assert cfg.scheduler._target_.endswith("one_cycle") and cfg.source.scheduler.interval == "step"
 
     class Data:  # the two parts of a datamodule a model spec's cache key reads
@@ -128,10 +129,37 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     assert keys[0] == keys[1] and keys[0]["method"]["label_smoothing"] == 0.1  # one source for both rules
     assert keys[0]["optimizer"]["nesterov"] is True and "trainer" not in keys[0]
     model = ResNet9((3, 32, 32), 10, **{k: v for k, v in cfg.arch.items() if k in ("width", "logit_scale")})
+
     attack = instantiate(cfg.attack, bounds=[0.0, 1.0])
-    # the method node holds the training's keys and its dataset builder's (split as advlab-train does);
-    # the crafting attack goes to the builder, the training is plain StandardTraining
     training, builder = derived_builder(cfg.method)
     method = instantiate(training, model=model, optimizer=instantiate(cfg.optimizer), eval_attack=None, _recursive_=False)
-    assert method.label_smoothing == 0.1 and attack.steps == 20 and attack.alpha == pytest.approx(0.1)
-    assert builder.target_rule == "det" and type(method).__name__ == "StandardTraining"
+    assert method.label_smoothing == 0.1 and method.channels_last and builder.craft_batch_size == 500
+    assert attack.steps == 10 and attack.alpha == pytest.approx(0.375) and attack.keep_best
+
+
+@pytest.mark.parametrize("app,sweep,n_jobs", [("transfer", "transfer_cifar10_cpu", 36), ("train", "cross_arch_perturbation_cifar10_cpu", 16)])
+def test_cifar10_cpu_sweeps_pass_the_preflight_with_every_architecture_family(app, sweep, n_jobs):
+    """Every job of the CIFAR-10 CPU sweeps composes and validates; the CPU-width archs are distinct families."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from advlab.cli import precheck
+    from advlab.config import CONF_DIR
+
+    precheck([f"sweep={sweep}"], app)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(app, overrides=[f"sweep={sweep}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    params = {k: v.split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    archs = params["arch@source.arch"]
+    assert len(archs) * len(params.get("arch@target.arch", params.get("arch", []))) == n_jobs
+    targets = set()
+    for name in archs:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            arch = compose(app, overrides=[f"sweep={sweep}", f"arch@source.arch={name}"]).source.arch
+        GlobalHydra.instance().clear()
+        targets.add(arch._target_)
+        assert arch.normalize == "standardize"
+    assert len(targets) == len(archs) >= (5 if app == "transfer" else 4)
+    assert cfg.dataset._target_ == "advlab.data.CIFAR10JPEGDataModule" and cfg.dataset.max_train == 10000

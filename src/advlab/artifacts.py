@@ -116,6 +116,8 @@ class Artifacts:
         model.load_state_dict(payload["state_dict"])
         self.trained.setdefault(where, {"metrics": dict(payload["metrics"]), "history": list(payload.get("history", [])),
                                         "trainer": dict(payload.get("trainer", {}))})
+        if spec.method.get("channels_last") and len(getattr(model, "input_shape", ())) == 3:
+            model.to(memory_format=torch.channels_last)  # as it trained: NHWC convolutions (crafting, attacks)
         return model.to(self.device).eval(), dict(payload["metrics"]), key
 
     def _external(self, spec, datamodule, name: str, where: str, key: dict):

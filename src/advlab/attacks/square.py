@@ -12,6 +12,10 @@ fixed schedule of the query budget (``p_init`` = 0.8, AutoAttack's setting).
   other), scaled to ``‖δ‖₂ = ε``; a proposal moves the perturbation mass of a second window into the
   first, adds a new ±pulse there and rescales to ``‖δ‖₂ = ε``.
 
+L∞ proposals known to be rejected (no pixel changes, or the sample already rejected the same window
+and signs at its current point) are not sent to the model: same points, fewer model evaluations
+(on robust points late in the schedule most single-pixel proposals are such repeats).
+
 Inputs of any shape are viewed as images ``(N, C, H, W)``: 2-D ``(N, D)`` as ``(N, 1, 1, D)`` (the
 windows are then segments), 3-D ``(N, H, W)`` as one channel.
 """
@@ -55,6 +59,48 @@ def two_sided_pulse(h: int, w: int, transpose: bool) -> torch.Tensor:
     out = torch.cat((pulse(h // 2, w), -pulse(h - h // 2, w))) if h > 1 else pulse(h, w)
     out = out / out.norm()
     return out.t() if transpose and h == w else out
+
+
+_MEMO_LIMIT = 1 << 24  # entries (bools) of the rejected-proposal table; larger inputs keep only the no-op check
+
+
+class RejectedProposals:
+    """Per sample, the L∞ proposals (window corner and sign pattern, at the current window size)
+    already rejected at the sample's current point. The model is deterministic and the acceptance
+    rule strict, so such a proposal, or one that changes no pixel, would be rejected again: it
+    needs no model query, and skipping it leaves the search unchanged (late in the schedule most
+    proposals on a robust point are repeats). A sample forgets its rejections when it moves; all
+    are forgotten when the window size changes."""
+
+    def __init__(self, n, c, h, w, device):
+        self.size, self.c = None, c
+        self.enabled = c <= 4 and n * h * w * 2 ** c <= _MEMO_LIMIT
+        self.table = torch.zeros((n, h, w, 2 ** c), dtype=torch.bool, device=device) if self.enabled else None
+        self.weights = 2 ** torch.arange(c, device=device)
+
+    def _where(self, key):
+        _, vh, vw, low = key
+        code = (low.long() * self.weights).sum(1)
+        return torch.arange(vh.numel(), device=vh.device), vh, vw, code
+
+    def unknown(self, key, cand, cur):
+        """Per sample: the proposal's outcome is not known yet (the model must be asked)."""
+        ask = (cand != cur).flatten(1).any(1)
+        if not self.enabled:
+            return ask
+        if key[0] != self.size:
+            self.table.zero_()
+            self.size = key[0]
+        return ask & ~self.table[self._where(key)]
+
+    def record(self, key, accepted):
+        if self.enabled:
+            self.table[self._where(key)] |= ~accepted
+            self.table.masked_fill_(accepted.view(-1, 1, 1, 1), False)
+
+    def keep(self, keep):
+        if self.enabled:
+            self.table = self.table[keep]
 
 
 class Square(Attack):
@@ -151,7 +197,7 @@ class Square(Attack):
 
     def _search(self, fwd, x, y):
         """Random search; the samples still running are kept as a compact working set (rebuilt only
-        when some of them break) so that a query costs one forward pass and few small ops."""
+        when some of them break) so that a query costs at most one forward pass and few small ops."""
         gen = self.generator(x.device)
         best = self._init_linf(x, gen) if self.norm == "linf" else self._init_l2(x, gen)
         margin, hit = self._margin(fwd, best, y)
@@ -159,15 +205,21 @@ class Square(Attack):
         xa, cur, ya, ma = x[act], best[act], y[act], margin[act]
         # L∞ proposals set window pixels to one of the two vertices x ± ε (clipped): computed once
         vert = (self._clip(xa - self.eps), self._clip(xa + self.eps)) if self.norm == "linf" else (xa, xa)
+        memo = RejectedProposals(*cur.shape, cur.device) if self.norm == "linf" else None
         for it in range(1, self.n_queries):
             if act.numel() == 0:
                 break
-            if self.norm == "linf":
-                cand = self._propose_linf(vert, cur, it, gen)
+            if memo is not None:
+                cand, key = self._propose_linf(vert, cur, it, gen)
+                ask = memo.unknown(key, cand, cur)
             else:
-                cand = self._propose_l2(xa, cur, it, gen)
-            m_new, hit_new = self._margin(fwd, cand, ya)
-            better = m_new < ma
+                cand, ask = self._propose_l2(xa, cur, it, gen), None
+            judged = self._judge(fwd, cand, ya, ma, ask)
+            if judged is None:  # every proposal is known to be rejected: no query needed
+                continue
+            better, m_new, hit_new = judged
+            if memo is not None:
+                memo.record(key, better)
             cur = torch.where(better.view(-1, 1, 1, 1), cand, cur)
             ma = torch.where(better, m_new, ma)
             done = better & hit_new
@@ -176,8 +228,26 @@ class Square(Attack):
                 keep = ~done
                 act, xa, cur, ya, ma = act[keep], xa[keep], cur[keep], ya[keep], ma[keep]
                 vert = (vert[0][keep], vert[1][keep])
+                if memo is not None:
+                    memo.keep(keep)
         best[act] = cur
         return best, hit
+
+    def _judge(self, fwd, cand, y, margin, ask):
+        """(accepted, new margin, misclassified) per sample; the model sees only the candidates in
+        ``ask`` (all when None), the others keep their margin and are rejected. None: nothing to ask."""
+        if ask is None:
+            m_new, hit_new = self._margin(fwd, cand, y)
+            return m_new < margin, m_new, hit_new
+        idx = ask.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return None
+        if idx.numel() == ask.numel():
+            return self._judge(fwd, cand, y, margin, None)
+        m_sub, hit_sub = self._margin(fwd, cand.index_select(0, idx), y.index_select(0, idx))
+        m_new = margin.index_copy(0, idx, m_sub)
+        hit_new = torch.zeros_like(ask).index_copy_(0, idx, hit_sub)
+        return m_new < margin, m_new, hit_new
 
     def _init_linf(self, x, gen):
         n, c, h, w = x.shape
@@ -189,8 +259,9 @@ class Square(Attack):
         u = torch.rand((n, 2 + c), generator=gen, device=cur.device)  # one draw: corner and signs
         vh = (u[:, 0] * (h - sh + 1)).long().clamp_(max=h - sh)
         vw = (u[:, 1] * (w - sw + 1)).long().clamp_(max=w - sw)
-        vertex = torch.where((u[:, 2:] < 0.5).view(n, c, 1, 1), vert[0], vert[1])
-        return torch.where(self._mask(vh, vw, sh, sw, h, w), vertex, cur)
+        low = u[:, 2:] < 0.5
+        vertex = torch.where(low.view(n, c, 1, 1), vert[0], vert[1])
+        return torch.where(self._mask(vh, vw, sh, sw, h, w), vertex, cur), ((sh, sw), vh, vw, low)
 
     def _to_eps(self, x, delta):
         """``x + δ·ε/‖δ‖₂`` per sample, clipped to the bounds."""
