@@ -6,7 +6,7 @@ import pytest
 from conftest import run_advlab
 
 CASES = [
-    (["arch=transformer"], "arch", "allowed: cnn, densenet121, googlenet, mlp"),
+    (["arch=transformer"], "arch", "allowed: cnn, densenet121, densenet121_cpu, googlenet, googlenet_cpu, mlp"),
     (["-m", "dataset=digits,imagenet"], "dataset", "allowed: cifar10, cifar10_jpeg, digits"),
     (["trainer.max_epochs=ten"], "trainer.max_epochs", "integer"),
     (["eps.value=-0.5"], "eps.value", ">= 0"),
