@@ -14,8 +14,10 @@ class AdversarialTraining(ClassifierModule):
     Paknezhad et al.); 1.0 is Madry's PGD-AT. The attack comes from the `attack` group.
     """
 
-    def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, adv_ratio: float = 1.0, **kw):
-        super().__init__(model, optimizer, scheduler, eval_attack, **kw)
+    # explicit arguments, no **kwargs: Lightning's load_from_checkpoint then passes only these
+    def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, adv_ratio: float = 1.0,
+                 label_smoothing: float = 0.0, channels_last: bool = False):
+        super().__init__(model, optimizer, scheduler, eval_attack, label_smoothing=label_smoothing, channels_last=channels_last)
         if attack is None:
             raise ConfigError("attack", "method=adversarial needs an attack; choose one of the attack group's options")
         if not 0.0 <= float(adv_ratio) <= 1.0:

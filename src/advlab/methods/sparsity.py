@@ -58,8 +58,9 @@ class SparsityTraining(ClassifierModule):
 
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, sigma_u: float = 0.2, n_unlabeled: int = 4,
                  sigma_n: float = 0.02, n_neighbors: int = 1, lam: float = 100.0, adv_ratio: float = 0.0,
-                 adv_eps: float = 0.1, **kw):
-        super().__init__(model, optimizer, scheduler, eval_attack, **kw)
+                 adv_eps: float = 0.1, label_smoothing: float = 0.0, channels_last: bool = False, attack=None):
+        # explicit arguments, no **kwargs: Lightning's load_from_checkpoint then passes only these
+        super().__init__(model, optimizer, scheduler, eval_attack, label_smoothing=label_smoothing, channels_last=channels_last)
         self.sigma_u = check_number("method.sigma_u", sigma_u, 0)
         self.n_unlabeled = check_number("method.n_unlabeled", n_unlabeled, 0, integer=True)
         self.sigma_n = check_number("method.sigma_n", sigma_n, 0, strict=True)
