@@ -44,7 +44,7 @@ def test_robust_and_nonrobust_dataset_presets_run_and_reuse_the_cache(advlab_roo
 def test_robust_dataset_bad_input_is_one_line(advlab_root):
     run = run_advlab(advlab_root, "method=robust_dataset", "method.steps=0", "logger=csv")
     assert run.returncode == 2 and "Traceback" not in run.log
-    assert [ln for ln in run.stderr.splitlines() if ln.strip()] == ["advlab-train: error: method.steps: expected an integer >= 1, got 0"]
+    assert [ln for ln in run.stderr.splitlines() if ln.strip()] == ["advlab-train: error: method.steps: must be an integer >= 1, got 0"]
 
 
 @pytest.mark.slow
