@@ -62,17 +62,20 @@ def check_keys(node, where: str, exclude=()) -> None:
     a typo is an error naming the key and the allowed ones, not a silently ignored argument."""
     import inspect
 
-    from hydra.utils import get_class
+    from hydra.utils import get_object
 
     try:
-        cls = get_class(str(node._target_))
-    except Exception:  # a function, or not importable: instantiate reports it
+        target = get_object(str(node._target_))
+    except Exception:  # not importable: instantiate reports it
         return
+    # a class: the arguments of each __init__ its **kwargs reach; a function (a `_partial_` scheduler): its own
+    signatures = ([vars(k)["__init__"] for k in target.__mro__ if "__init__" in vars(k)] if inspect.isclass(target)
+                  else [target] if callable(target) else [])
     allowed, open_kwargs = [], True
-    for klass in cls.__mro__:
-        if not open_kwargs or "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
+    for function in signatures:
+        if not open_kwargs:
+            break
+        params = inspect.signature(function).parameters.values()
         allowed += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
         open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
     allowed = [name for name in dict.fromkeys(allowed) if name not in exclude]

@@ -138,6 +138,8 @@ def check_spec(spec, where: str) -> None:
 def _target_keys(cfg, key: str, where: str, exclude=("input_shape", "num_classes", "params", "bounds")) -> None:
     node = cfg.get(key) if OmegaConf.is_dict(cfg) else None
     if OmegaConf.is_dict(node) and "_target_" in node:
+        # a scheduler's `interval` is Lightning's (ClassifierModule.configure_optimizers), not the scheduler's
+        node = OmegaConf.masked_copy(node, [k for k in node if k != "interval"]) if key == "scheduler" else node
         check_keys(node, where, exclude=exclude)
 
 
