@@ -2,6 +2,8 @@
 Small-image stems (1×8×8, 1×28×28, 3×32×32), training steps, size knobs, use as attack targets."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -150,14 +152,22 @@ def test_size_knobs_are_validated_before_any_work():
     from hydra.core.global_hydra import GlobalHydra
 
     from advlab.config import CONF_DIR, validate
+    from advlab.preflight import check_objects
 
+    # each knob's rule is its constructor's: the pre-flight builds the architectures for the data's shape
     cases = ((["arch=mobilenet_v2", "arch.width_mult=0"], "arch.width_mult"),
              (["arch=densenet121", "arch.growth_rate=1.5"], "arch.growth_rate"),
-             (["arch@source.arch=resnet9", "source.arch.width=0"], "source.arch.width"))
+             (["arch=googlenet", "arch.dropout=1.0"], "arch.dropout"),
+             (["arch=mlp", "arch.depth=0"], "arch.depth"),
+             (["arch=cnn", "arch.channels=[8,0]"], "arch.channels[1]"),
+             (["arch=cnn", "dataset=synthetic"], "arch"),
+             (["arch@source.arch=resnet9", "source.arch.width=0"], "source.arch.width"),
+             (["arch@source.arch=vgg16_bn", "source.arch.width=-2", "dataset=cifar10"], "source.arch.width"))
     for overrides, key in cases:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
-        with pytest.raises(ConfigError, match=f"^{key}:"):
+        with pytest.raises(ConfigError, match=f"^{re.escape(key)}:"):
             validate(cfg)
+            check_objects(cfg)
     GlobalHydra.instance().clear()

@@ -103,26 +103,16 @@ def _choice(cfg, key, allowed: Iterable[str]):
         raise ConfigError(key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
 
 
-# Mutual-information estimators (advlab.analysis.information) and the MI callback's key.
-MI_ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
-MI_CALLBACK = "callbacks.mutual_information"
 # advlab-eval's choices.
 POINTS = ("all", "common_correct")
 
 
 def _arch_node(cfg, node: str) -> None:
-    """An architecture's size knobs: `arch`, or a model spec's `arch`."""
+    """`arch`, or a model spec's `arch`, is a node (its knobs: its constructor, built in the pre-flight)."""
     value = _get(cfg, node)
     if value is not None and not OmegaConf.is_dict(value):
         raise ConfigError(node, f"expected an architecture node, got {value!r}; choose one with arch@{node}=<option>, "
                                 f"allowed: {', '.join(group_options('arch'))}")
-    for key in ("width", "depth", "growth_rate", "num_init_features", "bn_size"):
-        _number(cfg, f"{node}.{key}", minimum=1, integer=True)
-    for key in ("width_mult", "logit_scale"):
-        _number(cfg, f"{node}.{key}", minimum=0, strict_min=True)
-    for key in ("dropout", "drop_rate"):
-        _number(cfg, f"{node}.{key}", minimum=0)
-    _choice(cfg, f"{node}.normalize", ("standardize", "center", "none"))
 
 
 def _list(cfg, key: str, allowed=None, *, numbers=False, ascending=False, nonempty=True) -> list:
@@ -142,12 +132,6 @@ def _list(cfg, key: str, allowed=None, *, numbers=False, ascending=False, nonemp
     if ascending and any(b < a for a, b in zip(items, items[1:])):
         raise ConfigError(key, f"must be in ascending order, got {items}")
     return items
-
-
-def _mi_estimators(cfg, key: str) -> None:
-    for estimator in _get(cfg, key) or ():
-        if estimator not in MI_ESTIMATORS:
-            raise ConfigError(key, f"unknown estimator {estimator!r}; allowed: {', '.join(MI_ESTIMATORS)}")
 
 
 def _model_spec(cfg, key: str) -> None:
@@ -235,12 +219,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("method.measure_transfer", "needs a trained source spec, not spec@source=external; allowed: false")
     _number(cfg, "optimizer.lr", minimum=0, strict_min=True)
     _arch_node(cfg, "arch")
-    # callbacks=mi (mutual information during training)
-    _number(cfg, f"{MI_CALLBACK}.n_points", minimum=2, integer=True)
-    _choice(cfg, f"{MI_CALLBACK}.split", ("test", "val", "train"))
-    for key in ("noise_var", "bin_size", "renyi_alpha"):
-        _number(cfg, f"{MI_CALLBACK}.{key}", minimum=0, strict_min=True)
-    _mi_estimators(cfg, f"{MI_CALLBACK}.estimators")
     offline = _get(cfg, "logger.offline")
     if offline is not None and not isinstance(offline, bool):
         raise ConfigError("logger.offline", f"expected true or false, got {offline!r}")
@@ -271,4 +249,4 @@ def _validate_probe(cfg: DictConfig) -> None:
         raise ConfigError("models", "name at least one model spec, e.g. +spec@models.NT=standard")
     for name in models:
         _model_spec(cfg, f"models.{name}")  # an adversarial one without an attack: its method's constructor (pre-flight)
-    _mi_estimators(cfg, "probe.mi.estimators")
+

@@ -22,6 +22,8 @@ from advlab.fit import check_keys
 SPEC_KEYS = ("method", "optimizer", "scheduler", "attack", "arch", "max_epochs", "seed", "trainer", "dataset")
 # What the code passes itself to each kind of constructor (so not a config key).
 METHOD_OBJECTS = ("model", "optimizer", "scheduler", "eval_attack", "attack", "source")
+# what the code passes to architectures and optimizers itself
+PASSED_BY_CODE = ("input_shape", "num_classes", "params", "bounds")
 # What advlab places models on (artifacts.pick_device); Lightning knows more names (tpu, hpu, ...)
 # that advlab cannot run on.
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -119,23 +121,25 @@ def _valid_devices(devices) -> bool:
     return False
 
 
-def check_spec(spec, where: str) -> None:
-    """A model spec (advlab-train's and -transfer's `source` / `target`, `models.<name>`) and its inner nodes."""
+def check_spec(spec, where: str, datamodule=None) -> None:
+    """A model spec (advlab-train's and -transfer's `source` / `target`, `models.<name>`) and its inner
+    nodes; its architecture is built for its own dataset, else for the run's `datamodule`."""
     if not OmegaConf.is_dict(spec) or spec.get("method") == "external" or "checkpoint" in spec:
         return
     unknown = sorted(str(k) for k in spec if k not in SPEC_KEYS)
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}", f"unknown key(s) {', '.join(unknown)} of a model spec; allowed: {', '.join(SPEC_KEYS)}")
     check_method(spec.get("method"), f"{where}.method", spec.get("attack"))
-    for part in ("arch", "optimizer", "scheduler"):
+    for part in ("optimizer", "scheduler"):
         _target_keys(spec, part, f"{where}.{part}")
     build_attack(spec.get("attack"), f"{where}.attack")
     if spec.get("dataset") is not None:
-        build_dataset(spec.dataset, f"{where}.dataset")
+        datamodule = build_dataset(spec.dataset, f"{where}.dataset")
+    build_arch(spec.get("arch"), f"{where}.arch", datamodule)
     check_trainer(spec.get("trainer") or None, f"{where}.trainer")
 
 
-def _target_keys(cfg, key: str, where: str, exclude=("input_shape", "num_classes", "params", "bounds")) -> None:
+def _target_keys(cfg, key: str, where: str, exclude=PASSED_BY_CODE) -> None:
     node = cfg.get(key) if OmegaConf.is_dict(cfg) else None
     if OmegaConf.is_dict(node) and "_target_" in node:
         # a scheduler's `interval` is Lightning's (ClassifierModule.configure_optimizers), not the scheduler's
@@ -143,13 +147,31 @@ def _target_keys(cfg, key: str, where: str, exclude=("input_shape", "num_classes
         check_keys(node, where, exclude=exclude)
 
 
-def build_dataset(node, where: str = "dataset") -> None:
+def build_dataset(node, where: str = "dataset"):
     """The datamodule's constructor (no data is read). Its `check` (are the files there?) is the app's,
     run before any data loads: the pre-flight may run where the data is not (a SLURM login node)."""
     if not OmegaConf.is_dict(node) or "_target_" not in node:
-        return
+        return None
     check_keys(node, where)
-    _instantiate(node, where)
+    return _instantiate(node, where)
+
+
+def build_arch(node, where: str, datamodule) -> None:
+    """An architecture, built for the data's shape and classes (its constructor checks its knobs) where
+    the datamodule knows them before loading; otherwise only its keys are matched."""
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        return
+    check_keys(node, where, exclude=PASSED_BY_CODE)
+    planned = datamodule.planned_shape() if hasattr(datamodule, "planned_shape") else None
+    if planned is None:
+        return
+    factory = _instantiate(node, where)
+    try:
+        factory(input_shape=planned[0], num_classes=planned[1])
+    except ConfigError as err:
+        raise _rekeyed(err, where, "arch") from None
+    except Exception as err:  # a constructor's own TypeError / ValueError (a torch layer's)
+        raise ConfigError(where, " ".join(str(err).split())) from None
 
 
 def _instantiate(node, where: str, **kwargs):
@@ -167,6 +189,15 @@ def _instantiate(node, where: str, **kwargs):
         raise ConfigError(where, " ".join(str(err).split())) from None
 
 
+def build_callback(node, where: str) -> None:
+    """A callback that checks its settings in its constructor (the mutual-information one), and its attack."""
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        return
+    check_keys(node, where)
+    _instantiate(node, where)
+    build_attack(node.get("attack"), f"{where}.attack")
+
+
 def build_analysis(node, where: str) -> None:
     """An advlab-eval analysis (conf/analysis/): its constructor checks its settings."""
     check_keys(node, where, exclude=("bounds",))
@@ -179,22 +210,25 @@ def check_objects(cfg: DictConfig) -> None:
     from advlab.config import CONF_DIR
 
     check_method(cfg.get("method"), "method", cfg.get("attack"))
-    _target_keys(cfg, "arch", "arch")
+    datamodule = build_dataset(cfg.get("dataset")) if cfg.get("dataset") is not None else None
+    build_arch(cfg.get("arch"), "arch", datamodule)
     _target_keys(cfg, "optimizer", "optimizer")
     _target_keys(cfg, "scheduler", "scheduler")
     for node in ("attack", "eval_attack"):
         build_attack(cfg.get(node), node)
     check_trainer(cfg.get("trainer"), "trainer")
     for node in ("source", "target"):
-        check_spec(cfg.get(node), node)
+        check_spec(cfg.get(node), node, datamodule)
     models = cfg.get("models")
     for name in (models or {}) if OmegaConf.is_dict(models) else ():
-        check_spec(models[name], f"models.{name}")
-    build_attack(OmegaConf.select(cfg, "callbacks.mutual_information.attack"), "callbacks.mutual_information.attack")
+        check_spec(models[name], f"models.{name}", datamodule)
+    build_callback(OmegaConf.select(cfg, "callbacks.mutual_information"), "callbacks.mutual_information")
+    if cfg.get("probe") is not None:
+        from advlab.probe import mi_estimator
+
+        mi_estimator(cfg, enabled_only=False)
     if cfg.get("task_name") == "eval":
         for name, node in (OmegaConf.select(cfg, "robustness.attacks") or {}).items():
             build_attack(node, f"robustness.attacks.{name}")
         for name in analysis_names(cfg, CONF_DIR):
             build_analysis(cfg[name], name)
-    if cfg.get("dataset") is not None:
-        build_dataset(cfg.dataset)

@@ -48,17 +48,15 @@ def transforms(probe_cfg, shape):
     return out
 
 
-def _estimator(cfg: DictConfig):
-    """The mutual-information estimator of `probe.mi` (None unless enabled); its errors name probe.mi.*."""
-    from advlab.analysis.information import InformationEstimator
+def mi_estimator(cfg: DictConfig, enabled_only: bool = True):
+    """The mutual-information estimator of `probe.mi` (None unless enabled, or `enabled_only=False`:
+    the pre-flight checks its settings either way); its errors name probe.mi.*."""
+    from advlab.analysis.information import estimator_at
 
     mi_cfg = cfg.probe.get("mi") or {}
-    if not mi_cfg.get("enabled"):
+    if not mi_cfg or (enabled_only and not mi_cfg.get("enabled")):
         return None
-    try:
-        return InformationEstimator(list(mi_cfg.estimators), mi_cfg.noise_var, mi_cfg.bin_size, mi_cfg.renyi_alpha, mi_cfg.get("renyi_sigma"))
-    except ConfigError as err:
-        raise ConfigError(f"probe.mi.{err.key}", str(err).split(": ", 1)[1]) from None
+    return estimator_at("probe.mi", mi_cfg.estimators, mi_cfg.noise_var, mi_cfg.bin_size, mi_cfg.renyi_alpha, mi_cfg.get("renyi_sigma"))
 
 
 def _probe_model(name: str, model, inputs: dict, y, levels, estimator, layers, batch: int, device, metrics: dict) -> tuple[dict, list]:
@@ -100,7 +98,7 @@ def probe(cfg: DictConfig) -> None:
         raise ConfigError("dataset", "the texture / shape probes need image data; allowed: digits, mnist, fashion_mnist, cifar10, cifar10_jpeg")
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.probe.adversarial else None
     levels = transforms(cfg.probe, tuple(datamodule.input_shape))
-    estimator = _estimator(cfg)
+    estimator = mi_estimator(cfg)
     loggers = start_loggers(cfg, out_dir)
 
     n = cfg.probe.get("n_points") or len(datamodule.y_test)

@@ -28,8 +28,9 @@ from typing import Iterable, Mapping
 
 import torch
 
-from advlab.config import MI_ESTIMATORS as ESTIMATORS
 from advlab.errors import ConfigError
+
+ESTIMATORS = ("kde_upper", "kde_lower", "binning", "renyi")
 
 LN2 = math.log(2.0)
 
@@ -187,7 +188,8 @@ class InformationEstimator:
         self.estimators = tuple(estimators)
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
         if unknown or not self.estimators:
-            raise ConfigError("estimators", f"unknown or empty {list(self.estimators)}; allowed: {', '.join(ESTIMATORS)}")
+            what = f"unknown estimator {unknown[0]!r}" if unknown else "must not be empty"
+            raise ConfigError("estimators", f"{what}; allowed: {', '.join(ESTIMATORS)}")
         for key, value in (("noise_var", noise_var), ("bin_size", bin_size), ("renyi_alpha", renyi_alpha)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(key, f"must be a number > 0, got {value!r}")
@@ -220,3 +222,11 @@ class InformationEstimator:
             if renyi:
                 out["renyi"][name] = renyi_information(a_x, s_x, d, y, self.renyi_alpha, self.renyi_sigma)
         return out
+
+
+def estimator_at(where: str, estimators, noise_var, bin_size, renyi_alpha, renyi_sigma=None) -> InformationEstimator:
+    """An InformationEstimator whose errors name the config node it came from (`probe.mi.noise_var`)."""
+    try:
+        return InformationEstimator(list(estimators), noise_var, bin_size, renyi_alpha, renyi_sigma)
+    except ConfigError as err:
+        raise ConfigError(f"{where}.{err.key}", str(err).split(": ", 1)[1]) from None

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from advlab.analysis.activations import layer_outputs, resolve_layers
-from advlab.analysis.information import ESTIMATORS, InformationEstimator
+from advlab.analysis.information import ESTIMATORS, estimator_at
 from advlab.errors import ConfigError
 from advlab.utils.io import write_json, write_text
 
@@ -71,10 +71,7 @@ class MutualInformation(pl.Callback):
             raise ConfigError("callbacks.mutual_information.n_points", f"must be an integer >= 2, got {n_points!r}")
         if split not in SPLITS:
             raise ConfigError("callbacks.mutual_information.split", f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-        try:
-            self.estimator = InformationEstimator(list(estimators), noise_var, bin_size, renyi_alpha, renyi_sigma)
-        except ConfigError as err:
-            raise ConfigError(f"callbacks.mutual_information.{err.key}", str(err).split(": ", 1)[1]) from None
+        self.estimator = estimator_at("callbacks.mutual_information", estimators, noise_var, bin_size, renyi_alpha, renyi_sigma)
         self.epochs = epochs
         self.n_points, self.split, self.seed = int(n_points), split, int(seed)
         self.layer_names = list(layers) if layers else None

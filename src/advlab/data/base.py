@@ -53,6 +53,8 @@ class ArrayDataModule(pl.LightningDataModule):
     name: str = "array"
     #: number of classes of the raw data when known before loading (to validate ``classes`` early)
     original_num_classes: Optional[int] = None
+    #: shape of one input when known before loading (the pre-flight builds the architectures for it)
+    planned_input_shape: Optional[tuple[int, ...]] = None
     #: value range of the inputs; None for unbounded data
     default_bounds: Optional[tuple[float, float]] = (0.0, 1.0)
     augment_padding: int = 4
@@ -110,6 +112,12 @@ class ArrayDataModule(pl.LightningDataModule):
         """Cheap check, before any work, that the data can be had; raises ``ConfigError`` otherwise."""
         if self.classes is not None and self.original_num_classes is not None:
             self._check_class_range(self.original_num_classes)
+
+    def planned_shape(self) -> Optional[tuple[tuple[int, ...], int]]:
+        """(input shape, number of classes), known without loading any data; None where unknown."""
+        if self.planned_input_shape is None or self.original_num_classes is None:
+            return None
+        return tuple(self.planned_input_shape), len(self.classes) if self.classes is not None else self.original_num_classes
 
     # ---------------------------------------------------------------- metadata
     def describe(self) -> dict[str, Any]:

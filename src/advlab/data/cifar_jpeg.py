@@ -36,6 +36,7 @@ CACHE_VERSION = 1
 class CIFAR10JPEGDataModule(ArrayDataModule):
     name = "cifar10_jpeg"
     original_num_classes = 10
+    planned_input_shape = (3, 32, 32)
 
     def __init__(self, data_dir: str = "data", zip_dir: str = "../shared/data/cifar10-jpeg", **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -18,6 +18,7 @@ class DigitsDataModule(ArrayDataModule):
 
     name = "digits"
     original_num_classes = 10
+    planned_input_shape = (1, 8, 8)
 
     def __init__(self, test_fraction: float = 0.2, data_dir: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -53,6 +53,7 @@ class SyntheticDataModule(ArrayDataModule):
         self.kind = kind
         self.labels = labels
         self.dim = check_positive_int("dataset.dim", dim)
+        self.planned_input_shape = (self.dim,)
         self.n_train = check_positive_int("dataset.n_train", n_train)
         self.n_test = check_positive_int("dataset.n_test", n_test)
         n_classes = check_positive_int("dataset.num_classes", num_classes)

@@ -47,6 +47,7 @@ class _IDXDataModule(ArrayDataModule):
 
     tv_class: type = tvd.MNIST
     original_num_classes = 10
+    planned_input_shape = (1, 28, 28)
 
     def __init__(
         self,
@@ -142,6 +143,7 @@ class CIFAR10DataModule(ArrayDataModule):
 
     name = "cifar10"
     original_num_classes = 10
+    planned_input_shape = (3, 32, 32)
 
     def __init__(self, data_dir: str = "data", download: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -39,3 +39,10 @@ def positive(key: str, value, integer: bool = True):
     if isinstance(value, bool) or not ok or not value > 0:
         raise ConfigError(f"arch.{key}", f"expected {'an integer' if integer else 'a number'} > 0, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def probability(key: str, value) -> float:
+    """A dropout rate: a number in [0, 1), else ConfigError naming `arch.<key>`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"arch.{key}", f"expected a number in [0, 1), got {value!r}")
+    return float(value)

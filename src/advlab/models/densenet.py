@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.models import DenseNet as _TorchvisionDenseNet
 
-from advlab.models._layers import SafePool, image_channels, positive
+from advlab.models._layers import SafePool, image_channels, positive, probability
 from advlab.models.base import Classifier
 
 
@@ -18,7 +18,8 @@ class DenseNet(Classifier):
         super().__init__(input_shape, num_classes, **kw)
         cin = image_channels(self, "densenet")
         k, f0 = positive("growth_rate", growth_rate), positive("num_init_features", num_init_features)
-        net = _TorchvisionDenseNet(k, tuple(int(b) for b in block_config), f0, int(bn_size), float(drop_rate), self.num_classes)
+        net = _TorchvisionDenseNet(k, tuple(positive("block_config", b) for b in block_config), f0, positive("bn_size", bn_size),
+                                   probability("drop_rate", drop_rate), self.num_classes)
         net.features.conv0 = nn.Conv2d(cin, f0, 3, 1, 1, bias=False)
         net.features.pool0 = nn.Identity()
         for name, module in net.features.named_children():

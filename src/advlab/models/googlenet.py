@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d, Inception
 
-from advlab.models._layers import image_channels, positive
+from advlab.models._layers import image_channels, positive, probability
 from advlab.models.base import Classifier
 
 # torchvision's (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) of 3a … 5b; "M": 3×3/2 max-pool
@@ -40,7 +40,7 @@ class GoogLeNet(Classifier):
             ch = [s(v) for v in spec]
             layers.append(Inception(c, *ch))
             c = ch[0] + ch[2] + ch[4] + ch[5]
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(float(dropout)))
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(probability("dropout", dropout)))
         self.fc = nn.Linear(c, self.num_classes)
 
     def penultimate(self, x):

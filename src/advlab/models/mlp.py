@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advlab.errors import ConfigError
+from advlab.models._layers import positive
 from advlab.models.base import Classifier
 
 
@@ -13,12 +13,11 @@ class MLP(Classifier):
 
     def __init__(self, input_shape, num_classes, depth: int = 2, width: int = 256, **kw):
         super().__init__(input_shape, num_classes, **kw)
-        if int(depth) < 1:
-            raise ConfigError("arch.depth", f"must be an integer >= 1, got {depth}")
+        depth, width = positive("depth", depth), positive("width", width)
         layers, d = [nn.Flatten()], self.in_features
-        for _ in range(int(depth)):
-            layers += [nn.Linear(d, int(width)), nn.ReLU()]
-            d = int(width)
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.ReLU()]
+            d = width
         layers.append(nn.Linear(d, self.num_classes))
         self.net = nn.Sequential(*layers)
 
@@ -40,7 +39,7 @@ class WideMLP(Classifier):
 
     def __init__(self, input_shape, num_classes, width: int = 1000, kumano: bool = False, init_seed: int | None = None, **kw):
         super().__init__(input_shape, num_classes, **kw)
-        m, d = int(width), self.in_features
+        m, d = positive("width", width), self.in_features
         self.kumano = bool(kumano)
         self.hidden = nn.Linear(d, m)
         if not self.kumano:

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import MobileNetV2 as _TorchvisionMobileNetV2
 from torchvision.ops.misc import Conv2dNormActivation
 
-from advlab.models._layers import image_channels, positive
+from advlab.models._layers import image_channels, positive, probability
 from advlab.models.base import Classifier
 
 # torchvision's (expansion t, channels c, repeats n, stride s), stage 2 at stride 1
@@ -20,7 +20,7 @@ class MobileNetV2(Classifier):
         super().__init__(input_shape, num_classes, **kw)
         cin = image_channels(self, "mobilenet_v2")
         m = positive("width_mult", width_mult, integer=False)
-        net = _TorchvisionMobileNetV2(self.num_classes, m, _SETTING, dropout=float(dropout))
+        net = _TorchvisionMobileNetV2(self.num_classes, m, _SETTING, dropout=probability("dropout", dropout))
         stem_out = net.features[0][0].out_channels
         net.features[0] = Conv2dNormActivation(cin, stem_out, stride=1, norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
         self.body = net.features

@@ -5,6 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from advlab.errors import ConfigError
+from advlab.models._layers import image_channels, positive
 from advlab.models.base import Classifier
 
 
@@ -56,12 +57,11 @@ class ResNet(Classifier):
 
     def __init__(self, input_shape, num_classes, depth: int = 18, width: int = 64, **kw):
         super().__init__(input_shape, num_classes, **kw)
-        if int(depth) not in _DEPTHS:
+        if isinstance(depth, bool) or depth not in _DEPTHS:
             raise ConfigError("arch.depth", f"unknown ResNet depth {depth}; allowed: {', '.join(map(str, _DEPTHS))}")
-        if len(self.input_shape) != 3:
-            raise ConfigError("arch", f"resnet needs image inputs (C,H,W); this dataset has shape {self.input_shape}")
+        image_channels(self, "resnet")
         block, counts = _DEPTHS[int(depth)]
-        w = int(width)
+        w = positive("width", width)
         self.stem = nn.Sequential(nn.Conv2d(self.input_shape[0], w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
         layers, cin = [], w
         for i, n in enumerate(counts):
