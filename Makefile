@@ -24,8 +24,10 @@ run: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
+# two pytest-xdist workers (one per core of the CI machine), each file on one worker so that its
+# module fixtures (trained models) are built once; `make test ARGS="-n 0"` runs them in one process
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 test-slow: install data
 	$(BIN)/python -m pytest -q -m slow

@@ -18,6 +18,14 @@ SHARED = REPO.parent / "shared"
 FAST = ["trainer.max_epochs=2", "source.max_epochs=3", "attack.steps=10", "callbacks=none", "logger=csv", "arch.width=256"]
 
 
+def pytest_configure(config):
+    # Under pytest-xdist (`make test`: a worker per core) each worker, and every app it starts, runs
+    # one OpenMP thread: two spinning thread pools per core are many times slower than one.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
 @dataclass
 class Run:
     returncode: int

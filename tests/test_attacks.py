@@ -531,8 +531,9 @@ def test_matches_torchattacks(targeted, cnn, batch4d):
     That 1e-10 is NOT negligible: on a trained model the mean-reduced gradient norm of confident
     samples is 1e-10…1e-6 (it shrinks with the batch size too), so torchattacks' L2 steps get
     shorter for them (to ~78 % at ‖g‖ = 3.5e-10 here). We compare with eps_for_division=1e-30,
-    which makes the two conventions agree; the observed differences are then ≤ 2e-7, asserted
-    ≤ 1e-6."""
+    which makes the two conventions agree; the observed differences are then ≤ 2e-7 with two
+    threads and ≤ 1.5e-6 with one (another reduction order, accumulated over 10 L2 steps), asserted
+    ≤ 4e-6: a wrong step, projection or sign would differ by ~1e-2."""
     ta = _torchattacks()
     x, y = batch4d
     labels = (y + 3) % 10 if targeted else y
@@ -552,7 +553,7 @@ def test_matches_torchattacks(targeted, cnn, batch4d):
         expected = theirs(x, labels)
         got = ours(cnn, x, labels)
         assert float((got - x).abs().max()) > 0  # non-trivial
-        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0, msg=lambda m: f"{type(ours).__name__}: {m}")
+        torch.testing.assert_close(got, expected, atol=4e-6, rtol=0, msg=lambda m: f"{type(ours).__name__}: {m}")
         assert not cnn.training
 
 

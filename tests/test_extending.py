@@ -102,3 +102,23 @@ def test_a_toy_plugins_keys_are_checked_before_any_work(plugin_dirs):
         lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
         assert run.returncode == 2 and len(lines) == 1 and key in lines[0], run.stderr[-2000:]
         assert not (root / "typo").exists()
+
+
+@pytest.mark.parametrize("app,line,expected", [
+    ("advlab-train", "eps=", {"eps=digits_l2", "eps=cifar_linf", "eps=8px"}),
+    ("advlab-train", "experiment=ilyas", {"experiment=ilyas_cifar10", "experiment=ilyas_cifar10_cpu"}),
+    ("advlab-train", "eps.val", {"eps.value="}),
+    ("advlab-train", "source.max_ep", {"source.max_epochs="}),
+])
+def test_tab_completion_of_documented_overrides(app, line, expected):
+    """Hydra's bash completion (README, "Tab completion") on advlab's apps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name(app)
+    env = {**os.environ, "COMP_LINE": f"{app} {line}", "WANDB_MODE": "offline"}
+    out = subprocess.run([str(exe), "-sc", "query=bash"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert expected <= set(out.stdout.split()), out.stdout

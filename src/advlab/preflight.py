@@ -223,10 +223,10 @@ def check_objects(cfg: DictConfig) -> None:
     for name in (models or {}) if OmegaConf.is_dict(models) else ():
         check_spec(models[name], f"models.{name}", datamodule)
     build_callback(OmegaConf.select(cfg, "callbacks.mutual_information"), "callbacks.mutual_information")
-    if cfg.get("probe") is not None:
-        from advlab.probe import mi_estimator
+    if OmegaConf.select(cfg, "probe.mi") is not None:
+        from advlab.analysis.information import estimator_from
 
-        mi_estimator(cfg, enabled_only=False)
+        estimator_from(cfg.probe.mi, "probe.mi")
     if cfg.get("task_name") == "eval":
         for name, node in (OmegaConf.select(cfg, "robustness.attacks") or {}).items():
             build_attack(node, f"robustness.attacks.{name}")

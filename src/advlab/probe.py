@@ -48,15 +48,13 @@ def transforms(probe_cfg, shape):
     return out
 
 
-def mi_estimator(cfg: DictConfig, enabled_only: bool = True):
-    """The mutual-information estimator of `probe.mi` (None unless enabled, or `enabled_only=False`:
-    the pre-flight checks its settings either way); its errors name probe.mi.*."""
-    from advlab.analysis.information import estimator_at
+def mi_estimator(cfg: DictConfig):
+    """The mutual-information estimator of `probe.mi` (None unless enabled); its errors name probe.mi.*
+    (the pre-flight builds it, enabled or not)."""
+    from advlab.analysis.information import estimator_from
 
     mi_cfg = cfg.probe.get("mi") or {}
-    if not mi_cfg or (enabled_only and not mi_cfg.get("enabled")):
-        return None
-    return estimator_at("probe.mi", mi_cfg.estimators, mi_cfg.noise_var, mi_cfg.bin_size, mi_cfg.renyi_alpha, mi_cfg.get("renyi_sigma"))
+    return estimator_from(mi_cfg, "probe.mi") if mi_cfg.get("enabled") else None
 
 
 def _probe_model(name: str, model, inputs: dict, y, levels, estimator, layers, batch: int, device, metrics: dict) -> tuple[dict, list]:

@@ -230,3 +230,8 @@ def estimator_at(where: str, estimators, noise_var, bin_size, renyi_alpha, renyi
         return InformationEstimator(list(estimators), noise_var, bin_size, renyi_alpha, renyi_sigma)
     except ConfigError as err:
         raise ConfigError(f"{where}.{err.key}", str(err).split(": ", 1)[1]) from None
+
+
+def estimator_from(node, where: str) -> InformationEstimator:
+    """The estimator of a config node with keys estimators, noise_var, bin_size, renyi_alpha[, renyi_sigma]."""
+    return estimator_at(where, node.estimators, node.noise_var, node.bin_size, node.renyi_alpha, node.get("renyi_sigma"))
