@@ -75,6 +75,22 @@ class Artifacts:
         # {spec node: {"metrics", "history", "trainer"}} of every model this run took from the cache or trained
         self.trained: dict[str, dict] = {}
 
+    @property
+    def bf16(self) -> bool:
+        """trainer.precision=bf16-mixed (or bf16-true): attacks and constructions run under bf16 autocast too."""
+        return str(self.trainer.get("precision", "32-true")).startswith("bf16")
+
+    def constructed(self, kind: str, spec: dict, construct, what: str):
+        """A derived dataset / adversarial set (`construct()`), taken from the cache or built with the run's
+        precision: under bf16 autocast where the run trains in bf16, and then cached under its own key."""
+        key = {**spec, "precision": "bf16"} if self.bf16 else spec
+
+        def built():
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                return construct()
+
+        return self.cache.get_or_create(kind, key, built, what=what)
+
     # -- models --------------------------------------------------------------------------------------
     def model_spec(self, spec, datamodule, where: str = "source") -> dict:
         """The cache key of a model spec; `where` names the spec's config node in error messages."""

@@ -50,7 +50,7 @@ def adversarial_test_set(artifacts, source, source_key: dict, attack, datamodule
                                   device=artifacts.device, progress=artifacts.progress)
         return {"x_adv": x_adv}
 
-    payload, cached = artifacts.cache.get_or_create("adversarial", spec, craft, what="adversarial test set")
+    payload, cached = artifacts.constructed("adversarial", spec, craft, what="adversarial test set")
     return payload["x_adv"], cached
 
 

@@ -149,7 +149,7 @@ class PerturbationDataset:
                                  batch_size=self.craft_batch_size, device=artifacts.device, bounds=datamodule.bounds,
                                  progress=artifacts.progress)
 
-        payload, _ = artifacts.cache.get_or_create("datasets", spec, craft, what="perturbation dataset")
+        payload, _ = artifacts.constructed("datasets", spec, craft, what="perturbation dataset")
         metrics = {}
         if self.measure_transfer:
             metrics.update(self._transfer_metrics(source, attack, datamodule, artifacts, transfer_target(source_spec, arch)))

@@ -63,7 +63,7 @@ class RobustDataset:
             return {"x": out["x"], "y": y.clone(), "start_index": starts, "distance_initial": out["distance_initial"],
                     "distance_final": out["distance_final"], "source_agreement": float(agree.float().mean())}
 
-        payload, _ = artifacts.cache.get_or_create("datasets", spec, construct, what=f"{name} dataset")
+        payload, _ = artifacts.constructed("datasets", spec, construct, what=f"{name} dataset")
         d0, d1 = payload["distance_initial"].mean().item(), payload["distance_final"].mean().item()
         metrics = {"source/test/acc": float(source.metrics["test/acc"]), "dataset/distance_initial": d0, "dataset/distance_final": d1,
                    "dataset/distance_reduction": d0 / max(d1, 1e-12), "dataset/source_agreement": float(payload["source_agreement"])}
