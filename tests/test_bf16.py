@@ -9,7 +9,6 @@ from torch.nn import functional as F
 
 from advlab.artifacts import Artifacts
 from advlab.attacks import PGD
-from advlab.attacks.evaluate import evaluate_attack
 from advlab.cache import ArtifactCache
 from advlab.models import CNN
 
