@@ -92,6 +92,46 @@ def test_channels_last_converts_conv_weights_and_keeps_the_outputs():
         StandardTraining(a, {}, channels_last="yes")
 
 
+def _fit_two_epochs(compile_on: bool, dm, tmp_path):
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0, verbose=False)
+    module = StandardTraining(MLP(dm.input_shape, 10, width=16), {"_target_": "torch.optim.SGD", "lr": 0.1}, compile=compile_on)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm.fresh())
+    return module
+
+
+def test_compile_trains_the_same_weights_and_keeps_the_state_dict_and_the_cache_key(tmp_path):
+    """method.compile=true: the training forward/backward runs through torch.compile (inductor); the
+    weights after 2 epochs equal eager training's to float tolerance (a wrong graph, e.g. a frozen
+    BatchNorm/dropout or a missed gradient, differs by orders more), the state dict has no
+    `_orig_mod.` copies, and `compile: false` leaves a model's cache key as it was."""
+    from omegaconf import OmegaConf
+
+    from advlab.artifacts import Artifacts
+    from advlab.cache import ArtifactCache
+    from advlab.data import DigitsDataModule
+
+    dm = DigitsDataModule(seed=0, max_train=128, batch_size=32)
+    dm.setup()
+    eager, compiled = _fit_two_epochs(False, dm, tmp_path), _fit_two_epochs(True, dm, tmp_path)
+    assert compiled._compiled and isinstance(compiled._compiled[0], torch._dynamo.eval_frame.OptimizedModule)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    moved = max(float((a - b).abs().max()) for a, b in zip(eager.model.state_dict().values(), MLP(dm.input_shape, 10, width=16).state_dict().values()))
+    gap = max(float((a - b).abs().max()) for a, b in zip(eager.model.state_dict().values(), compiled.model.state_dict().values()))
+    assert moved > 0.05 and gap < 1e-4
+    with pytest.raises(ConfigError, match="method.compile"):
+        StandardTraining(MLP((4,), 3, width=8), {}, compile="yes")
+    artifacts = Artifacts(ArtifactCache(tmp_path / "cache"))
+    spec = {"arch": {"_target_": "advlab.models.MLP", "width": 16}, "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1},
+            "max_epochs": 1, "seed": 0, "method": {"_target_": "advlab.methods.StandardTraining", "label_smoothing": 0.0}}
+    keys = [artifacts.model_spec(OmegaConf.create({**spec, "method": {**spec["method"], **extra}}), dm)["method"]
+            for extra in ({}, {"compile": False}, {"compile": True})]
+    assert keys[0] == keys[1] != keys[2] and keys[2]["compile"] is True
+
+
 def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_source():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -127,7 +167,8 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     artifacts = Artifacts(None, trainer=cfg.trainer)
     keys = [artifacts.model_spec(OmegaConf.merge(c.source, {"arch": c.arch}), Data()) for c in cfgs.values()]
     assert keys[0] == keys[1] and keys[0]["method"]["label_smoothing"] == 0.1  # one source for both rules
-    assert keys[0]["optimizer"]["nesterov"] is True and "trainer" not in keys[0]
+    # the source trains on the fast path too: its key records bf16 (a cached fp32 source is another model)
+    assert keys[0]["optimizer"]["nesterov"] is True and keys[0]["trainer"] == {"precision": "bf16-mixed"}
     model = ResNet9((3, 32, 32), 10, **{k: v for k, v in cfg.arch.items() if k in ("width", "logit_scale")})
 
     attack = instantiate(cfg.attack, bounds=[0.0, 1.0])

@@ -109,7 +109,9 @@ class Artifacts:
             "data": datamodule.describe(),
             "batch_size": datamodule.batch_size,
             "arch": plain(spec.arch),
-            "method": plain(method),
+            # `compile: false` (the default) leaves the key as it was before the option existed:
+            # cached models and their seeds (derived from the key) stay the same
+            "method": {k: v for k, v in plain(method).items() if not (k == "compile" and v is False)},
             "optimizer": plain(spec.optimizer),
             "scheduler": plain(spec.get("scheduler")),
             "max_epochs": int(spec.max_epochs),

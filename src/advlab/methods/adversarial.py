@@ -16,8 +16,9 @@ class AdversarialTraining(ClassifierModule):
 
     # explicit arguments, no **kwargs: Lightning's load_from_checkpoint then passes only these
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, adv_ratio: float = 1.0,
-                 label_smoothing: float = 0.0, channels_last: bool = False):
-        super().__init__(model, optimizer, scheduler, eval_attack, label_smoothing=label_smoothing, channels_last=channels_last)
+                 label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False):
+        super().__init__(model, optimizer, scheduler, eval_attack, label_smoothing=label_smoothing, channels_last=channels_last,
+                         compile=compile)
         if attack is None:
             raise ConfigError("attack", "method=adversarial needs an attack; choose one of the attack group's options")
         if not 0.0 <= float(adv_ratio) <= 1.0:

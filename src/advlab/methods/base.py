@@ -50,7 +50,7 @@ class ClassifierModule(pl.LightningModule):
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None,
-                 label_smoothing: float = 0.0, channels_last: bool = False, attack=None):
+                 label_smoothing: float = 0.0, channels_last: bool = False, attack=None, compile: bool = False):
         super().__init__()
         # Every init argument but the objects, as plain values (checkpoints load with weights_only=True);
         # `record_configs` adds how to rebuild the objects, so `load_from_checkpoint(path)` needs nothing else.
@@ -66,6 +66,11 @@ class ClassifierModule(pl.LightningModule):
         if channels_last not in (True, False):
             raise ConfigError("method.channels_last", f"must be a boolean, got {channels_last!r}; allowed: true, false")
         self.channels_last = bool(channels_last)
+        if compile not in (True, False):
+            raise ConfigError("method.compile", f"must be a boolean, got {compile!r}; allowed: true, false")
+        # a list, not an attribute: a compiled module would register as a submodule (its weights twice
+        # in the state dict, under `_orig_mod.`); built at the first training step
+        self._compiled = [] if compile else None
         if self.channels_last and len(getattr(model, "input_shape", ())) == 3:
             model.to(memory_format=torch.channels_last)  # NHWC weights: convolutions then run NHWC
         self.model = model
@@ -129,6 +134,16 @@ class ClassifierModule(pl.LightningModule):
     def training_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x
 
+    def training_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on a training batch: `torch.compile`d (inductor) where `method.compile` is on; the
+        same weights either way. Attacks and evaluation use the eager model (their input-gradient graphs
+        differ from the training one, and each would compile anew)."""
+        if self._compiled is None:
+            return self.model(x)
+        if not self._compiled:
+            self._compiled.append(torch.compile(self.model))
+        return self._compiled[0](x)
+
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss of every method: cross-entropy, with `label_smoothing`."""
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
@@ -137,7 +152,7 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.model(self.training_inputs(x, y))
+        logits = self.training_forward(self.training_inputs(x, y))
         loss = self.loss(logits, y)
         self.train_acc(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))

@@ -58,9 +58,11 @@ class SparsityTraining(ClassifierModule):
 
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, sigma_u: float = 0.2, n_unlabeled: int = 4,
                  sigma_n: float = 0.02, n_neighbors: int = 1, lam: float = 100.0, adv_ratio: float = 0.0,
-                 adv_eps: float = 0.1, label_smoothing: float = 0.0, channels_last: bool = False, attack=None):
+                 adv_eps: float = 0.1, label_smoothing: float = 0.0, channels_last: bool = False, attack=None,
+                 compile: bool = False):
         # explicit arguments, no **kwargs: Lightning's load_from_checkpoint then passes only these
-        super().__init__(model, optimizer, scheduler, eval_attack, label_smoothing=label_smoothing, channels_last=channels_last)
+        super().__init__(model, optimizer, scheduler, eval_attack, label_smoothing=label_smoothing, channels_last=channels_last,
+                         compile=compile)
         self.sigma_u = check_number("method.sigma_u", sigma_u, 0)
         self.n_unlabeled = check_number("method.n_unlabeled", n_unlabeled, 0, integer=True)
         self.sigma_n = check_number("method.sigma_n", sigma_n, 0, strict=True)
@@ -91,7 +93,7 @@ class SparsityTraining(ClassifierModule):
         for anchors in groups:
             inputs += [anchors, self._neighbors(anchors)]
         # one forward pass for every anchor and neighbour of the batch
-        logits = self.model(torch.cat(inputs))
+        logits = self.training_forward(torch.cat(inputs))
         parts = logits.split([len(t) for t in inputs])
         probs = [p.softmax(dim=1) for p in parts]
         penalty = sum(softmax_slope_penalty(probs[i], probs[i + 1], inputs[i], inputs[i + 1]) for i in range(0, len(inputs), 2))
