@@ -1,5 +1,5 @@
 """Benchmark: the fast-training path on this machine (RECIPES.md §8) — fp32 vs channels_last vs bf16
-vs channels_last + bf16 for (a) one training step through Lightning (`precision="bf16-mixed"`, the
+vs channels_last + bf16 (and `method.compile=true` on the training step) for (a) one training step through Lightning (`precision="bf16-mixed"`, the
 same switch as `trainer.precision=bf16-mixed`) and (b) one PGD input-gradient step (advlab's PGD,
 1 step, under `torch.autocast`, as it runs inside a bf16-mixed Lightning loop).
 
@@ -30,8 +30,11 @@ from advlab.utils.io import write_json  # noqa: E402
 from advlab.methods import StandardTraining  # noqa: E402
 from advlab.models import ResNet9  # noqa: E402
 
-VARIANTS = {"fp32": ("32-true", False), "channels_last": ("32-true", True), "bf16": ("bf16-mixed", False),
-            "channels_last+bf16": ("bf16-mixed", True)}
+# name: (Lightning precision, channels_last, method.compile); compile is timed on training steps only
+# (attacks run eager: see ClassifierModule.training_forward), after its warm-up steps have compiled
+VARIANTS = {"fp32": ("32-true", False, False), "channels_last": ("32-true", True, False), "bf16": ("bf16-mixed", False, False),
+            "channels_last+bf16": ("bf16-mixed", True, False), "compile": ("32-true", False, True),
+            "channels_last+bf16+compile": ("bf16-mixed", True, True)}
 
 
 def _model(width: int) -> ResNet9:
@@ -39,7 +42,8 @@ def _model(width: int) -> ResNet9:
     return ResNet9((3, 32, 32), 10, width=width)
 
 
-def train_step_times(width: int, batch: int, steps: int, warmup: int, precision: str, channels_last: bool) -> list[float]:
+def train_step_times(width: int, batch: int, steps: int, warmup: int, precision: str, channels_last: bool,
+                     compile_on: bool = False) -> list[float]:
     """Seconds per Lightning training step (forward, backward, optimiser step, logging)."""
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
@@ -47,7 +51,8 @@ def train_step_times(width: int, batch: int, steps: int, warmup: int, precision:
     g = torch.Generator().manual_seed(0)
     n = batch * (steps + warmup)
     data = TensorDataset(torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
-    module = StandardTraining(_model(width), {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}, channels_last=channels_last)
+    module = StandardTraining(_model(width), {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}, channels_last=channels_last,
+                              compile=compile_on)
     times, start = [], [0.0]
 
     class Clock(pl.Callback):
@@ -92,15 +97,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/fast_path_cpu.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"what": "ResNet-9 fast path: Lightning training step and 1-step PGD, fp32 vs bf16 vs channels_last+bf16",
+    result = {"what": "ResNet-9 fast path: Lightning training step and 1-step PGD, fp32 vs channels_last / bf16 / torch.compile",
               "width": args.width, "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
               "cpu": _cpu_name(), "torch": torch.__version__,
               "cpu_flags": {f: _has_flag(f) for f in ("avx512f", "avx512_bf16", "amx_bf16")},
               "load_average": list(os.getloadavg()), "train_step_s": {}, "pgd_step_s": {}}
-    for name, (precision, cl) in VARIANTS.items():
-        result["train_step_s"][name] = statistics.median(train_step_times(args.width, args.batch, args.steps, args.warmup, precision, cl))
-        result["pgd_step_s"][name] = statistics.median(pgd_step_times(args.width, args.batch, args.steps, args.warmup, precision != "32-true", cl))
-        print(f"{name:>20}: train step {result['train_step_s'][name]:.3f} s, PGD step {result['pgd_step_s'][name]:.3f} s", flush=True)
+    for name, (precision, cl, compile_on) in VARIANTS.items():
+        result["train_step_s"][name] = statistics.median(train_step_times(args.width, args.batch, args.steps, args.warmup, precision, cl, compile_on))
+        if not compile_on:
+            result["pgd_step_s"][name] = statistics.median(pgd_step_times(args.width, args.batch, args.steps, args.warmup, precision != "32-true", cl))
+        pgd = f", PGD step {result['pgd_step_s'][name]:.3f} s" if name in result["pgd_step_s"] else ""
+        print(f"{name:>26}: train step {result['train_step_s'][name]:.3f} s{pgd}", flush=True)
     for kind in ("train_step", "pgd_step"):
         base = result[f"{kind}_s"]["fp32"]
         result[f"{kind}_speedup"] = {k: round(base / v, 3) for k, v in result[f"{kind}_s"].items()}
