@@ -42,6 +42,16 @@ def _model(width: int) -> ResNet9:
     return ResNet9((3, 32, 32), 10, width=width)
 
 
+def clock(times: list, unit: str):
+    """A Lightning callback appending the seconds of each training `unit` ("batch" or "epoch") to `times`."""
+    import pytorch_lightning as pl
+
+    start = [0.0]
+    hooks = {f"on_train_{unit}_start": lambda self, *a: start.__setitem__(0, time.perf_counter()),
+             f"on_train_{unit}_end": lambda self, *a: times.append(time.perf_counter() - start[0])}
+    return type("Clock", (pl.Callback,), hooks)()
+
+
 def train_step_times(width: int, batch: int, steps: int, warmup: int, precision: str, channels_last: bool,
                      compile_on: bool = False) -> list[float]:
     """Seconds per Lightning training step (forward, backward, optimiser step, logging)."""
@@ -53,18 +63,10 @@ def train_step_times(width: int, batch: int, steps: int, warmup: int, precision:
     data = TensorDataset(torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
     module = StandardTraining(_model(width), {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}, channels_last=channels_last,
                               compile=compile_on)
-    times, start = [], [0.0]
-
-    class Clock(pl.Callback):
-        def on_train_batch_start(self, *args):
-            start[0] = time.perf_counter()
-
-        def on_train_batch_end(self, *args):
-            times.append(time.perf_counter() - start[0])
-
+    times: list[float] = []
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, callbacks=[Clock()])
+                         num_sanity_val_steps=0, callbacks=[clock(times, "batch")])
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=batch))
     return times[warmup:]
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_fast_path import _cpu_name, _has_flag  # noqa: E402
+from bench_fast_path import _cpu_name, _has_flag, clock  # noqa: E402
 
 from advlab.attacks import PGD  # noqa: E402
 from advlab.data import CIFAR10JPEGDataModule  # noqa: E402
@@ -61,18 +61,10 @@ def train(variant: str, width: int, epochs: int, dm, seed: int) -> dict:
     pl.seed_everything(seed, verbose=False)
     module = StandardTraining(ResNet9((3, 32, 32), 10, width=width), OPTIMIZER, scheduler=SCHEDULER, label_smoothing=0.1,
                               channels_last=channels_last)
-    epoch_s, start = [], [0.0]
-
-    class Clock(pl.Callback):
-        def on_train_epoch_start(self, *args):
-            start[0] = time.perf_counter()
-
-        def on_train_epoch_end(self, *args):
-            epoch_s.append(time.perf_counter() - start[0])
-
+    epoch_s: list[float] = []
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_epochs=epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=[Clock()])
+                         callbacks=[clock(epoch_s, "epoch")])
     trainer.fit(module, datamodule=dm.fresh())
     model = module.model.to(memory_format=torch.contiguous_format).float().eval()
     return {"epoch_s": epoch_s, "test_acc": accuracy(model, dm.x_test, dm.y_test), "model": model}
