@@ -113,6 +113,21 @@ def test_report_names_failed_and_missing_jobs_and_counts_what_is_left(tmp_path):
     assert report.failures().startswith("2 of 27 jobs failed or are missing: job 4 (source.arch=wide_mlp, target.arch=cnn, seed=1)")
 
 
+def test_report_of_a_sweep_with_an_empty_cell_logs_to_wandb(tmp_path, monkeypatch):
+    """Reproduces a crash seen on an interrupted CIFAR-10 sweep: when every seed of a (source, target)
+    cell is missing, the W&B Table got "" in a numeric column and `wandb.Table` raised. The empty cell
+    is now None (W&B's missing value); the other cells' numbers are logged."""
+    from wandb_records import read_run
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sweep, values = _hand_made_sweep(tmp_path, failed={3, 4, 5})  # every seed of (wide_mlp, cnn)
+    report = write_report(sweep, wandb_mode="offline")
+    assert report.failed and "| wide_mlp | " in (sweep / "report" / "report.md").read_text()
+    run_file = next((sweep / "report" / "wandb").glob("offline-run-*/run-*.wandb"))
+    keys = {key for row in read_run(run_file)["history"] for key in row}
+    assert any("matrix" in key for key in keys) and any(key.startswith("charts/") for key in keys), sorted(keys)
+
+
 def test_report_cli_exit_codes(tmp_path, capsys):
     assert report_main([str(tmp_path), "--wandb", "off"]) == 2
     assert "advlab-report: error: sweep_dir:" in capsys.readouterr().err

@@ -232,7 +232,8 @@ def log_to_wandb(sweep: Sweep, report: Report, tables: dict[str, tuple[list[str]
         from advlab.report.wandb_charts import matrix_charts
 
         for name, (header, rows) in tables.items():
-            run.log({name: wandb.Table(columns=header, data=[[("" if isinstance(v, float) and math.isnan(v) else v) for v in r] for r in rows])})
+            # None, W&B's missing value: "" in a numeric column (a cell whose jobs all failed) makes wandb.Table raise
+            run.log({name: wandb.Table(columns=header, data=[[(None if isinstance(v, float) and math.isnan(v) else v) for v in r] for r in rows])})
             if "panel" in header and "source" in header:
                 run.log(matrix_charts(header, rows))
         for name, path in report.files.items():
