@@ -59,17 +59,22 @@ def test_kill_9_then_resume_ends_bit_identical_with_one_history(finished):
     root, reference = finished
     run_dir = root / "killed"
     proc, _ = run_advlab(root, *ARGS, run_dir=run_dir, wait=False)
-    last, killed_at = run_dir / "checkpoints" / "last.ckpt", None
+    last, killed_at, seen = run_dir / "checkpoints" / "last.ckpt", None, {}
     while proc.poll() is None and killed_at is None:
-        if last.is_file() and _epoch(last) >= 3:
-            # into the next epoch: the epoch's train metrics are logged just after its checkpoint
-            time.sleep(0.3)
+        epoch = _epoch(last) if last.is_file() else None
+        if epoch is not None and epoch not in seen:
+            seen[epoch] = time.monotonic()
+        if epoch is not None and epoch >= 2 and epoch - 1 in seen:
+            # half an epoch into the next one (an epoch's duration: between two checkpoints): after the
+            # epoch's train metrics, logged just after its checkpoint, and well before the next checkpoint
+            time.sleep(0.5 * (seen[epoch] - seen[epoch - 1]))
             proc.send_signal(signal.SIGKILL)  # a real kill -9 of a real run, mid-training
             proc.wait()
             killed_at = _epoch(last)
-        time.sleep(0.02)
+        time.sleep(0.01)
     proc.communicate()
     assert killed_at is not None and not (run_dir / "metrics.json").exists(), "the run finished before the kill"
+    assert killed_at < EPOCHS - 1, f"killed after the last epoch's checkpoint (epoch {killed_at}): not mid-training"
     resumed = run_advlab(root, *ARGS, run_dir=run_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"({killed_at + 1} epochs done)" in resumed.log  # resumed after the last completed epoch

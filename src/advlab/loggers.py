@@ -134,3 +134,22 @@ def define_wandb_axes(experiment) -> None:
         experiment.define_metric(pattern, step_metric="epoch")
     experiment.define_metric("source/epoch")
     experiment.define_metric("source/*", step_metric="source/epoch")
+
+
+def open_wandb_run(logger, wait_s: float = 60.0, poll_s: float = 2.0):
+    """`logger.experiment` (wandb.init), waiting while the run ID is still held. After a `kill -9`, the
+    killed process's wandb-core can outlive it for a few seconds with the run open, and a resume that
+    starts at once is refused ("run ID ... is in use"); the core lets go once it notices its parent is
+    gone."""
+    import logging
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return logger.experiment
+        except Exception as err:  # wandb's ServerResponseError; the message is the only stable part
+            if "is in use" not in str(err) or time.monotonic() > deadline:
+                raise
+            logging.getLogger(__name__).info("W&B run %s is still held by an ended process's wandb-core; waiting", getattr(logger, "_id", "?"))
+            time.sleep(poll_s)

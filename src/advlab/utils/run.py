@@ -149,7 +149,7 @@ def start_loggers(cfg: DictConfig, out_dir: Path | None = None, resume_step: int
     """The run's loggers (`logger` node), with the resolved config as their hyperparameters; with
     `out_dir`, the resolved config is written there first. `resume_step`: the global step of the
     checkpoint the run resumes from (the CSV history is kept up to it, the W&B run continues)."""
-    from advlab.loggers import ResumableCSVLogger, dashboard_config, define_wandb_axes, wandb_run_id
+    from advlab.loggers import ResumableCSVLogger, dashboard_config, define_wandb_axes, open_wandb_run, wandb_run_id
 
     rank = global_rank()
     if out_dir is not None and rank == 0:  # other DDP ranks: rank 0 writes the run directory's files
@@ -166,7 +166,7 @@ def start_loggers(cfg: DictConfig, out_dir: Path | None = None, resume_step: int
         loggers.append(logger)
     wb = wandb_logger(loggers)
     if wb is not None:
-        define_wandb_axes(wb.experiment)
+        define_wandb_axes(open_wandb_run(wb))
         wb.log_hyperparams(dashboard_config(cfg))
     for lg in loggers:
         if lg is not wb:
