@@ -31,8 +31,8 @@ def _count(pattern: str, text: str) -> int:
     return len(re.findall(pattern, text))
 
 
-@pytest.mark.slow
 def test_ddp_perturbation_learning_builds_every_artifact_once_and_matches_one_process(tmp_path):
+    # in the default suite (issue 12): 24 s on the 2-core CI-class machine
     import advlab
 
     (tmp_path / "ddp").mkdir()
