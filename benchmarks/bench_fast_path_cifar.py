@@ -37,6 +37,7 @@ from advlab.attacks import PGD  # noqa: E402
 from advlab.data import CIFAR10JPEGDataModule  # noqa: E402
 from advlab.methods import StandardTraining  # noqa: E402
 from advlab.models import ResNet9  # noqa: E402
+from advlab.models.base import predict  # noqa: E402
 from advlab.utils.io import write_json  # noqa: E402
 
 VARIANTS = {"fp32": ("32-true", False), "fast": ("bf16-mixed", True)}  # (precision, channels_last)
@@ -71,8 +72,8 @@ def train(variant: str, width: int, epochs: int, dm, seed: int) -> dict:
 
 
 @torch.no_grad()
-def accuracy(model, x, y, batch: int = 1000) -> float:
-    return float(sum((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum() for i in range(0, len(x), batch)) / len(x))
+def accuracy(model, x, y) -> float:
+    return float((predict(model, x, 1000) == y).float().mean())
 
 
 def attack_all(run, x, y, batch: int) -> tuple[torch.Tensor, float]:
@@ -83,12 +84,12 @@ def attack_all(run, x, y, batch: int) -> tuple[torch.Tensor, float]:
     return torch.cat(out), time.perf_counter() - t0
 
 
-def bench_pgd(model, width: int, x, y, eps: float, batch: int) -> dict:
+def bench_pgd(model, x, y, eps: float, batch: int) -> dict:
+    import copy
+
     import torchattacks
 
-    cl_model = ResNet9((3, 32, 32), 10, width=width)  # a channels_last copy: the fp32 model stays NCHW
-    cl_model.load_state_dict(model.state_dict())
-    cl_model = cl_model.to(memory_format=torch.channels_last).eval()
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # the fp32 model stays NCHW
     ours = PGD(eps=eps, norm="linf", steps=10, step_size=eps / 4, random_start=False, keep_best=False)
     theirs = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=10, random_start=False)
 
@@ -124,9 +125,9 @@ def main(argv=None) -> dict:
     eps = float(Fraction(args.eps))
     result = {"what": __doc__.splitlines()[0], "args": vars(args), "cpu": _cpu_name(), "torch": torch.__version__,
               "cpu_flags": {f: _has_flag(f) for f in ("avx512f", "avx512_bf16", "amx_bf16")}, "training": {}}
-    models = {}
+    models, data = {}, {}
     for seed in args.seeds:
-        dm = datamodule(args.train, seed)
+        dm = data.setdefault(seed, datamodule(args.train, seed))
         for variant in VARIANTS:
             run = train(variant, args.width, args.epochs, dm, seed)
             models.setdefault(variant, run["model"])
@@ -137,11 +138,11 @@ def main(argv=None) -> dict:
     result["training_summary"] = {
         "epoch_speedup": statistics.median(a["median_epoch_s"] for a in fp32) / statistics.median(b["median_epoch_s"] for b in fast),
         "test_acc_fp32_mean": statistics.mean(a["test_acc"] for a in fp32), "test_acc_fast_mean": statistics.mean(b["test_acc"] for b in fast)}
-    dm = datamodule(args.train, args.seeds[0])
+    dm = data[args.seeds[0]]  # the data of the model attacked
     # a seeded random subset: the JPEG copy's test split is ordered by class
     pick = torch.randperm(len(dm.x_test), generator=torch.Generator().manual_seed(0))[:args.attack_images]
     x, y = dm.x_test[pick], dm.y_test[pick]
-    result["pgd"] = bench_pgd(models["fp32"], args.width, x, y, eps, args.attack_batch)
+    result["pgd"] = bench_pgd(models["fp32"], x, y, eps, args.attack_batch)
     base = result["pgd"]["torchattacks fp32"]
     result["pgd_summary"] = {"fast_speedup_vs_torchattacks": result["pgd"]["advlab fast"]["images_per_s"] / base["images_per_s"],
                              "robust_acc_diff_pp": 100 * (result["pgd"]["advlab fast"]["robust_acc"] - base["robust_acc"]),
