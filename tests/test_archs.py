@@ -59,6 +59,28 @@ def test_arch_builds_for_the_input_shape_and_takes_an_optimiser_step(name, shape
     assert torch.allclose(normed(x), normed.features((x - 0.4) / 0.2), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["densenet121", "googlenet", "mobilenet_v2"])
+@pytest.mark.parametrize("shape,classes", SHAPES, ids=["8x8", "28x28", "32x32"])
+def test_stride_2_stem_halves_every_later_resolution(name, shape, classes):
+    """The CPU variants' stem (arch.stem_stride: 2): the same layers and weights, every map after the
+    stem at half the stride-1 model's size (rounded up), still trainable on 8×8 digits."""
+    maps = {}
+    for stride in (1, 2):
+        model = _build(name, shape, classes, stem_stride=stride)
+        sizes = maps[stride] = []
+        hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[-1]))
+                 for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        x, y = torch.rand(4, *shape), torch.randint(0, classes, (4,))
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+        [h.remove() for h in hooks]
+    assert len(maps[1]) == len(maps[2]) and maps[1][0] == shape[-1] and maps[2][0] == -(-shape[-1] // 2)
+    # a stride-1 map of size s is at most ceil(s / 2) (pooling floors: 7 -> 3 where 14 -> 7)
+    assert all(1 <= b <= -(-a // 2) for a, b in zip(maps[1], maps[2])), (maps[1], maps[2])
+    assert sum(maps[2]) < 0.75 * sum(maps[1])
+
+
 @pytest.mark.parametrize("name", ARCHS)
 def test_width_knob_grows_the_parameter_count(name):
     counts = [sum(p.numel() for p in _build(name, (3, 32, 32), 10, scale).parameters()) for scale in ARCHS[name][3]]
@@ -158,6 +180,7 @@ def test_size_knobs_are_validated_before_any_work():
     cases = ((["arch=mobilenet_v2", "arch.width_mult=0"], "arch.width_mult"),
              (["arch=densenet121", "arch.growth_rate=1.5"], "arch.growth_rate"),
              (["arch=googlenet", "arch.dropout=1.0"], "arch.dropout"),
+             (["arch=densenet121_cpu", "arch.stem_stride=0"], "arch.stem_stride"),
              (["arch=mlp", "arch.depth=0"], "arch.depth"),
              (["arch=cnn", "arch.channels=[8,0]"], "arch.channels[1]"),
              (["arch=cnn", "dataset=synthetic"], "arch"),

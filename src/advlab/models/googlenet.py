@@ -2,6 +2,7 @@
 images: torchvision's nine Inception modules and widths (times `width_mult`), the ImageNet stem
 (7×7 stride-2 conv, two max-pools) replaced by stride-1 3×3 / 1×1 / 3×3 convs without pooling, the
 two inner max-pools padded so 1×1 maps pass, no auxiliary classifiers, no `transform_input`.
+`stem_stride` 2 (first conv) halves every later resolution: 4× cheaper, for CPU runs.
 torchvision's GoogLeNet class hard-codes its widths, hence the rebuild; `width_mult` 1.0 gives
 exactly torchvision's channel counts."""
 from __future__ import annotations
@@ -22,7 +23,7 @@ _INCEPTION = [
 
 
 class GoogLeNet(Classifier):
-    def __init__(self, input_shape, num_classes, width_mult: float = 1.0, dropout: float = 0.2, **kw):
+    def __init__(self, input_shape, num_classes, width_mult: float = 1.0, dropout: float = 0.2, stem_stride: int = 1, **kw):
         super().__init__(input_shape, num_classes, **kw)
         cin = image_channels(self, "googlenet")
         m = positive("width_mult", width_mult, integer=False)
@@ -30,7 +31,7 @@ class GoogLeNet(Classifier):
         def s(c):
             return max(1, int(round(c * m)))
 
-        layers = [BasicConv2d(cin, s(64), kernel_size=3, padding=1), BasicConv2d(s(64), s(64), kernel_size=1),
+        layers = [BasicConv2d(cin, s(64), kernel_size=3, stride=positive("stem_stride", stem_stride), padding=1), BasicConv2d(s(64), s(64), kernel_size=1),
                   BasicConv2d(s(64), s(192), kernel_size=3, padding=1)]
         c = s(192)
         for spec in _INCEPTION:
