@@ -3,8 +3,8 @@
     python benchmarks/bench_fast_path_cifar.py [--width 16] [--train 10000] [--epochs 10] [--seeds 0 1]
                                                [--attack-images 2000] [--attack-batch 128] [--eps 1/255]
 
-(a) Training: advlab's ResNet-9 trained with the CPU presets' recipe (one-cycle SGD-Nesterov lr 0.2,
-    label smoothing 0.1, batch 256, flip + crop augmentation) in fp32 (`32-true`, NCHW) and on the
+(a) Training: advlab's ResNet-9 trained with the CPU presets' recipe, composed from conf/ (one-cycle
+    SGD-Nesterov lr 0.2, label smoothing 0.1, batch 256, flip + crop augmentation) in fp32 (`32-true`, NCHW) and on the
     fast path (`bf16-mixed` + channels_last), same seeds: median seconds per epoch (Lightning's loop)
     and final test accuracy on all 10,000 test images. Target: ≥ 2× at the same accuracy within 1 pp.
 (b) PGD-10 (L∞, α = ε/4, no random start) on the first fp32 model and a seeded random test subset: torchattacks' PGD in fp32 against
@@ -17,6 +17,7 @@ Writes benchmarks/results/fast_path_cifar_cpu.json (temp file, then rename). Nee
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -41,14 +42,29 @@ from advlab.models.base import predict  # noqa: E402
 from advlab.utils.io import write_json  # noqa: E402
 
 VARIANTS = {"fp32": ("32-true", False), "fast": ("bf16-mixed", True)}  # (precision, channels_last)
-OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
-SCHEDULER = {"_target_": "advlab.methods.schedules.one_cycle", "interval": "step", "total_steps": None,
-             "pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1.0e4, "anneal_strategy": "cos", "cycle_momentum": False}
+
+
+@functools.cache
+def preset_recipe() -> dict:
+    """The model recipe of the CPU presets, composed from conf/ (sweep=transfer_cifar10_cpu's models:
+    optimiser, schedule, label smoothing, batch size), so the benchmark cannot drift from them."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from advlab.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("transfer", overrides=["sweep=transfer_cifar10_cpu"])
+    spec = cfg.source
+    return {"optimizer": OmegaConf.to_container(spec.optimizer), "scheduler": OmegaConf.to_container(spec.scheduler),
+            "label_smoothing": float(spec.method.label_smoothing), "batch_size": int(cfg.dataset.batch_size)}
+
 
 
 def datamodule(train: int, seed: int) -> CIFAR10JPEGDataModule:
     dm = CIFAR10JPEGDataModule(data_dir=str(ROOT / "data"), zip_dir=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"),
-                               batch_size=256, eval_batch_size=1000, max_train=train, seed=seed, augment=True, val_fraction=0.02)
+                               batch_size=preset_recipe()["batch_size"], eval_batch_size=1000, max_train=train, seed=seed, augment=True,
+                               val_fraction=0.02)
     dm.prepare_data()
     dm.setup()
     return dm
@@ -60,8 +76,9 @@ def train(variant: str, width: int, epochs: int, dm, seed: int) -> dict:
 
     precision, channels_last = VARIANTS[variant]
     pl.seed_everything(seed, verbose=False)
-    module = StandardTraining(ResNet9((3, 32, 32), 10, width=width), OPTIMIZER, scheduler=SCHEDULER, label_smoothing=0.1,
-                              channels_last=channels_last)
+    recipe = preset_recipe()
+    module = StandardTraining(ResNet9((3, 32, 32), 10, width=width), recipe["optimizer"], scheduler=recipe["scheduler"],
+                              label_smoothing=recipe["label_smoothing"], channels_last=channels_last)
     epoch_s: list[float] = []
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_epochs=epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
@@ -123,7 +140,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     eps = float(Fraction(args.eps))
-    result = {"what": __doc__.splitlines()[0], "args": vars(args), "cpu": _cpu_name(), "torch": torch.__version__,
+    result = {"what": __doc__.splitlines()[0], "args": vars(args), "recipe": preset_recipe(), "cpu": _cpu_name(), "torch": torch.__version__,
               "cpu_flags": {f: _has_flag(f) for f in ("avx512f", "avx512_bf16", "amx_bf16")}, "training": {}}
     models, data = {}, {}
     for seed in args.seeds:

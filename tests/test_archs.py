@@ -194,3 +194,23 @@ def test_size_knobs_are_validated_before_any_work():
             validate(cfg)
             check_objects(cfg)
     GlobalHydra.instance().clear()
+
+
+def test_stem_stride_1_leaves_a_models_cache_key_as_it_was(tmp_path):
+    """`stem_stride` came after models had been cached: at 1 (what ran before it existed) it stays out
+    of the cache key, so the full-size models keep their cache entries and seeds; at 2 it is in it."""
+    from omegaconf import OmegaConf
+
+    from advlab.artifacts import Artifacts
+    from advlab.cache import ArtifactCache, spec_key
+    from advlab.data import DigitsDataModule
+
+    dm = DigitsDataModule(seed=0, max_train=64, batch_size=32)
+    dm.setup()
+    artifacts = Artifacts(ArtifactCache(tmp_path / "cache"))
+    base = {"_target_": "advlab.models.DenseNet", "_partial_": True, "growth_rate": 4, "num_init_features": 8}
+    keys = [artifacts.model_spec(OmegaConf.create({
+        "arch": {**base, **extra}, "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}, "max_epochs": 1, "seed": 0,
+        "method": {"_target_": "advlab.methods.StandardTraining", "label_smoothing": 0.0}}), dm) for extra in ({}, {"stem_stride": 1}, {"stem_stride": 2})]
+    assert spec_key(keys[0]) == spec_key(keys[1]) != spec_key(keys[2])
+    assert "stem_stride" not in keys[1]["arch"] and keys[2]["arch"]["stem_stride"] == 2

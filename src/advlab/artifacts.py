@@ -28,6 +28,17 @@ from advlab.models import build_model
 
 log = logging.getLogger(__name__)
 
+# Options added after models had been cached, at the value that builds exactly what ran before they
+# existed: a key leaves them out at that value, so earlier cache entries (and the seeds derived from
+# keys) stay valid. A new option of this kind is one line here.
+KEY_NEUTRAL = {"arch": {"stem_stride": 1}, "method": {"compile": False}}
+
+
+def key_node(node, where: str) -> dict:
+    """A spec's `arch` / `method` node as it enters the cache key: without its key-neutral options."""
+    neutral = KEY_NEUTRAL.get(where, {})
+    return {k: v for k, v in plain(node).items() if not (k in neutral and type(v) is type(neutral[k]) and v == neutral[k])}
+
 @contextlib.contextmanager
 def preserved_rng():
     """Building an artifact must not change the run's random stream: a cache hit and a miss then
@@ -108,10 +119,8 @@ class Artifacts:
         key = {
             "data": datamodule.describe(),
             "batch_size": datamodule.batch_size,
-            "arch": plain(spec.arch),
-            # `compile: false` (the default) leaves the key as it was before the option existed:
-            # cached models and their seeds (derived from the key) stay the same
-            "method": {k: v for k, v in plain(method).items() if not (k == "compile" and v is False)},
+            "arch": key_node(spec.arch, "arch"),
+            "method": key_node(method, "method"),
             "optimizer": plain(spec.optimizer),
             "scheduler": plain(spec.get("scheduler")),
             "max_epochs": int(spec.max_epochs),
