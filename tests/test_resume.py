@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import time
@@ -55,9 +56,26 @@ def test_last_ckpt_is_the_last_epoch_and_best_sits_beside_it(finished):
     assert _epoch(ckpts / "best.ckpt") == best_epoch
 
 
-def test_kill_9_then_resume_ends_bit_identical_with_one_history(finished):
+@pytest.fixture
+def live_wandb_service():
+    """A W&B service running in this (the parent) process, its address in WANDB_SERVICE, as after any
+    in-process W&B use (a report, a notebook): child processes inherit the variable. An advlab run
+    must not attach to it: a killed run's ID would stay "in use" there and its resume be refused."""
+    import wandb
+
+    before = os.environ.get("WANDB_SERVICE")
+    wandb.setup()
+    yield os.environ["WANDB_SERVICE"]
+    wandb.teardown()
+    os.environ.pop("WANDB_SERVICE", None)
+    if before is not None:
+        os.environ["WANDB_SERVICE"] = before
+
+
+def test_kill_9_then_resume_ends_bit_identical_with_one_history(finished, live_wandb_service):
     root, reference = finished
     run_dir = root / "killed"
+    assert os.environ["WANDB_SERVICE"] == live_wandb_service  # inherited by both advlab processes below
     proc, _ = run_advlab(root, *ARGS, run_dir=run_dir, wait=False)
     last, killed_at, seen = run_dir / "checkpoints" / "last.ckpt", None, {}
     while proc.poll() is None and killed_at is None:

@@ -4,6 +4,7 @@ the user types is what Hydra receives (and records in .hydra/overrides.yaml)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pathlib import Path
@@ -219,6 +220,10 @@ def precheck(args: list[str], config_name: str = "train") -> None:
 
 def run_hydra_app(hydra_entry, prog: str, config_name: str) -> None:
     """Check the command line as Hydra will read it (sys.argv, untouched), then hand over to Hydra."""
+    # A W&B service inherited from the parent process (its address in WANDB_SERVICE) outlives a killed
+    # run and keeps that run's ID "in use", so the resume could never reopen it: each advlab process
+    # starts its own service, which ends with the process.
+    os.environ.pop("WANDB_SERVICE", None)
     try:
         precheck(sys.argv[1:], config_name)
     except ConfigError as err:
