@@ -104,7 +104,10 @@ def test_kill_9_then_resume_ends_bit_identical_with_one_history(finished, live_w
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     assert {r["run_id"] for r in records} == {run_id}  # one W&B run, continued
     epochs = [sorted({h["epoch"] for h in r["history"] if "val/acc" in h}) for r in records]
-    assert epochs[0] and epochs[0][-1] <= killed_at  # the first part's history reached W&B ...
+    # what the killed part's W&B service had written ends at the kill. A kill -9 can lose the records the
+    # service had not yet written (seen under a loaded CPU: none of the first part's epochs); the CSV
+    # history above is the complete one.
+    assert set(epochs[0]) <= set(range(killed_at + 1))
     assert epochs[1] == list(range(killed_at + 1, EPOCHS))  # ... and the second continues it
     assert records[1]["summary"]["test/acc"] == pytest.approx(_result(reference.run_dir)["test/acc"])
 
