@@ -39,6 +39,7 @@ def key_node(node, where: str) -> dict:
     neutral = KEY_NEUTRAL.get(where, {})
     return {k: v for k, v in plain(node).items() if not (k in neutral and type(v) is type(neutral[k]) and v == neutral[k])}
 
+
 @contextlib.contextmanager
 def preserved_rng():
     """Building an artifact must not change the run's random stream: a cache hit and a miss then
