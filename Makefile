@@ -13,6 +13,8 @@ $(BIN)/advlab-train: pyproject.toml
 	$(BIN)/python -c "import advlab.train"
 	# torchattacks: test-only reference implementation, installed without its pinned dependencies
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps "torchattacks>=3.5" 2>&1 | grep -v "is ignored" || true
+	# pyautoattack: the AutoAttack authors' code (fra31/auto-attack), test-only reference, also without its pins
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps "pyautoattack==0.2.0" 2>&1 | grep -v "is ignored" || true
 	touch $@
 
 install: $(BIN)/advlab-train

@@ -35,8 +35,8 @@ from torch import nn
 from advlab.attack_losses import NODE_LOSSES as LOSSES
 from advlab.errors import ConfigError
 
-NORMS = ("linf", "l2")
-_NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2"}
+NORMS = ("linf", "l2", "l1")
+_NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2", "l1": "l1", "1": "l1"}
 _BOUNDS_TOL = 1e-6
 
 
@@ -129,11 +129,14 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def check_norm(norm) -> str:
+def check_norm(norm, allowed=NORMS, owner: str = "") -> str:
+    """The canonical name of ``norm``; ConfigError when it is unknown or not in ``allowed``."""
     key = str(norm).strip().lower() if isinstance(norm, (str, int)) and not isinstance(norm, bool) else None
-    if key not in _NORM_ALIASES:
-        raise ConfigError("attack.norm", f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
-    return _NORM_ALIASES[key]
+    name = _NORM_ALIASES.get(key)
+    if name not in allowed:
+        what = "unknown norm" if name is None else f"{owner or 'this attack'} does not support norm"
+        raise ConfigError("attack.norm", f"{what} {norm!r}; allowed: {', '.join(allowed)}")
+    return name
 
 
 def parse_number(value):
@@ -178,6 +181,7 @@ class Attack:
     the model in eval mode, ``eps > 0`` and ``x`` detached (and inside the bounds)."""
 
     name = "attack"
+    norms = ("linf", "l2")  # the threat models this attack implements (a subset of NORMS)
     untargeted_only = False  # True: ``targeted`` cannot be set (AutoAttack and its targeted-search members)
 
     def __init__(self, eps: float, norm: str = "linf", targeted: bool = False, bounds=(0.0, 1.0),
@@ -204,7 +208,7 @@ class Attack:
 
     @norm.setter
     def norm(self, value) -> None:
-        self._norm = check_norm(value)
+        self._norm = check_norm(value, type(self).norms, type(self).__name__)
 
     @property
     def targeted(self) -> bool:
