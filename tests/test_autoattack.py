@@ -139,7 +139,8 @@ def test_checkpoints_and_square_schedule():
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
     assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert window_fraction(0.8, 5, 10000) == 0.8 and window_fraction(0.8, 300, 10000) == 0.1
-    assert window_fraction(0.8, 150, 5000) == 0.1  # the schedule is rescaled to the budget
+    assert window_fraction(0.8, 150, 5000) == 0.2  # AutoAttack's schedule: not rescaled to the budget
+    assert window_fraction(0.8, 150, 5000, rescale=True) == 0.1  # resc_schedule: rescaled to it
     assert window_fraction(0.8, 9999, 10000) == pytest.approx(0.8 / 512)
 
 
@@ -537,7 +538,7 @@ def test_eot_averages_over_passes(mlp, batch):
     x, y = batch
     model = _Counting(mlp)
     APGD(1e-4, steps=2, eot_iter=3)(model, x, y)  # ε too small to break anything: every step runs
-    assert model.calls == 3 + 3 + 1  # start (3), step 1 (3), last step: loss only (1)
+    assert model.calls == 1 + 3 + 3 + 1  # clean check (1), start (3), step 1 (3), last step: loss only (1)
     one = APGD(0.05, steps=5, random_start=False)(mlp, x, y)
     three = APGD(0.05, steps=5, random_start=False, eot_iter=3)(mlp, x, y)
     torch.testing.assert_close(three, one, atol=1e-6, rtol=0)

@@ -151,12 +151,12 @@ class Artifacts:
     def _external(self, spec, datamodule, name: str, where: str, key: dict):
         """An external model, loaded from its file; its metrics: accuracy on the datamodule's test split."""
         from advlab.models.base import predict
-        from advlab.models.external import load_external
+        from advlab.models.external import load_external, weights_source
 
         model = load_external(spec, datamodule, where).to(self.device)
         datamodule.setup()
         acc = float((predict(model, datamodule.x_test, 1024, self.device) == datamodule.y_test).float().mean())
-        log.info("Loaded %s from %s: test/acc = %.4f", name, spec.weights, acc)
+        log.info("Loaded %s from %s: test/acc = %.4f", name, weights_source(spec, where), acc)
         metrics = {"test/acc": acc}
         self.trained.setdefault(where, {"metrics": dict(metrics), "history": []})
         return model, metrics, key

@@ -212,7 +212,9 @@ def load_models(entries: list[Entry], artifacts, datamodule, datamodules: dict) 
         for member, spec in zip(entry.members, entry.specs):
             model, metrics, key = artifacts.model(spec, datamodule, name=f"model '{entry.name}' ({member})", where=entry.key)
             if key["method"] == "external":  # loaded from its file, not trained
-                source = {"weights": str(spec.weights), "sha256": key["weights_sha256"], "test_acc": metrics.get("test/acc")}
+                from advlab.models.external import weights_source
+
+                source = {"weights": weights_source(spec, entry.key), "sha256": key["weights_sha256"], "test_acc": metrics.get("test/acc")}
             else:
                 source = {"cache_file": str(artifacts.cache.path("models", key)), "train_test_acc": metrics.get("test/acc")}
             out.append(EvalModel(entry.name, member, model, {"source": source, "spec": key}))

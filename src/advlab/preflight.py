@@ -18,7 +18,7 @@ from advlab.errors import ConfigError
 from advlab.fit import check_keys
 
 # A model spec's keys (conf/spec/standard.yaml, plus an adversarial spec's `attack` and
-# advlab-transfer's per-model `dataset`); `spec@<node>=external` is checked by models.external.
+# advlab-transfer's per-model `dataset`); `spec@<node>=external|robustbench` is checked by models.external.
 SPEC_KEYS = ("method", "optimizer", "scheduler", "attack", "arch", "max_epochs", "seed", "trainer", "dataset")
 # What the code passes itself to each kind of constructor (so not a config key).
 METHOD_OBJECTS = ("model", "optimizer", "scheduler", "eval_attack", "attack", "source")
@@ -124,7 +124,12 @@ def _valid_devices(devices) -> bool:
 def check_spec(spec, where: str, datamodule=None) -> None:
     """A model spec (advlab-train's and -transfer's `source` / `target`, `models.<name>`) and its inner
     nodes; its architecture is built for its own dataset, else for the run's `datamodule`."""
-    if not OmegaConf.is_dict(spec) or spec.get("method") == "external" or "checkpoint" in spec:
+    if OmegaConf.is_dict(spec) and spec.get("method") == "external":  # built and its file loaded (models.external)
+        from advlab.models.external import preflight_load
+
+        preflight_load(spec, where, datamodule)
+        return
+    if not OmegaConf.is_dict(spec) or "checkpoint" in spec:
         return
     unknown = sorted(str(k) for k in spec if k not in SPEC_KEYS)
     if unknown:

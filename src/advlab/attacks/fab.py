@@ -1,89 +1,78 @@
-"""FAB-T (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples with a fast adaptive
-boundary attack"): minimal-norm adversarial points, targeted at the top-k other classes, L∞ and L2.
+"""FAB (Croce & Hein, ICML 2020, "Minimally distorted adversarial examples with a fast adaptive
+boundary attack"): minimal-norm adversarial points for L∞, L2 and L1, untargeted (``FAB``) or
+targeted at the top-k other classes (``FABT``), as in AutoAttack (fra31/auto-attack, ``fab_base.py``,
+``fab_pt.py``, ``fab_projections.py``), whose iterates it reproduces.
 
-One iteration, towards target ``t`` from the current point ``x_k`` (origin ``x₀``): linearise the
-boundary ``h = z_t − z_y`` at ``x_k``, project both ``x_k`` and ``x₀`` onto that hyperplane within
-the pixel box (minimal norm, ``d_k`` and ``d₀``), and move to
-``(1 − α)(x_k + η·d_k) + α(x₀ + η·d₀)`` with ``α = min(‖d_k‖ / (‖d_k‖ + ‖d₀‖), α_max)`` (a bias
-towards the origin keeps the point close). When the new point is adversarial it is recorded if it is
-the closest so far, and pulled back towards the origin: ``x₀ + β(x − x₀)``.
+One iteration from the current point ``x_k`` (origin ``x₀``): linearise the boundary ``h = z_t − z_y``
+at ``x_k`` (untargeted: ``t`` the class whose linearised boundary is closest, ``|h_t| / ‖∇h_t‖_dual``;
+FAB-T: the target), project both ``x_k`` and ``x₀`` onto that hyperplane within the pixel box
+(``d_k``, ``d₀``; see ``fab_projections``), and move to ``(x_k + η·d_k)(1 − α) + (x₀ + η·d₀)·α`` with
+``α = min(‖d_k‖ / (‖d_k‖ + ‖d₀‖), α_max)``. An adversarial point is recorded if it is the closest so
+far, then pulled back towards the origin: ``x₀ + β(x − x₀)``.
 
-As an attack with budget ε (``attack(model, x, y)``, ``y`` true labels): per sample the closest
-adversarial point found if its norm is ≤ ε, else ``x``. ``minimal(model, x, y)`` returns the closest
-points and their distances without the budget (``inf`` where none was found).
+As an attack with budget ε (``attack(model, x, y)``, ``y`` true labels), as the reference's
+``perturb``: each run (a restart; FAB-T: a target, then its restarts) attacks the points not yet
+broken; a point is broken by a run whose closest point is misclassified with norm ≤ ε, and that
+point is returned; the rest are ``x``. ``minimal(model, x, y)`` returns the closest points over all
+runs and their distances, without a budget.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from advlab.attacks.apgd import top_other_classes
 from advlab.attacks.base import Attack, as_logits, autograd_enabled, eval_mode
+from advlab.attacks.fab_projections import project_box_hyperplane, project_hyperplane
 from advlab.attacks.pgd import _int_at_least_one, _positive_or_none
 from advlab.errors import ConfigError
 
-def _box_room(p, direction, bounds):
-    """How far each coordinate of ``p`` may move along ``sign(direction)`` inside ``bounds``."""
-    if bounds is None:
-        return torch.full_like(p, float("inf"))
-    return torch.where(direction > 0, bounds[1] - p, p - bounds[0]).clamp_(min=0)
+__all__ = ["FAB", "FABT", "project_hyperplane", "row_norm"]
+
+_NOT_FOUND = 1e10  # the reference's "no adversarial point yet" distance (res2)
 
 
-def project_hyperplane(p: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str, bounds=None) -> torch.Tensor:
-    """Minimal-norm ``d`` (rows of (M, D)) with ``w·d = c`` and ``p + d`` inside ``bounds``.
-
-    L∞: ``d_i = sign(c·w_i)·min(τ, room_i)``; L2: ``d_i = sign(c·w_i)·min(λ·|w_i|, room_i)``. The
-    reached ``|w·d|`` is piecewise linear and non-decreasing in the scalar τ / λ, with breakpoints
-    where coordinates hit the box; sorting them gives the exact root. Where the box cannot reach the
-    hyperplane, ``d`` goes as far as the box allows."""
-    s = torch.sign(c).unsqueeze(1)
-    ws = w * s  # moving along sign(ws) raises s·(w·d)
-    need, absw = c.abs(), ws.abs()
-    slope = absw if norm == "linf" else absw * absw  # d(gain)/dt of a coordinate not yet at the box
-
-    def step(t):
-        t = t.unsqueeze(1)
-        return torch.sign(ws) * (torch.minimum(t, room) if norm == "linf" else torch.minimum(t * absw, room))
-    if bounds is None:
-        room = torch.full_like(p, float("inf"))
-        return step(need / slope.sum(dim=1).clamp_min(1e-30))
-    room = _box_room(p, ws, bounds)
-    moving = absw > 0
-    brk = torch.where(moving, room if norm == "linf" else room / absw.clamp_min(1e-30), torch.zeros_like(room))
-    brk, order = brk.sort(dim=1)
-    sat = (absw * room).masked_fill(~moving, 0).gather(1, order)  # gain of a coordinate at the box
-    sl = slope.gather(1, order)
-    zero = torch.zeros_like(need).unsqueeze(1)
-    before = torch.cat((zero, sat.cumsum(dim=1)), dim=1)  # Σ_{i<k} sat_i
-    tail = torch.cat((sl.flip(1).cumsum(dim=1).flip(1), zero), dim=1)  # Σ_{i≥k} slope_i
-    gain_at = before[:, 1:] + brk * tail[:, 1:]  # gain at t = brk_k, non-decreasing in k
-    k = torch.searchsorted(gain_at, need.unsqueeze(1)).clamp_(max=brk.shape[1] - 1)
-    t = (need.unsqueeze(1) - before.gather(1, k)) / tail.gather(1, k).clamp_min(1e-30)
-    t = torch.minimum(t, brk.gather(1, k)).squeeze(1)  # unreachable: the last breakpoint (whole box)
-    return step(t)
+def row_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-row norm of ``v`` flattened, with the reference's formulas (``(v²).sum().sqrt()`` for L2)."""
+    v = v.reshape(v.shape[0], -1)
+    if norm == "linf":
+        return v.abs().max(dim=1)[0]
+    if norm == "l2":
+        return (v ** 2).sum(dim=-1).sqrt()
+    return v.abs().sum(dim=-1)
 
 
-def _norm(d: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = d.reshape(d.shape[0], -1)
-    return flat.abs().amax(dim=1) if norm == "linf" else torch.linalg.vector_norm(flat, dim=1)
+def _dual_norm(dg: torch.Tensor, norm: str) -> torch.Tensor:
+    """‖·‖_dual of each (sample, class) gradient row of ``dg`` (N, K, ...) (reference ``attack_single_run``)."""
+    if norm == "linf":
+        return dg.abs().reshape(dg.shape[0], dg.shape[1], -1).sum(dim=-1)
+    if norm == "l2":
+        return (dg ** 2).reshape(dg.shape[0], dg.shape[1], -1).sum(dim=-1).sqrt()
+    return dg.abs().reshape(dg.shape[0], dg.shape[1], -1).max(dim=2)[0]
 
 
-class FABT(Attack):
-    """FAB-T: minimal-norm targeted search over the ``n_target_classes`` classes with the highest
-    clean logits, ``steps`` iterations and ``restarts`` runs per target (restarts after the first
-    start at a random point at half the distance found so far, capped at ε). Defaults as in
-    AutoAttack: α_max = 0.1, η = 1.05, β = 0.9. ``y`` are the true labels (``targeted`` False)."""
+class FAB(Attack):
+    """Untargeted FAB: each iteration heads for the class with the closest linearised boundary;
+    ``restarts`` runs, those after the first from a random start. Defaults as in AutoAttack:
+    α_max = 0.1, η = 1.05, β = 0.9 (AutoAttack's ``plus`` runs it with 5 restarts, 100 steps).
 
-    name = "fab_t"
+    Equal to the reference (``FABAttack_PT``, ``targeted=False``) point by point for one restart:
+    same gradients, hyperplane, projection, update, bookkeeping and final selection. Where it differs,
+    on purpose: randomness comes from the attack's own generator, not the reseeded global RNG (the
+    random start itself is the reference's: per norm a uniform / Gaussian direction scaled to
+    ``min(res2, ε)/2`` with ``res2`` just reset to 1e10, i.e. ε/2); any ``bounds`` box or none (the
+    reference clips to [0, 1]); the input dtype is kept (the reference casts to float32); binary
+    single-score models are read as two logits; ``minimal`` is an addition."""
+
+    name = "fab"
+    norms = ("linf", "l2", "l1")
     fixed_losses = True  # `loss` has no effect: the losses are part of the method
     untargeted_only = True
 
-    def __init__(self, eps: float, norm: str = "linf", steps: int = 100, n_target_classes: int = 9, restarts: int = 1,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0,
-                 targeted: bool = False, loss: str = "ce"):
+    def __init__(self, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1, alpha_max: float = 0.1,
+                 eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0, targeted: bool = False,
+                 loss: str = "ce"):
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
         self.steps = _int_at_least_one("attack.steps", steps)
-        self.n_target_classes = _int_at_least_one("attack.n_target_classes", n_target_classes)
         self.restarts = _int_at_least_one("attack.restarts", restarts)
         self.alpha_max = _positive_or_none("attack.alpha_max", alpha_max)
         self.eta = _positive_or_none("attack.eta", eta)
@@ -91,80 +80,143 @@ class FABT(Attack):
         if None in (self.alpha_max, self.eta, self.beta) or self.alpha_max > 1 or self.beta >= 1:
             raise ConfigError("attack.alpha_max", "alpha_max in (0, 1], eta > 0 and beta in (0, 1) are required")
 
+    def _runs(self, n_classes: int) -> list[tuple[int | None, int]]:
+        """(target rank or None, restart index) of each run, in order."""
+        return [(None, r) for r in range(self.restarts)]
+
+    # ---- the two entry points -------------------------------------------------------------
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        best, dist = self._search(model, x, y, enough=self.eps)
-        ok = (dist <= self.eps).view((-1,) + (1,) * (x.dim() - 1))
-        return torch.where(ok, best, x)
+        return self._search(model, x, y, budget=True)[0]
 
     def minimal(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(closest adversarial points, their ``norm`` distances) per sample, over all targets and
-        restarts; ``x`` and distance 0 where ``x`` is misclassified, ``x`` and ``inf`` where none was found."""
+        """(closest adversarial points, their ``norm`` distances) per sample, over every run on every
+        correctly classified point; ``x`` and 0 where ``x`` is misclassified, ``x`` and ``inf`` where
+        nothing was found."""
         with eval_mode(model), autograd_enabled():
             xs, ys = x.detach().clone(), y.detach().to(x.device).clone()
-            best, dist = self._search(model, xs, ys, enough=-1.0)
+            best, dist = self._search(model, xs, ys, budget=False)
         return best.detach(), dist.detach()
 
-    def _search(self, model, x, y, enough: float):
-        """Closest points over targets and restarts; a sample stops once its distance is ≤ ``enough``."""
+    def _search(self, model, x, y, budget: bool):
+        """Reference ``perturb``: runs on the points still robust (``budget``: broken = misclassified
+        within ε; else every correctly classified point in every run, keeping the closest)."""
         with torch.no_grad():
             logits, yy = as_logits(model(x), y)
-        dist = torch.where(logits.argmax(dim=1) != yy, 0.0, float("inf")).to(x.dtype)
+        robust = logits.max(dim=1)[1] == yy
         best = x.clone()
-        for t in top_other_classes(logits, yy, self.n_target_classes).unbind(dim=1):
-            for r in range(self.restarts):
-                todo = ((dist > enough) & (dist != 0)).nonzero().squeeze(1)
-                if todo.numel() == 0:
-                    break
-                radius = torch.clamp(dist[todo], max=self.eps) * 0.5 if r > 0 else None
-                cand, d = self._run(model, x[todo], y[todo], t[todo], radius)
-                better = d < dist[todo]
-                best[todo[better]], dist[todo[better]] = cand[better], d[better]
+        dist = torch.where(robust, float("inf"), 0.0).to(x.dtype)
+        for rank, restart in self._runs(logits.shape[1]):
+            todo = robust.nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            cand, found = self._single_run(model, x[todo], yy[todo], rank, restart > 0)
+            res = row_norm(x[todo] - cand, self.norm)
+            if budget:
+                with torch.no_grad():
+                    still = as_logits(model(cand), yy[todo])[0].max(dim=1)[1] == yy[todo]
+                hit = ~(still | (res > self.eps))
+                robust[todo[hit]] = False
+            else:
+                hit = found & (res < dist[todo])
+            best[todo[hit]], dist[todo[hit]] = cand[hit], res[hit]
         return best, dist
 
-    def _start(self, x0, radius, view):
-        if radius is None:
-            return x0.clone()
+    # ---- one run (reference attack_single_run) --------------------------------------------
+    def _random_start(self, x0: torch.Tensor) -> torch.Tensor:
+        view = (x0.shape[0],) + (1,) * (x0.dim() - 1)
         gen = self.generator(x0.device)
+        radius = min(_NOT_FOUND, self.eps)  # reference: min(res2, eps) with res2 just set to 1e10
         if self.norm == "linf":
-            t = torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype).mul_(2).sub_(1)
+            t = 2 * torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype) - 1
         else:
             t = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-        scale = _norm(t, self.norm).clamp_min(1e-30)
-        x1 = x0 + t * (radius.nan_to_num(posinf=self.eps) / scale).view(view)
-        return x1 if self.bounds is None else x1.clamp_(*self.bounds)
+        x1 = x0 + radius * t / row_norm(t, self.norm).view(view) * 0.5
+        return x1 if self.bounds is None else x1.clamp(*self.bounds)
 
-    def _boundary(self, model, x1, y, t):
-        """(z_t − z_y, its input gradient) at ``x1``."""
-        xr = x1.detach().requires_grad_(True)
-        logits, yy = as_logits(model(xr), y)
-        h = logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.gather(1, yy.unsqueeze(1)).squeeze(1)
-        (g,) = torch.autograd.grad(h.sum(), xr)
-        return h.detach(), g
+    def _hyperplane(self, model, x1, y, target):
+        """(w, b) of the linearised boundary ``w·p = b`` at ``x1`` (reference
+        ``get_diff_logits_grads_batch[_targeted]`` and the choice of the closest class)."""
+        n, u = x1.shape[0], torch.arange(x1.shape[0], device=x1.device)
+        xr = x1.detach().clone().requires_grad_(True)
+        logits, y = as_logits(model(xr), y)
+        if target is None:
+            grads = []
+            for k in range(logits.shape[1]):  # one backward pass per class, like the reference
+                onehot = torch.zeros_like(logits)
+                onehot[:, k] = 1.0
+                grads.append(torch.autograd.grad(logits, xr, grad_outputs=onehot, retain_graph=True)[0])
+            g2 = torch.stack(grads).transpose(0, 1)
+            z = logits.detach()
+            df = z - z[u, y].unsqueeze(1)
+            dg = g2 - g2[u, y].unsqueeze(1)
+            df[u, y] = 1e10  # never the true class
+        else:
+            diff = -(logits[u, y] - logits[u, target])
+            (g,) = torch.autograd.grad(diff.sum(), xr)
+            df, dg = diff.detach().unsqueeze(1), g.unsqueeze(1)
+        dist = df.abs() / (1e-12 + _dual_norm(dg, self.norm))
+        ind = dist.min(dim=1)[1]
+        dg2 = dg[u, ind]
+        b = -df[u, ind] + (dg2 * x1).reshape(n, -1).sum(dim=-1)
+        return dg2.reshape(n, -1), b
 
-    def _run(self, model, x0, y, t, radius):
+    def _single_run(self, model, x0, y, rank, random_start: bool):
+        """(closest adversarial point or ``x0``, found) for each sample; ``rank``: target = the class
+        with the ``rank``-th highest clean logit (FAB-T), None: untargeted."""
         n, view = x0.shape[0], (x0.shape[0],) + (1,) * (x0.dim() - 1)
-        x1 = self._start(x0, radius, view)
-        best, res = x0.clone(), torch.full((n,), float("inf"), dtype=x0.dtype, device=x0.device)
-        flat0 = x0.reshape(n, -1)
+        target = None
+        with torch.no_grad():
+            if rank is not None:  # reference: output.sort()[1][:, -target_class] on this batch
+                target = as_logits(model(x0), y)[0].sort(dim=-1)[1][:, -rank]
+        adv, flat0 = x0.clone(), x0.reshape(n, -1)
+        res2 = torch.full((n,), _NOT_FOUND, dtype=x0.dtype, device=x0.device)
+        x1 = self._random_start(x0) if random_start else x0.clone()
         for _ in range(self.steps):
-            h, g = self._boundary(model, x1, y, t)
-            w, flat1 = g.reshape(n, -1), x1.reshape(n, -1)
-            # linearised h at p: h + w·(p − x1); the step to its zero from x1 and from the origin
-            c1, c0 = -h, -(h + (w * (flat0 - flat1)).sum(dim=1))
-            d = project_hyperplane(torch.cat((flat1, flat0)), torch.cat((w, w)), torch.cat((c1, c0)), self.norm, self.bounds)
-            d1, d0 = d[:n].view_as(x0), d[n:].view_as(x0)
-            a1, a0 = _norm(d1, self.norm).clamp_min(1e-8), _norm(d0, self.norm).clamp_min(1e-8)
-            alpha = (a1 / (a1 + a0)).clamp(0, self.alpha_max).view(view)
-            x1 = (x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d0) * alpha
-            if self.bounds is not None:
-                x1 = x1.clamp_(*self.bounds)
+            w, b = self._hyperplane(model, x1, y, target)
             with torch.no_grad():
-                logits, yy = as_logits(model(x1), y)
-            adv = logits.argmax(dim=1) != yy
-            if bool(adv.any()):
-                dist = _norm(x1 - x0, self.norm)
-                closer = adv & (dist < res)
-                best = torch.where(closer.view(view), x1, best)
-                res = torch.where(closer, dist, res)
-                x1 = torch.where(adv.view(view), x0 + self.beta * (x1 - x0), x1)
-        return best, res
+                d3 = project_box_hyperplane(torch.cat((x1.reshape(n, -1), flat0), 0), torch.cat((w, w), 0),
+                                            torch.cat((b, b), 0), self.norm, self.bounds)
+                d1, d2 = d3[:n].reshape(x0.shape), d3[-n:].reshape(x0.shape)
+                a0 = torch.clamp_min(row_norm(d3, self.norm), 1e-8).view((2 * n,) + view[1:])
+                a1, a2 = a0[:n], a0[-n:]
+                alpha = torch.clamp(a1 / (a1 + a2), 0, self.alpha_max)
+                x1 = (x1 + self.eta * d1) * (1 - alpha) + (x0 + d2 * self.eta) * alpha
+                if self.bounds is not None:
+                    x1 = x1.clamp(*self.bounds)
+                is_adv = as_logits(model(x1), y)[0].max(dim=1)[1] != y  # y: class indices (from _search)
+                self._record(x0, x1, is_adv, adv, res2)
+        return adv, res2 < _NOT_FOUND
+
+    def _record(self, x0, x1, is_adv, adv, res2) -> None:
+        """Keep the adversarial points closer than the best so far; pull them back towards ``x0``
+        (in place on ``x1``, ``adv``, ``res2``; reference: the ``ind_adv`` block)."""
+        idx = is_adv.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
+        view = (idx.numel(),) + (1,) * (x0.dim() - 1)
+        t = row_norm(x1[idx] - x0[idx], self.norm)
+        closer = t < res2[idx]
+        adv[idx] = torch.where(closer.view(view), x1[idx], adv[idx])
+        res2[idx] = torch.where(closer, t, res2[idx])
+        x1[idx] = x0[idx] + (x1[idx] - x0[idx]) * self.beta
+
+
+class FABT(FAB):
+    """FAB-T: FAB towards each of the ``n_target_classes`` classes with the highest clean logits
+    (clipped to C − 1), ``restarts`` runs per target, each on the points not broken yet (reference
+    ``perturb`` with ``targeted=True``). AutoAttack's ``standard`` runs it with 9 targets, 1 restart,
+    100 steps. Deliberate differences from the reference: those of ``FAB``, and the clip of
+    ``n_target_classes`` (the reference indexes out of range with fewer than n + 1 classes)."""
+
+    name = "fab_t"
+
+    def __init__(self, eps: float, norm: str = "linf", steps: int = 100, n_target_classes: int = 9, restarts: int = 1,
+                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0,
+                 targeted: bool = False, loss: str = "ce"):
+        super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta,
+                         bounds=bounds, seed=seed, targeted=targeted, loss=loss)
+        self.n_target_classes = _int_at_least_one("attack.n_target_classes", n_target_classes)
+
+    def _runs(self, n_classes: int) -> list[tuple[int | None, int]]:
+        last = min(self.n_target_classes, n_classes - 1) + 1
+        return [(rank, r) for rank in range(2, last + 1) for r in range(self.restarts)]
