@@ -357,14 +357,37 @@ def test_autoattack_versions_members_and_options():
     assert aa.members["apgd-t"].n_target_classes == 4 and aa.members["apgd-t"].steps == 12
     assert aa.members["fab-t"].steps == 7 and aa.members["square"].n_queries == 77
     assert aa.members["apgd-ce"].loss == "ce" and aa.members["apgd-ce"].restarts == 1
-    plus = AutoAttack(0.1, version="plus")
-    assert list(plus.members) == ["apgd-ce", "apgd-dlr", "fab-t", "square", "apgd-t"]
-    assert plus.members["apgd-ce"].restarts == 5 and plus.members["apgd-dlr"].loss == "dlr"
-    rand = AutoAttack(0.1, version="rand", eot_iter=4)
-    assert list(rand.members) == ["apgd-ce", "apgd-dlr"] and rand.members["apgd-dlr"].eot_iter == 4
     seeds = [m.seed for m in aa.members.values()]
     aa.seed = 10
-    assert [m.seed for m in aa.members.values()] == [s + 10 for s in seeds]
+    assert seeds == [0] * 4 and [m.seed for m in aa.members.values()] == [10] * 4  # one seed, as the reference's members
+
+
+# The reference's AutoAttack._set_version (pyautoattack 0.2.0), member by member:
+# (members in order, {member: (restarts, targets, large_eps, eot)})
+REFERENCE_VERSIONS = {
+    ("standard", "linf"): (["apgd-ce", "apgd-t", "fab-t", "square"], {"apgd-ce": (1, None, False, 1), "apgd-t": (1, 9, False, 1), "fab-t": (1, 9, None, None)}),
+    ("standard", "l2"): (["apgd-ce", "apgd-t", "fab-t", "square"], {"apgd-ce": (1, None, False, 1), "apgd-t": (1, 9, False, 1), "fab-t": (1, 9, None, None)}),
+    ("standard", "l1"): (["apgd-ce", "apgd-t", "fab-t", "square"], {"apgd-ce": (5, None, True, 1), "apgd-t": (1, 5, True, 1), "fab-t": (1, 9, None, None)}),
+    ("plus", "linf"): (["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],
+                       {"apgd-ce": (5, None, False, 1), "apgd-dlr": (5, None, False, 1), "fab": (5, None, None, None),
+                        "apgd-t": (1, 9, False, 1), "fab-t": (1, 9, None, None)}),
+    ("rand", "linf"): (["apgd-ce", "apgd-dlr"], {"apgd-ce": (1, None, False, 20), "apgd-dlr": (1, None, False, 20)}),
+}
+
+
+@pytest.mark.parametrize("version,norm", list(REFERENCE_VERSIONS))
+def test_autoattack_versions_are_the_references(version, norm):
+    aa = AutoAttack(0.1, norm=norm, version=version)
+    members, settings = REFERENCE_VERSIONS[(version, norm)]
+    assert list(aa.members) == members and aa.members[members[-1]].norm == norm
+    for name, (restarts, targets, large_eps, eot) in settings.items():
+        m = aa.members[name]
+        assert m.restarts == restarts, name
+        assert getattr(m, "n_target_classes", None) == targets, name
+        assert getattr(m, "large_eps", None) == large_eps and getattr(m, "eot_iter", None) == eot, name
+    if "square" in aa.members:
+        sq = aa.members["square"]
+        assert sq.n_queries == 5000 and sq.p_init == 0.8 and sq.rescale_schedule is False  # resc_schedule=False
 
 
 @pytest.mark.parametrize("cls,kwargs,key", [

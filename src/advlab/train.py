@@ -110,6 +110,13 @@ def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from,
     return {**metrics, **test_metrics}, trainer
 
 
+def _test_size(datamodule) -> int:
+    try:
+        return len(datamodule.test_dataloader().dataset)
+    except (AttributeError, TypeError, RuntimeError):
+        return 0
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> float | None:
     started = time.time()
@@ -138,6 +145,9 @@ def train(cfg: DictConfig) -> float | None:
     callback_metrics = {k: v for cb in trainer.callbacks for k, v in getattr(cb, "final_metrics", {}).items()}
     metrics.update({**source_metrics, **derived.metrics, **callback_metrics, "time/total_s": round(time.time() - started, 2)})
     if trainer.is_global_zero:
+        from advlab.analysis.robustbench_entry import dataset_name, write_test_entry
+
+        write_test_entry(out_dir, metrics, method.eval_attack, _test_size(derived.datamodule), cfg.run_name, dataset_name(datamodule))
         images.update(derived.figures(out_dir))
         images.update(_eval_attack_grid(method, derived.datamodule, out_dir, method.device))
         csv_file = out_dir / "csv" / "metrics.csv"

@@ -1,6 +1,7 @@
 """advlab-eval's `robustness` analysis (conf/analysis/robustness.yaml): robust accuracy against ε for
-each attack of `run` (advlab.analysis.robustness computes the curves), mean ± SEM over members, and a
-RobustBench-style line per model when an AutoAttack is among them (`robustbench` in metrics.json)."""
+each attack of `run` (advlab.analysis.robustness computes the curves), mean ± SEM over members, and,
+when an AutoAttack is among them, its standalone figure at `robustbench_eps` per model (`robustbench`
+in metrics.json, `robustbench.json` beside it; advlab.analysis.robustbench_entry)."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from advlab.analysis import robustness as curves_of
+from advlab.analysis import robustbench_entry
 from advlab.analysis.protocol import Analysis, Points, curve_stat, label, stat, write_csv
 from advlab.errors import ConfigError
 
@@ -26,14 +28,24 @@ class RobustAccuracy(Analysis):
             raise ConfigError("robustness.diagnostics", f"must be a boolean, got {diagnostics!r}; allowed: true, false")
         self.diagnostics = bool(diagnostics)
         self.attacks = {name: instantiate(attacks[name], bounds=bounds) for name in run}
-        self.eps_grids = {norm: [float(e) for e in eps[norm]] for norm in ("linf", "l2")}
+        self.eps_grids = {norm: [float(e) for e in grid] for norm, grid in eps.items()}
         self.losses, self.cumulative = list(losses), bool(cumulative)
         self.robustbench_eps = None if robustbench_eps is None else float(robustbench_eps)
+        self._standalone: dict[tuple, dict] = {}  # (model, member) -> its standalone AutoAttack result
+
+    def _autoattack(self):
+        from advlab.attacks import AutoAttack
+
+        return next(((n, a) for n, a in self.attacks.items() if isinstance(a, AutoAttack)), (None, None))
 
     def run(self, member, points: Points) -> dict:
         curves = curves_of.robustness_curves(
             member.model, self.attacks, self.eps_grids, points.x, points.y, losses=self.losses, cumulative=self.cumulative,
             diagnostics=self.diagnostics, batch_size=points.batch_size, device=points.device, desc=label(member))
+        name, aa = self._autoattack()
+        if aa is not None and self.robustbench_eps is not None:
+            self._standalone[(member.name, member.member)] = robustbench_entry.standalone_autoattack(
+                member.model, aa, points.x, points.y, self.robustbench_eps, device=points.device, batch_size=points.batch_size)
         acc = curves_of.accuracy
         return {name: {"norm": c["norm"], "eps": c["eps"], "acc": acc(c["robust"]),
                        "alone": None if c["alone"] is None else acc(c["alone"]),  # None: not exact without diagnostics
@@ -59,18 +71,17 @@ class RobustAccuracy(Analysis):
         return {"robustness": out, **({"robustbench": line} if line else {})}
 
     def _robustbench(self, curves: dict, results: list[dict], n: int) -> dict | None:
-        """Clean and AutoAttack robust accuracy at `robustbench_eps` on the evaluated points, logged."""
-        from advlab.attacks import AutoAttack
-
-        name = next((a for a, attack in self.attacks.items() if isinstance(attack, AutoAttack)), None)
-        if name is None or self.robustbench_eps is None:
+        """The standalone AutoAttack figure at `robustbench_eps`, mean over the members, logged."""
+        name, _ = self._autoattack()
+        runs = [self._standalone.get((r["name"], r["member"])) for r in results]
+        if name is None or None in runs:
             return None
-        curve = curves[name]
-        i = curve["eps"].index(self.robustbench_eps)  # on the grid: checked in the pre-flight
-        clean = sum(r["points_acc"] for r in results) / len(results)
-        entry = {"clean": clean, "autoattack": curve["mean"][i], "eps": curve["eps"][i], "norm": curve["norm"], "n": n, "attack": name}
-        log.info("model %s: clean %.3f, AutoAttack robust %.3f (%s eps=%g, n=%d)", results[0]["name"], clean, entry["autoattack"],
-                 "Linf" if entry["norm"] == "linf" else "L2", entry["eps"], n)
+        first = runs[0]
+        entry = {"clean": sum(r["clean_acc"] for r in runs) / len(runs), "autoattack": sum(r["autoattack_acc"] for r in runs) / len(runs),
+                 "eps": first["eps"], "norm": first["norm"], "n": n, "attack": name, "version": first["version"],
+                 "members": first["members"], "standalone": True}
+        log.info("model %s: clean %.3f, AutoAttack robust %.3f (%s eps=%g, n=%d; standalone %s AutoAttack)", results[0]["name"],
+                 entry["clean"], entry["autoattack"], robustbench_entry.THREAT_MODELS[entry["norm"]], entry["eps"], n, entry["version"])
         return entry
 
     def write(self, out_dir: Path, per_member: dict, summary: dict, points: Points, loggers) -> dict[str, Path]:
@@ -89,6 +100,11 @@ class RobustAccuracy(Analysis):
         if wb is not None and member_rows:
             wb.log_table(key="robustness", columns=HEADER, data=member_rows)
             wb.experiment.log(robustness_charts(HEADER, member_rows))
+        lines = {name: s["robustbench"] for name, s in summary.items() if s.get("robustbench")}
+        if lines:
+            dataset = robustbench_entry.dataset_name(points.datamodule)
+            robustbench_entry.write_entries(out_dir, {name: robustbench_entry.leaderboard_entry(
+                {**line, "clean_acc": line["clean"], "autoattack_acc": line["autoattack"]}, name, dataset) for name, line in lines.items()})
         curves = {name: {a: {**c, "n": len(s["members"])} for a, c in s["robustness"].items()} for name, s in summary.items()}
         path = out_dir / "plots" / "robustness.png"
         return {"robustness": analysis_plots.robustness_curves(curves, path, title=points.title, points=points.where)}

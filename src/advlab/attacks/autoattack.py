@@ -1,18 +1,27 @@
 """AutoAttack (Croce & Hein, ICML 2020) as one attack: an ensemble run in sequence, each member only on
 the points still robust, per-sample worst case (the first member that breaks a sample gives its point).
 
-Versions (the members in order):
+Versions: the members, restarts and target counts of the authors' ``AutoAttack._set_version``
+(pyautoattack 0.2.0, ``autoattack.py``), in their order:
 
-* ``standard``: APGD-CE, APGD-T (targeted DLR, ``n_target_classes`` targets), FAB-T, Square
-  (``square_queries`` queries), 1 restart each, the paper's evaluation;
-* ``plus``: APGD-CE and APGD-DLR with 5 restarts, FAB-T, Square, APGD-T (the authors' ``plus``
-  without its untargeted FAB);
-* ``rand``: APGD-CE and APGD-DLR with expectation over transformation (``eot_iter`` gradient
-  samples), for randomised models.
+* ``standard``: APGD-CE, APGD-T, FAB-T, Square (5,000 queries, the reference's unrescaled window
+  schedule). L∞ / L2: 1 APGD restart, 9 targets. L1: APGD-CE with 5 restarts and APGD-T with 5
+  targets, both on the 3ε/2ε/ε schedule (``large_eps``); FAB-T 9 targets, 1 restart;
+* ``plus``: APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5 restarts, Square, APGD-T
+  (9 targets), FAB-T (9 targets, 1 restart);
+* ``rand``: APGD-CE and APGD-DLR with expectation over transformation (``eot_iter`` = 20 gradient
+  samples), 1 restart, for randomised models.
 
-``attacks`` overrides the members (names from ``MEMBERS``). ``loss`` is accepted for the common
-interface and has no effect (every member has its own loss). After each call ``last_run`` lists per
-member how many points it attacked, how many it broke and its time.
+``attacks`` overrides the members (names from ``MEMBERS``: the reference's ``custom``). ``loss`` is
+accepted for the common interface and has no effect (every member has its own loss). After each call
+``last_run`` lists per member how many points it attacked, how many it broke and its time.
+
+Where advlab differs from the reference on purpose: every member draws from its own generator, seeded
+with ``seed`` as the reference seeds the global RNG for each member (so one batch draws what the
+reference draws), but successive batches continue the stream (the reference reseeds every batch and
+so repeats its draws); a broken point is the first adversarial iterate (the reference's last one);
+the reference's diagnostic checks (randomness, logit range, dynamic graph) are advlab-eval's
+``masking`` analysis instead.
 """
 from __future__ import annotations
 
@@ -23,29 +32,32 @@ from torch import nn
 
 from advlab.attacks.apgd import APGD, APGDT
 from advlab.attacks.base import Attack, as_logits
-from advlab.attacks.fab import FABT
+from advlab.attacks.fab import FAB, FABT
 from advlab.attacks.pgd import _int_at_least_one
 from advlab.attacks.square import Square
 from advlab.errors import ConfigError
 
-MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VERSIONS = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "plus": ("apgd-ce", "apgd-dlr", "fab-t", "square", "apgd-t"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
     "rand": ("apgd-ce", "apgd-dlr"),
 }
 
 
 class AutoAttack(Attack):
     """AutoAttack; untargeted (``y`` true labels). ``apgd_steps`` / ``fab_steps``: iterations of the
-    APGD members and of FAB-T (100 in the paper)."""
+    APGD members and of FAB (100 in the paper). ``n_target_classes``: null = the version's (9; APGD-T at
+    L1 standard: 5); a number sets both targeted members'."""
 
     name = "autoattack"
     fixed_losses = True  # `loss` has no effect: the losses are part of the method
     untargeted_only = True
 
+    norms = ("linf", "l2", "l1")
+
     def __init__(self, eps: float, norm: str = "linf", version: str = "standard", attacks=None,
-                 n_target_classes: int = 9, square_queries: int = 5000, apgd_steps: int = 100, fab_steps: int = 100,
+                 n_target_classes: int | None = None, square_queries: int = 5000, apgd_steps: int = 100, fab_steps: int = 100,
                  eot_iter: int = 20, bounds=(0.0, 1.0), seed: int = 0, targeted: bool = False, loss: str = "ce"):
         if version not in VERSIONS:
             raise ConfigError("attack.version", f"unknown version {version!r}; allowed: {', '.join(VERSIONS)}")
@@ -56,7 +68,7 @@ class AutoAttack(Attack):
         self._members = {}
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
         self.version, self.attacks = version, members
-        self.n_target_classes = _int_at_least_one("attack.n_target_classes", n_target_classes)
+        self.n_target_classes = None if n_target_classes is None else _int_at_least_one("attack.n_target_classes", n_target_classes)
         self.square_queries = _int_at_least_one("attack.square_queries", square_queries)
         self.apgd_steps = _int_at_least_one("attack.apgd_steps", apgd_steps)
         self.fab_steps = _int_at_least_one("attack.fab_steps", fab_steps)
@@ -66,16 +78,21 @@ class AutoAttack(Attack):
         self._report: dict = {"last_run": []}  # a dict: cache keys (artifacts.describe_object) skip it
 
     def _build(self, name: str) -> Attack:
-        restarts = 5 if self.version == "plus" and name in ("apgd-ce", "apgd-dlr") else 1
-        eot = self.eot_iter if self.version == "rand" else 1
+        """A member with the reference version's settings (``_set_version``)."""
+        l1_standard = self.version == "standard" and self.norm == "l1"
+        targets = self.n_target_classes or (5 if l1_standard and name == "apgd-t" else 9)
         common = dict(eps=self.eps, norm=self.norm, bounds=self.bounds, seed=self.seed)
         if name in ("apgd-ce", "apgd-dlr"):
-            return APGD(steps=self.apgd_steps, loss=name[5:], restarts=restarts, eot_iter=eot, **common)
+            restarts = 5 if self.version == "plus" or l1_standard else 1
+            eot = self.eot_iter if self.version == "rand" else 1
+            return APGD(steps=self.apgd_steps, loss=name[5:], restarts=restarts, eot_iter=eot, large_eps=l1_standard, **common)
         if name == "apgd-t":
-            return APGDT(steps=self.apgd_steps, n_target_classes=self.n_target_classes, eot_iter=eot, **common)
+            return APGDT(steps=self.apgd_steps, n_target_classes=targets, large_eps=l1_standard, **common)
+        if name == "fab":
+            return FAB(steps=self.fab_steps, restarts=5 if self.version == "plus" else 1, **common)
         if name == "fab-t":
-            return FABT(steps=self.fab_steps, n_target_classes=self.n_target_classes, **common)
-        return Square(n_queries=self.square_queries, **common)
+            return FABT(steps=self.fab_steps, n_target_classes=targets, restarts=1, **common)
+        return Square(n_queries=self.square_queries, p_init=0.8, **common)
 
     @property
     def last_run(self) -> list[dict]:
@@ -89,16 +106,18 @@ class AutoAttack(Attack):
 
     def reset_rng(self) -> None:
         super().reset_rng()
-        for i, member in enumerate(getattr(self, "_members", {}).values()):
-            member.seed = self.seed + i  # decorrelated streams; the seed setter resets the member's generators
+        for member in getattr(self, "_members", {}).values():
+            member.seed = self.seed  # as the reference seeds each member; the seed setter resets the member's generators
 
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             logits, yy = as_logits(model(x), y)
             robust = logits.argmax(dim=1) == yy
         out, report = x.clone(), []
+        if any(m.norm != self.norm for m in self._members.values()):  # the version's settings depend on the norm
+            self._members = {name: self._build(name) for name in self.attacks}
         for name, member in self._members.items():
-            member.eps, member.norm, member.bounds = self.eps, self.norm, self.bounds
+            member.eps, member.bounds = self.eps, self.bounds
             idx = robust.nonzero().squeeze(1)
             t0 = time.perf_counter()
             broken_n = 0
