@@ -1,0 +1,38 @@
+"""Slow: advlab's AutoAttack against the authors' code (pyautoattack) on a real trained network — the
+CIFAR-10 ResNet-18 that pyautoattack ships — on 200 shared CIFAR-10 test images, L∞ 1/255 and 2/255
+(where a standard model's robust accuracy is not yet 0): clean accuracy, APGD-CE and the full standard
+AutoAttack within 1 percentage point of the reference. The numbers and wall times are written to
+benchmarks/results/autoattack_resnet18_cpu.json (the README's table cites them)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 200
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def resnet18(shared_dir):
+    pytest.importorskip("pyautoattack", reason="pyautoattack not installed: pip install --no-deps pyautoattack")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_autoattack
+
+    return bench_autoattack, bench_autoattack.resnet18_points(N, shared=shared_dir)
+
+
+def test_autoattack_on_the_real_resnet18_equals_the_reference(resnet18):
+    bench, (model, x, y) = resnet18
+    result = bench.main(["--model", "resnet18", "--n", str(N), "--eps", "1/255", "2/255", "--no-torchattacks"])
+    assert len(result["rows"]) == 4
+    for row in result["rows"]:
+        assert 0.8 <= row["clean_acc"] <= 0.95  # the shipped model: clean ≈ 0.86 (JPEG copy of the test set)
+        ours, ref = row["results"]["advlab"]["robust_acc"], row["results"]["pyautoattack"]["robust_acc"]
+        assert abs(ours - ref) <= 0.01 + 1e-9, row
+        assert ours < row["clean_acc"]
+    standard = {row["eps"]: row["results"]["advlab"]["robust_acc"] for row in result["rows"] if row["attack"] == "standard"}
+    assert standard[1 / 255] > standard[2 / 255]  # mid-range, falling with ε
