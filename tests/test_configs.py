@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from advlab.attacks import FABT, Attack, AutoAttack
+from advlab.attacks import FAB, Attack, AutoAttack
 from advlab.config import CONF_DIR, group_options, validate
 from advlab.data import DigitsDataModule
 from advlab.data.derived import derived_builder
@@ -58,7 +58,7 @@ def test_every_attack_instantiates_with_eps_from_its_group(attack, digits):
     x, y = digits.x_test[:8], digits.y_test[:8]
     x_adv = atk(model, x, y)
     moved = float((x_adv - x).abs().max()) > 0
-    if isinstance(atk, (AutoAttack, FABT)):  # they return x itself where x is misclassified already
+    if isinstance(atk, (AutoAttack, FAB)):  # they return x itself where x is misclassified already (FABT is a FAB)
         with torch.no_grad():
             moved = moved or bool((model(x).argmax(1) != y).all())
     assert x_adv.shape == x.shape and moved

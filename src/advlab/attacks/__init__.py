@@ -13,7 +13,7 @@ from advlab.attacks.autoattack import AutoAttack
 from advlab.attacks.base import LOSSES, NORMS, Attack, as_logits, eval_mode, per_sample_loss, success
 from advlab.attacks.deepfool import DeepFool, DeepFoolResult
 from advlab.attacks.evaluate import evaluate_attack, robust_accuracy, robust_accuracy_curve, robust_curve_per_sample
-from advlab.attacks.fab import FABT
+from advlab.attacks.fab import FAB, FABT
 from advlab.attacks.pgd import FGSM, MIFGSM, PGD, OneStepL2
 from advlab.attacks.square import Square
 
@@ -21,7 +21,7 @@ from advlab.attacks.square import Square
 # instantiate (`attack=pgd_linf`); there is no second registry here.
 
 __all__ = [
-    "APGD", "APGDT", "Attack", "AutoAttack", "DeepFool", "DeepFoolResult", "FABT", "FGSM", "LOSSES", "MIFGSM",
+    "APGD", "APGDT", "Attack", "AutoAttack", "DeepFool", "DeepFoolResult", "FAB", "FABT", "FGSM", "LOSSES", "MIFGSM",
     "NORMS", "OneStepL2", "PGD", "Square", "as_logits", "eval_mode",
     "evaluate_attack", "per_sample_loss", "robust_accuracy", "robust_accuracy_curve", "robust_curve_per_sample",
     "success",

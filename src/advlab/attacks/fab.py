@@ -55,13 +55,18 @@ class FAB(Attack):
     ``restarts`` runs, those after the first from a random start. Defaults as in AutoAttack:
     α_max = 0.1, η = 1.05, β = 0.9 (AutoAttack's ``plus`` runs it with 5 restarts, 100 steps).
 
-    Equal to the reference (``FABAttack_PT``, ``targeted=False``) point by point for one restart:
-    same gradients, hyperplane, projection, update, bookkeeping and final selection. Where it differs,
-    on purpose: randomness comes from the attack's own generator, not the reseeded global RNG (the
-    random start itself is the reference's: per norm a uniform / Gaussian direction scaled to
-    ``min(res2, ε)/2`` with ``res2`` just reset to 1e10, i.e. ε/2); any ``bounds`` box or none (the
-    reference clips to [0, 1]); the input dtype is kept (the reference casts to float32); binary
-    single-score models are read as two logits; ``minimal`` is an addition."""
+    Equal to the reference (``FABAttack_PT``, ``targeted=False``) point by point: same gradients,
+    hyperplane, projection, update, bookkeeping, random start (per norm a uniform / Gaussian
+    direction scaled to ``min(res2, ε)/2`` with ``res2`` just reset to 1e10, i.e. ε/2) and final
+    selection. Where it differs, on purpose:
+
+    * randomness comes from the attack's own generator, not the global RNG that the reference
+      reseeds on every call. On the CPU a generator seeded s draws the same stream as the reseeded
+      global RNG, so a first call equals the reference's; later calls continue the stream (fresh
+      starts for every batch, where the reference repeats the same ones).
+    * any ``bounds`` box, or none (the reference clips to [0, 1]); the input dtype is kept (the
+      reference casts to float32); binary single-score models are read as two logits.
+    * ``minimal`` (closest points over all runs, no budget) is an addition."""
 
     name = "fab"
     norms = ("linf", "l2", "l1")
