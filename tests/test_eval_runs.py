@@ -137,7 +137,7 @@ def test_bad_input_is_one_line_before_any_work(advlab_root):
     run = run_advlab(advlab_root, "+spec@models.mine=magic", "logger=csv", module=EVAL)
     assert run.returncode == 2 and "Traceback" not in run.log
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-    assert lines == ["advlab-eval: error: spec@models.mine: unknown option 'magic'; allowed: adversarial, external, sparsity, standard"]
+    assert lines == ["advlab-eval: error: spec@models.mine: unknown option 'magic'; allowed: adversarial, external, robustbench, sparsity, standard"]
     assert not (advlab_root / "cache").exists()
 
 

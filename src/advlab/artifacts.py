@@ -89,8 +89,11 @@ class Artifacts:
 
     @property
     def bf16(self) -> bool:
-        """trainer.precision=bf16-mixed (or bf16-true): attacks and constructions run under bf16 autocast too."""
-        return str(self.trainer.get("precision", "32-true")).startswith("bf16")
+        """trainer.precision=bf16-mixed (or bf16-true, or `auto` resolved to bf16-mixed on this device):
+        attacks and constructions run under bf16 autocast too."""
+        from advlab.utils.hardware import resolve_precision
+
+        return str(resolve_precision(self.trainer.get("precision", "32-true"), self.device.type).value).startswith("bf16")
 
     def constructed(self, kind: str, spec: dict, construct, what: str):
         """A derived dataset / adversarial set (`construct()`), taken from the cache or built with the run's

@@ -117,7 +117,7 @@ def load_external(spec, datamodule, where: str) -> Classifier:
     mean, std = stats if stats is not None else (None, None)
     if is_zoo(spec):
         model = load_zoo(spec, datamodule, where, mean, std)
-        check_logits(model, datamodule, f"{where}.robustbench.name")
+        check_logits(model, datamodule, f"{where}.robustbench.dataset")  # the entry's data and this run's differ
         return model.eval()
     model = build_classifier(spec.arch, datamodule, mean, std, f"{where}.arch")
     state = read_state_dict(path, f"{where}.weights")

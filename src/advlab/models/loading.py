@@ -11,6 +11,7 @@ inputs ([0, 1] images) to logits.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 from pathlib import Path
 
@@ -58,16 +59,32 @@ class ModuleClassifier(Classifier):
         return readout_input(self.net, linears[-1], x)
 
 
+def _import(path: str):
+    """The object at a dotted path, as Hydra's instantiate finds a `_target_` (hydra.utils.get_object
+    would also log the failure: the error must stay one line)."""
+    parts = path.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], start=2):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:  # a submodule not imported by its package
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError as err:
+                if err.name != ".".join(parts[:i]):  # the submodule's own import failed
+                    raise
+                raise AttributeError(f"{'.'.join(parts[:i - 1])} has no attribute {part!r}") from None
+    return obj
+
+
 def locate(arch, key: str):
     """The class or function an architecture node names (one-line error when it cannot be imported)."""
-    from hydra.utils import get_object
-
     path = arch.get("_target_") if hasattr(arch, "get") else None
     if not path:
         raise ConfigError(key, f"expected an architecture node with a `_target_`, got {arch!r}; {BUILDS}")
     try:
-        target = get_object(str(path))
-    except Exception as err:  # ImportError, AttributeError, ...
+        target = _import(str(path))
+    except Exception as err:  # ImportError, AttributeError, an error of the imported module, ...
         raise ConfigError(f"{key}._target_", f"cannot import {path!r} ({_one_line(err, 160)}); {BUILDS}") from None
     if not callable(target) or (inspect.isclass(target) and not issubclass(target, nn.Module)):
         raise ConfigError(f"{key}._target_", f"{path} is not a torch.nn.Module class nor a function building one; {BUILDS}")
@@ -171,7 +188,7 @@ def fit_state_dict(target: nn.Module, state: dict, path: Path, key: str, optiona
     own = target.state_dict()
     shapes = [f"{k} {list(v.shape)} vs {list(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
     if shapes:
-        raise ConfigError(key, f"{path} does not fit the architecture: {len(shapes)} tensors of another shape "
+        raise ConfigError(key, f"{path} does not fit the architecture: {len(shapes)} tensor(s) of another shape "
                                f"(file vs model, e.g. {_examples(shapes)})")
     result = target.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in optional]

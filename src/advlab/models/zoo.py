@@ -89,9 +89,12 @@ def zoo_entry(spec, where: str) -> tuple[dict, dict, Path]:
     model_dir = Path(keys["model_dir"]).expanduser().absolute()
     path = model_dir / dataset / threat / f"{name}.pt"
     if not path.is_file():
+        call = f"robustbench.utils.load_model({name!r}, model_dir='{model_dir}', dataset={dataset!r}, threat_model={threat!r})"
+        # entries without a file of their own (timm's hub, torchvision's ImageNet Standard_*): save what load_model returns
+        own_file = isinstance(files, str) and not (dataset == "imagenet" and "Standard" in name)
+        fetch = f"{call} downloads it to that path" if own_file else f"save {call}.state_dict() to that path"
         raise ConfigError(f"{where}.{NODE}.model_dir", f"no weights for {name} at {path}: put its file there (on a machine with "
-                                                       f"internet, robustbench.utils.load_model({name!r}, model_dir='{model_dir}', "
-                                                       f"dataset={dataset!r}, threat_model={threat!r}) downloads it to that path)")
+                                                       f"internet, {fetch})")
     return keys, entry, path.resolve()
 
 
