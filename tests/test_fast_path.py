@@ -167,8 +167,13 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     artifacts = Artifacts(None, trainer=cfg.trainer)
     keys = [artifacts.model_spec(OmegaConf.merge(c.source, {"arch": c.arch}), Data()) for c in cfgs.values()]
     assert keys[0] == keys[1] and keys[0]["method"]["label_smoothing"] == 0.1  # one source for both rules
-    # the source trains on the fast path too: its key records bf16 (a cached fp32 source is another model)
-    assert keys[0]["optimizer"]["nesterov"] is True and keys[0]["trainer"] == {"precision": "bf16-mixed"}
+    # the source trains at the run's precision, `auto`: bf16-mixed where bf16 is native (its key then records
+    # it: a cached fp32 source is another model), else 32-true (the key of the default training)
+    from advlab.utils.hardware import resolve_precision
+
+    fast = resolve_precision("auto", cfg.trainer.accelerator).value == "bf16-mixed"
+    assert cfg.trainer.precision == "auto" and keys[0]["optimizer"]["nesterov"] is True
+    assert keys[0].get("trainer") == ({"precision": "bf16-mixed"} if fast else None)
     model = ResNet9((3, 32, 32), 10, **{k: v for k, v in cfg.arch.items() if k in ("width", "logit_scale")})
 
     attack = instantiate(cfg.attack, bounds=[0.0, 1.0])

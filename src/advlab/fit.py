@@ -25,7 +25,9 @@ PLACEMENT_KEYS = ("_target_", "default_root_dir", "accelerator", "devices", "num
                   "num_sanity_val_steps", "inference_mode", "max_epochs", "limit_val_batches", "limit_test_batches",
                   "check_val_every_n_epoch", "val_check_interval", "profiler", "barebones")
 # conf/trainer/default.yaml's values of the other keys: the key of a spec trained with them has no
-# `trainer` entry, so it does not change when the run's trainer config lists them
+# `trainer` entry, so it does not change when the run's trainer config lists them. `precision: auto`
+# never reaches a key: it is resolved first (advlab.utils.hardware), so a model trained at `auto` has
+# the key of one trained at the value it resolved to.
 DEFAULT_TRAINING = {"precision": "32-true", "deterministic": False}
 
 
@@ -46,7 +48,8 @@ def build_classifier(method: DictConfig, arch, datamodule, *, optimizer, schedul
 
 def spec_trainer(run_trainer, spec) -> dict:
     """The training settings of a model spec: the run's trainer settings, then the spec's own
-    `trainer` node, then its `max_epochs` (placement keys left out: the artifact cache sets them)."""
+    `trainer` node, then its `max_epochs` (placement keys left out: the artifact cache sets them);
+    `precision: auto` resolved for the run's accelerator."""
     from advlab.cache import plain
 
     merged = {"_target_": "pytorch_lightning.Trainer"}
@@ -54,6 +57,10 @@ def spec_trainer(run_trainer, spec) -> dict:
         # only these keys are resolved: placement keys may point into the Hydra job (`${paths.output_dir}`)
         merged.update({str(k): plain(node[k]) for k in (node or {}) if k not in PLACEMENT_KEYS})
     merged["max_epochs"] = int(spec.max_epochs)
+    if str(merged.get("precision")) == "auto":  # a run resolves it up front (utils.run.resolve_hardware); callers from Python here
+        from advlab.utils.hardware import resolve_precision
+
+        merged["precision"] = resolve_precision("auto", (run_trainer or {}).get("accelerator")).value
     return merged
 
 

@@ -4,6 +4,7 @@ final metrics to every logger."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -48,6 +49,7 @@ def data_and_cache(cfg: DictConfig):
 
     from advlab.cache import ArtifactCache
 
+    resolve_hardware(cfg)
     datamodule = instantiate(cfg.dataset)
     datamodule.check()
     cache = ArtifactCache(cfg.paths.cache_dir)
@@ -55,6 +57,111 @@ def data_and_cache(cfg: DictConfig):
     datamodule.setup()
     bounds = list(datamodule.bounds) if datamodule.bounds is not None else None
     return datamodule, cache, bounds
+
+
+def resolve_hardware(cfg: DictConfig) -> None:
+    """Once per run, before anything reads them (Trainers, cache keys, config_resolved.yaml, W&B):
+    `precision: auto` resolved for this machine, and torch's threads fitted to the cores this
+    process may use (advlab.utils.hardware says how each is found)."""
+    resolve_precisions(cfg)
+    fit_threads(cfg)
+
+
+# trainer nodes whose `precision` a run trains with: the run's and its model specs' own
+PRECISION_NODES = ("trainer", "source.trainer", "target.trainer")
+
+
+def resolve_precisions(cfg: DictConfig) -> None:
+    """Each `precision: auto` (the run's trainer, a model spec's own trainer node) replaced by what it
+    resolves to here, with a line saying which and why; an explicit bf16 where it is emulated: one
+    warning line. The config then holds only values Lightning knows."""
+    from omegaconf import open_dict
+
+    from advlab.utils.hardware import resolve_precision
+
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None) or cfg.get("accelerator")
+    models = cfg.get("models")
+    nodes = [*PRECISION_NODES, *(f"models.{name}.trainer" for name in (models if OmegaConf.is_dict(models) else {}))]
+    warned = False
+    for node in nodes:
+        value = OmegaConf.select(cfg, f"{node}.precision", default=None, throw_on_missing=False)
+        if value is None:
+            continue
+        resolved = resolve_precision(value, accelerator, f"{node}.precision")
+        if resolved.value != value:
+            with open_dict(cfg):
+                OmegaConf.update(cfg, f"{node}.precision", resolved.value, merge=False)
+        if resolved.line and not (resolved.warning and warned):
+            log.log(logging.WARNING if resolved.warning else logging.INFO, resolved.line)
+            warned = warned or resolved.warning
+
+
+def _multirun_launcher():
+    """The Hydra launcher's config when this process is a job of a multirun, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        return hydra_cfg.launcher if hydra_cfg.mode == RunMode.MULTIRUN else None
+    except Exception:  # not inside a Hydra job
+        return None
+
+
+def _cpu_ranks(cfg: DictConfig) -> int:
+    """The DDP processes this run starts on this machine's CPUs (trainer.devices > 1 on CPU), else 1."""
+    from advlab.utils.hardware import device_type
+
+    trainer = cfg.get("trainer")
+    if not OmegaConf.is_dict(trainer) or device_type(trainer.get("accelerator")) != "cpu":
+        return 1
+    devices = trainer.get("devices")
+    devices = int(devices) if isinstance(devices, str) and devices.isdigit() else devices
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1 else 1
+
+
+def _sharing(cfg: DictConfig, usable: int) -> tuple[int, int | None, list[str]]:
+    """(processes sharing these cores, a per-job CPU cap or None, notes for the log line): the joblib
+    launcher's workers (each job its share), a submitit launcher's cpus_per_task, CPU DDP ranks."""
+    processes, cap, notes = 1, None, []
+    launcher = _multirun_launcher()
+    if launcher is not None and "joblib" in str(launcher.get("_target_", "")).lower():
+        n_jobs = int(launcher.get("n_jobs") or 1)
+        processes = n_jobs if n_jobs > 0 else max(1, usable + 1 + n_jobs)  # joblib's -1: all cores, -2: all but one
+        notes.append(f"{processes} joblib workers")
+        if processes > usable:
+            notes.append(f"more workers than cores: set hydra.launcher.n_jobs<={usable}")
+    elif launcher is not None and launcher.get("cpus_per_task"):
+        cap = int(launcher.cpus_per_task)
+        notes.append(f"launcher cpus_per_task {cap}")
+    ranks = _cpu_ranks(cfg)
+    if ranks > 1:
+        processes *= ranks
+        notes.append(f"{ranks} DDP ranks")
+    return processes, cap, notes
+
+
+def fit_threads(cfg: DictConfig) -> int:
+    """torch's threads: at most this process's share of its usable cores (affinity, cgroup quota), no
+    more than torch / OMP_NUM_THREADS chose; one line says the choice. Returns the thread count."""
+    import torch
+
+    from advlab.utils.hardware import thread_budget, usable_cores
+
+    usable, found = usable_cores()
+    processes, cap, notes = _sharing(cfg, usable)
+    current = torch.get_num_threads()
+    threads = thread_budget(usable, processes, current, cap)
+    if threads == current < thread_budget(usable, processes, None, cap):
+        notes.append(f"torch had {current} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+    if threads != current:
+        torch.set_num_threads(threads)
+    # processes started later (CPU DDP ranks) inherit it, and Lightning then keeps their count
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    share = " per job" if processes > 1 else ""
+    log.info("threads: %d torch thread%s%s (%d usable cores: %s)", threads, "" if threads == 1 else "s", share, usable,
+             "; ".join([found, *notes]))
+    return threads
 
 
 def make_callbacks(cfg: DictConfig) -> list:

@@ -1,0 +1,186 @@
+"""What this machine offers a run: whether bf16 is native where it computes (so that
+`trainer.precision=auto` takes the bf16 fast path only where it is fast) and how many cores this
+process may use (torch's threads).
+
+A leaf module: nothing from the rest of advlab. Each probe (`cpu_info`, `cuda_bf16`, `affinity_cores`,
+`cgroup_quota`) is a module-level function, so tests can stub one and see the decisions follow.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, NamedTuple
+
+# /proc/cpuinfo flags of the CPUs whose bf16 arithmetic is native (oneDNN's bf16 kernels use them)
+BF16_CPU_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+# Measured where bf16 is emulated (RECIPES.md §8, benchmarks/bench_fast_path.py: ResNet-9 width 32,
+# batch 128, 2 threads, an AVX2-only AMD EPYC)
+EMULATED_BF16 = "a training step took 29.8 s in bf16 vs 0.91 s in fp32 (33x slower) on an AVX2-only AMD EPYC (RECIPES.md §8)"
+
+
+class Precision(NamedTuple):
+    value: Any            # what the run trains with: `auto` resolved, anything else as given
+    line: str | None      # what to log about it, if anything
+    warning: bool         # the line is a warning (explicit bf16 where it is emulated)
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]] | None:
+    """(model name, flags) of the first CPU listed in /proc/cpuinfo; None where there is no such file."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    name, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not name:
+            name = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        if name and flags:
+            break
+    return name or platform.machine(), flags
+
+
+def cpu_bf16() -> tuple[bool, str]:
+    """(bf16 is native on this CPU, what was found), e.g. (False, "CPU AMD EPYC: no AVX512-BF16/AMX-BF16")."""
+    info = cpu_info()
+    if info is not None:
+        name, flags = info
+        found = [label for flag, label in BF16_CPU_FLAGS.items() if flag in flags]
+        return bool(found), f"CPU {name}: " + ("/".join(found) if found else "no AVX512-BF16/AMX-BF16")
+    import torch
+
+    # no /proc/cpuinfo (not Linux): torch's kernel level rules bf16 units out below AVX512 but cannot
+    # confirm them above it (AVX512 CPUs without BF16 exist), so bf16 is never assumed native here
+    capability = torch.backends.cpu.get_cpu_capability()
+    unknown = capability.startswith("AVX512")
+    return False, (f"CPU {platform.processor() or platform.machine()}: torch CPU capability {capability}, "
+                   + ("bf16 units unknown" if unknown else "no AVX512-BF16/AMX-BF16"))
+
+
+def cuda_bf16() -> tuple[bool, str]:
+    """(the current CUDA device computes bf16 natively, its name)."""
+    import torch
+
+    try:  # newer torch also answers True where bf16 is only emulated, unless told not to
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:
+        native = torch.cuda.is_bf16_supported()
+    return bool(native), f"CUDA {torch.cuda.get_device_name()}: " + ("bf16 supported" if native else "no native bf16")
+
+
+def device_type(accelerator) -> str:
+    """Where a run with this accelerator computes, as advlab.artifacts.pick_device places it:
+    cuda (auto / gpu / cuda with a GPU present), mps, else cpu."""
+    name = str(accelerator or "auto").lower()
+    if name in ("auto", "gpu", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    return "mps" if name == "mps" else "cpu"
+
+
+def native_bf16(device: str) -> tuple[bool, str]:
+    if device == "cuda":
+        return cuda_bf16()
+    if device == "cpu":
+        return cpu_bf16()
+    return False, f"{device}: bf16 not known to be native"
+
+
+def resolve_precision(value, accelerator=None, key: str = "trainer.precision") -> Precision:
+    """`auto` → bf16-mixed where bf16 is native on the device the accelerator picks, else 32-true,
+    with a line saying which and why. An explicit bf16 precision on a CPU without bf16 units is kept,
+    with a warning line giving the measured slowdown. Any other value: kept, nothing to say."""
+    text = str(value)
+    if text != "auto" and not text.startswith("bf16"):
+        return Precision(value, None, False)
+    device = device_type(accelerator)
+    native, found = native_bf16(device)
+    if text == "auto":
+        chosen = "bf16-mixed" if native else "32-true"
+        why = "bf16 is native" if native else ("bf16 would be emulated, ~33x slower" if device == "cpu" else "no bf16 fast path")
+        return Precision(chosen, f"{key}=auto -> {chosen} ({found}; {why})", False)
+    if device == "cpu" and not native:
+        return Precision(value, f"{key}={text} on {found}: bf16 is emulated here and slow: {EMULATED_BF16}; "
+                                f"{key}=auto picks 32-true on such CPUs", True)
+    return Precision(value, None, False)
+
+
+# -- cores ------------------------------------------------------------------------------------------
+
+def affinity_cores() -> int:
+    """The CPUs this process may run on (its affinity mask; all CPUs where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cgroup_dirs(root: Path, own: Path) -> list[Path]:
+    """The folders of this process's CPU cgroup and of its ancestors (a quota at any level applies),
+    for cgroup v2 (`0::/path`) and v1 (`N:cpu,cpuacct:/path`), then the mount points themselves."""
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        lines = []
+    dirs = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers, path = parts[1], Path(parts[2].lstrip("/"))
+        if controllers and "cpu" not in controllers.split(","):
+            continue
+        base = root / controllers if controllers else root
+        dirs += [base / rel for rel in (path, *path.parents)]
+    return list(dict.fromkeys([*dirs, root, root / "cpu", root / "cpu,cpuacct"]))
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_quota(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup") -> float | None:
+    """The CPUs per period this process's cgroup may use (quota / period), None where unlimited or
+    unknown: cgroup v2's `cpu.max` ("max 100000" or "150000 100000"), v1's cpu.cfs_quota_us (-1:
+    none) / cpu.cfs_period_us. The smallest over the cgroup and its ancestors."""
+    quotas = []
+    for folder in _cgroup_dirs(Path(root), Path(own)):
+        v2 = _read(folder / "cpu.max")
+        if v2:
+            quota, _, period = v2.partition(" ")
+            if quota != "max" and quota.isdigit() and period.strip().isdigit():
+                quotas.append(int(quota) / int(period))
+            continue
+        quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+        if quota and period and quota.lstrip("-").isdigit() and period.isdigit() and int(quota) > 0:
+            quotas.append(int(quota) / int(period))
+    return min(quotas) if quotas else None
+
+
+def usable_cores() -> tuple[int, str]:
+    """(cores this process may keep busy, how that was found): its affinity, capped by its cgroup's
+    CPU quota rounded down (a 1.5-CPU quota throttles a second busy thread half of the time)."""
+    affinity, quota = affinity_cores(), cgroup_quota()
+    usable = affinity if quota is None else max(1, min(affinity, math.floor(quota)))
+    return usable, f"affinity {affinity}, cgroup quota {'none' if quota is None else f'{quota:g}'}"
+
+
+def thread_budget(usable: int, processes: int = 1, current: int | None = None, cap: int | None = None) -> int:
+    """Torch threads for one of `processes` processes sharing `usable` cores: max(1, usable // processes),
+    and no more than `current` (torch's own or OMP_NUM_THREADS's choice) nor `cap` (a launcher's
+    cpus_per_task)."""
+    threads = max(1, usable // max(1, processes))
+    for limit in (current, cap):
+        if limit:
+            threads = min(threads, int(limit))
+    return threads
