@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from advlab.attacks import FAB, Attack, AutoAttack
+from advlab.attacks import APGD, FAB, Attack, AutoAttack, Square
 from advlab.config import CONF_DIR, group_options, validate
 from advlab.data import DigitsDataModule
 from advlab.data.derived import derived_builder
@@ -58,7 +58,7 @@ def test_every_attack_instantiates_with_eps_from_its_group(attack, digits):
     x, y = digits.x_test[:8], digits.y_test[:8]
     x_adv = atk(model, x, y)
     moved = float((x_adv - x).abs().max()) > 0
-    if isinstance(atk, (AutoAttack, FAB)):  # they return x itself where x is misclassified already (FABT is a FAB)
+    if isinstance(atk, (AutoAttack, FAB, APGD, Square)):  # as the reference: x itself where x is misclassified already
         with torch.no_grad():
             moved = moved or bool((model(x).argmax(1) != y).all())
     assert x_adv.shape == x.shape and moved
@@ -108,7 +108,7 @@ def test_every_experiment_preset_composes_and_validates(experiment):
 
 
 # the literature's named budgets (conf/eps/); n px: n/255
-NAMED_EPS = {"mnist_linf": 0.3, "mnist_l2": 2.0, "cifar_linf": 8 / 255, "cifar_l2": 0.5, "digits_linf": 0.1, "digits_l2": 2.0}
+NAMED_EPS = {"mnist_linf": 0.3, "mnist_l2": 2.0, "cifar_linf": 8 / 255, "cifar_l2": 0.5, "cifar_l1": 12.0, "digits_linf": 0.1, "digits_l2": 2.0}
 
 
 @pytest.mark.parametrize("option", group_options("eps"))
@@ -139,7 +139,7 @@ def test_the_command_line_is_hydras_own():
 
 
 @pytest.mark.parametrize("typed,message", [
-    ("eps=0.37", "eps: unknown option '0.37'; allowed: 16px, 2px, 45px, 4px, 8px, cifar_l2, cifar_linf, digits_l2, digits_linf, "
+    ("eps=0.37", "eps: unknown option '0.37'; allowed: 16px, 2px, 45px, 4px, 8px, cifar_l1, cifar_l2, cifar_linf, digits_l2, digits_linf, "
                  "mnist_l2, mnist_linf; any other ε: eps.value=0.37"),
     ("source.arch=cnn", "source.arch: is a config node: choose its arch option with Hydra's package syntax, arch@source.arch=cnn"),
     ("attack@eval_attack=pgd", "attack@eval_attack: unknown option 'pgd'; allowed: "),
