@@ -21,6 +21,9 @@ samples earlier runs broke. So ``by_loss`` holds only the exact ones (the first 
 when no earlier attack is combined with it) and ``alone`` is None where it would not be exact.
 ``diagnostics=True`` computes every per-loss and per-attack curve exactly, each run on all samples
 correct clean (robust-only over ε only), at the cost of attacking the broken samples again.
+
+Within a run, PGD-family attacks that keep their best iterate stop attacking a point once it is
+misclassified (``stop_early``, on by default: ``robust_curve_per_sample``); the masks are the same.
 """
 from __future__ import annotations
 
@@ -39,14 +42,15 @@ from advlab.errors import ConfigError
 def robustness_curves(model: nn.Module, attacks: Mapping[str, Attack], eps_grids: Mapping[str, list[float]],
                       x: torch.Tensor, y: torch.Tensor, *, losses=LOSSES, cumulative: bool = True,
                       robust_only: bool = True, diagnostics: bool = False, batch_size: int = 256, device=None,
-                      progress: bool = True, desc: str = "") -> dict[str, dict]:
+                      progress: bool = True, desc: str = "", stop_early: bool = True) -> dict[str, dict]:
     """Per-sample robustness of ``model`` under each attack (in order) over ``eps_grids[attack.norm]``.
 
     Returns {attack name: {"norm", "eps": grid, "robust": (len(grid), N) bool (the combined worst
     case above), "alone": the same without the weaker attacks (None where not exact, see the module),
     "by_loss": {loss: mask of that loss alone} (exact ones only), "attacked" / "attacked_all": attack
     calls per sample summed over ε and losses, as run / when every run attacks every sample}}.
-    ``robust_only=False`` attacks every sample at every ε with every loss (the reference).
+    ``robust_only=False`` attacks every sample at every ε with every loss (the reference);
+    ``stop_early=False`` runs PGD's every step on every attacked sample (see the module docstring).
     """
     if not losses:
         raise ConfigError("robustness.losses", f"needs at least one loss; allowed: {', '.join(LOSSES)}")
@@ -69,7 +73,8 @@ def robustness_curves(model: nn.Module, attacks: Mapping[str, Attack], eps_grids
                     run.loss = loss
                 prior = _both(before, robust) if staged else None
                 mask = robust_curve_per_sample(model, run, (x, y), grid, device, batch_size, progress=bar,
-                                               robust_only=robust_only, stats=stats, known_robust=prior)
+                                               robust_only=robust_only, stats=stats, known_robust=prior,
+                                               stop_early=stop_early)
                 if prior is None:  # every sample correct clean was attacked: this loss's own curve
                     by_loss[loss] = mask
                 robust = _both(robust, mask)

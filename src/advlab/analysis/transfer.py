@@ -29,7 +29,13 @@ def untargeted(attack):
 
 def craft_adversarial(source, attack, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, device, progress: bool = True,
                       desc: str = "Crafting adversarial test set") -> torch.Tensor:
-    """Untargeted adversarial examples of (x, y) against `source`, on CPU."""
+    """Untargeted adversarial examples of (x, y) against `source`, on CPU.
+
+    The attack runs as configured, without early stopping: what the target is tested on is the
+    returned point itself, and a PGD stopped at the source's first misclassifying iterate (barely
+    across the source's boundary) transfers worse than its best or last one. Opt in with
+    `+attack.stop_on_success=true` (with keep_best the source's numbers stay the same; the set gets its own
+    cache key)."""
     if attack.targeted:
         raise ConfigError("attack.targeted", "attack transfer needs an untargeted attack; allowed: false")
     out = torch.empty_like(x)

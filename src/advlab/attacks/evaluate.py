@@ -2,15 +2,21 @@
 
 A sample counts as robust only if the model classifies it correctly both clean and attacked, so a
 sample misclassified when clean is non-robust whatever the attack returns.
+
+``stop_early`` (default on): PGD-family attacks that keep their best iterate stop attacking a point
+once it is misclassified (``PGD.stop_on_success``, see ``pgd.early_stopping``): the same robust flags
+by construction, fewer model evaluations. APGD (and AutoAttack) retire broken points themselves.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from advlab.attacks.base import Attack, as_logits, eval_mode
+from advlab.attacks.pgd import early_stopping
 from advlab.errors import ConfigError
 
 
@@ -49,16 +55,23 @@ def _predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
         return logits.argmax(dim=1) == yy
 
 
+def _stopping(attack: Attack, on: bool):
+    """``pgd.early_stopping(attack)`` when ``on``, else the attack as it is."""
+    return early_stopping(attack) if on else contextlib.nullcontext(attack)
+
+
 def _check_untargeted(attack: Attack) -> None:
     if attack.targeted:
         raise ConfigError("attack.targeted", "accuracy under attack needs an untargeted attack; allowed: false")
 
 
-def evaluate_attack(model: nn.Module, attack: Attack, data, device=None, batch_size: int = 256) -> dict:
+def evaluate_attack(model: nn.Module, attack: Attack, data, device=None, batch_size: int = 256,
+                    stop_early: bool = True) -> dict:
     """Clean and robust accuracy over ``data``.
 
     Returns ``{"n", "clean_acc", "robust_acc", "success_rate"}``; ``success_rate`` is the fraction
     of clean-correct samples that the attack turns into errors (NaN if none is correct).
+    ``stop_early``: see the module docstring.
     """
     _check_untargeted(attack)
     dev = _device_of(model, device)
@@ -66,7 +79,8 @@ def evaluate_attack(model: nn.Module, attack: Attack, data, device=None, batch_s
     for x, y in _batches(data, batch_size):
         x, y = x.to(dev), y.to(dev)
         ok = _predict(model, x, y)
-        x_adv = attack(model, x, y)
+        with _stopping(attack, stop_early):
+            x_adv = attack(model, x, y)
         ok_adv = ok & _predict(model, x_adv, y)
         n += x.shape[0]
         clean += int(ok.sum())
@@ -84,7 +98,8 @@ def robust_accuracy(model: nn.Module, attack: Attack, loader_or_tensors, device=
 
 def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors, eps_grid, device=None,
                             batch_size: int = 256, progress=None, robust_only: bool = True,
-                            stats: dict | None = None, known_robust: torch.Tensor | None = None) -> torch.Tensor:
+                            stats: dict | None = None, known_robust: torch.Tensor | None = None,
+                            stop_early: bool = True) -> torch.Tensor:
     """Per-sample robustness at each ε of ``eps_grid`` (ascending): a bool tensor (len(grid), N).
 
     A sample is robust at ε if the model classifies it correctly clean and the attack broke it at no
@@ -100,7 +115,7 @@ def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors,
     with ``robust_only`` the samples it already marks broken at ε are not attacked there.
     ``stats`` (a dict) receives ``attacked`` / ``attacked_all``: attacked samples summed over ε, with
     robust-only and when attacking all. ``attack.eps`` is restored afterwards. ``progress`` (a tqdm
-    bar or None) is advanced per batch.
+    bar or None) is advanced per batch. ``stop_early``: see the module docstring.
     """
     _check_untargeted(attack)
     grid = [float(e) for e in eps_grid]
@@ -110,13 +125,14 @@ def robust_curve_per_sample(model: nn.Module, attack: Attack, loader_or_tensors,
     saved_eps = attack.eps
     masks, counts, start = [], {"attacked": 0, "attacked_all": 0}, 0
     try:
-        for x, y in _batches(loader_or_tensors, batch_size):
-            x, y = x.to(dev), y.to(dev)
-            prior = None if known_robust is None else known_robust[:, start:start + len(x)].to(dev)
-            start += len(x)
-            masks.append(_curve_of_batch(model, attack, x, y, grid, robust_only, prior, counts))
-            if progress is not None:
-                progress.update(1)
+        with _stopping(attack, stop_early):
+            for x, y in _batches(loader_or_tensors, batch_size):
+                x, y = x.to(dev), y.to(dev)
+                prior = None if known_robust is None else known_robust[:, start:start + len(x)].to(dev)
+                start += len(x)
+                masks.append(_curve_of_batch(model, attack, x, y, grid, robust_only, prior, counts))
+                if progress is not None:
+                    progress.update(1)
     finally:
         attack.eps = saved_eps
     if stats is not None:

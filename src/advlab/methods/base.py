@@ -167,17 +167,21 @@ class ClassifierModule(pl.LightningModule):
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
 
     def test_step(self, batch, batch_idx):
+        from advlab.attacks.pgd import early_stopping
+
         x, y = batch
         logits = self.model(x)
         self.test_acc(logits, y)
         self.log("test/acc", self.test_acc, on_epoch=True, batch_size=len(y))
         if self.eval_attack is not None:
             # robust = correct on x_adv AND on x: a sample misclassified when clean is never robust, so
-            # only the clean-correct ones are attacked (the same numbers, fewer attacked points)
+            # only the clean-correct ones are attacked (the same numbers, fewer attacked points); PGD
+            # stops attacking a point once it is misclassified (early_stopping: the same numbers again)
             robust = logits.argmax(1) == y
             idx = robust.nonzero().squeeze(1)
             if idx.numel():
-                with torch.enable_grad():  # Lightning evaluates under no_grad; the attack needs input gradients
+                # Lightning evaluates under no_grad; the attack needs input gradients
+                with torch.enable_grad(), early_stopping(self.eval_attack):
                     x_adv = self.eval_attack(self.model, x[idx], y[idx])
                 robust[idx] = self.model(x_adv).argmax(1) == y[idx]
             self.test_adv_acc.update(robust.float())
