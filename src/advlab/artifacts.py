@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from advlab.cache import ArtifactCache, plain, spec_key
-from advlab.callbacks.history import EpochHistory
+from advlab.cache import ArtifactCache, partial_dir, plain, spec_key
 from advlab.callbacks.progress import progress_bar
 from advlab.errors import ConfigError
-from advlab.fit import build_classifier, check_keys, fit_classifier, spec_trainer, training_settings
+from advlab.fit import FIT_METRICS, build_classifier, check_keys, fit_classifier, spec_trainer, training_settings
 from advlab.models import build_model
+from advlab.utils import signals
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +166,36 @@ class Artifacts:
 
     def trainer_config(self, spec) -> dict:
         """The Trainer config a spec's model is fitted with: its training settings, on this run's device,
-        without logs or checkpoints (the cache keeps the weights)."""
+        without logs or checkpoints (the cache keeps the weights; `_fit` adds the resumable ones)."""
         cuda = self.device.type == "cuda"
         return {**spec_trainer(self.trainer, spec), "accelerator": "gpu" if cuda else "cpu", "devices": [self.device.index] if cuda else 1,
                 "logger": False, "enable_checkpointing": False, "enable_model_summary": False, "enable_progress_bar": self.progress,
                 "inference_mode": False, "num_sanity_val_steps": 0}
 
+    def _fit(self, spec, module, datamodule, name: str, history):
+        """Fit a model for the cache. Its last completed epoch is kept in the build's partial directory
+        (`cache.partial_dir`, under the artifact's lock) and a re-run resumes from it: a build stopped
+        by a signal or a kill -9 loses at most the epoch under way (and ends with the same weights)."""
+        from advlab.callbacks.checkpoint import AtomicCheckpointIO, completed_epochs, epoch_checkpoints, resume_checkpoint
+
+        partial, config, extra = partial_dir(), self.trainer_config(spec), {}
+        callbacks = [history, progress_bar()] if self.progress else [history]
+        resume = resume_checkpoint(partial) if partial is not None and partial.is_dir() else None
+        if partial is not None:
+            callbacks += epoch_checkpoints(partial)
+            config["enable_checkpointing"] = True
+            extra["plugins"] = [AtomicCheckpointIO()]
+        what = f"{spec.method._target_}, {OmegaConf.select(spec, 'arch._target_')}, {spec.max_epochs} epochs"
+        if resume is not None:
+            log.info("Resuming %s from %s (%d of %d epochs done): %s", name, resume, completed_epochs(resume), spec.max_epochs, what)
+        else:
+            log.info("Training %s: %s", name, what)
+        return fit_classifier(module, datamodule, OmegaConf.create(config), ckpt_path=resume, callbacks=callbacks, **extra)
+
     def _train(self, spec, datamodule, name: str, key: dict) -> dict:
         import pytorch_lightning as pl
+
+        from advlab.callbacks.checkpoint import ResumableHistory
 
         with preserved_rng():
             # Seeded from the whole spec, not from `seed` alone: a source model and the model trained
@@ -183,12 +205,11 @@ class Artifacts:
                                       attack=spec.get("attack"))
             # a fresh copy: the data order must not depend on what this datamodule trained before
             datamodule = datamodule.fresh()
-            log.info("Training %s: %s, %s, %s epochs", name, spec.method._target_, OmegaConf.select(spec, "arch._target_"), spec.max_epochs)
-            history = EpochHistory()
-            fit_metrics, test_metrics, trainer = fit_classifier(
-                module, datamodule, OmegaConf.create(self.trainer_config(spec)),
-                callbacks=[history, progress_bar()] if self.progress else [history])
-            metrics = {**fit_metrics, "test/acc": test_metrics["test/acc"]}
+            history = ResumableHistory()
+            with signals.doing(f"training the {name}"):
+                fit_metrics, test_metrics, trainer = self._fit(spec, module, datamodule, name, history)
+            last = history.rows[-1] if history.rows else {}  # resumed after its last epoch: nothing trained, the history has them
+            metrics = {**{k: last[k] for k in FIT_METRICS if k in last}, **fit_metrics, "test/acc": test_metrics["test/acc"]}
         log.info("Trained %s: test/acc = %.4f", name, metrics["test/acc"])
         used = {"precision": str(trainer.precision), "accelerator": self.device.type}
         return {"state_dict": {k: v.detach().cpu() for k, v in module.model.state_dict().items()}, "metrics": metrics,

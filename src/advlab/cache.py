@@ -12,16 +12,22 @@ together by one rename. A file that cannot be read (truncated, garbage, a pickle
 tensors and containers), whose checksum mismatches, or that holds another key's artifact is logged
 once, moved aside to ``<key>.pt.corrupt-<UTC time>`` and rebuilt. ``<key>.json`` beside it is a
 readable copy of the spec with what/when (for ``advlab-cache list``); it is never trusted.
+
+A build keeps its progress in ``<kind>/.<key>.partial/`` (`partial_dir()`): a model's last completed
+epoch (``last.ckpt``), a crafted set's batches so far. It is read and written only under the
+artifact's lock and removed once the artifact is written, so a build stopped by a signal, a kill -9
+or a lost node resumes where it stopped.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -32,8 +38,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from advlab.errors import ConfigError
-from advlab.utils.io import torch_save, write_json
+from advlab.utils.io import WriteError, check_writable, torch_save, write_json
 from advlab.utils.safe_io import UnsafeFileError, load_torch
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,19 @@ META = "_cache"  # payload entry with the checksum; not returned to callers
 FORMAT = 1
 WAIT_LOG_INTERVAL_S = 30.0  # a waiting run says whom it waits for this often
 HASH_CHUNK = 1 << 24
+PARTIAL_SUFFIX = ".partial"
+_BUILDING: contextvars.ContextVar[Path | None] = contextvars.ContextVar("advlab_cache_partial_dir", default=None)
+
+
+def partial_dir() -> Path | None:
+    """Where the artifact this process is building (`ArtifactCache.get_or_create`'s `create`) keeps its
+    resumable progress, under the artifact's lock: ``<kind>/.<key>.partial/``; None outside a build."""
+    return _BUILDING.get()
+
+
+def partial_path(target: Path) -> Path:
+    """The progress directory of the artifact file `target` (``<kind>/<key>.pt``)."""
+    return target.with_name(f".{target.stem}{PARTIAL_SUFFIX}")
 
 
 def plain(spec: Any) -> Any:
@@ -131,15 +149,9 @@ def move_aside(path: Path) -> Path:
 
 
 def ensure_writable(directory: str | os.PathLike, key: str = "paths.cache_dir") -> Path:
-    """Create `directory` if needed and prove it is writable, or raise a one-line ConfigError."""
-    path = Path(directory)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
-            pass
-    except OSError as err:
-        raise ConfigError(key, f"{path} is not a writable directory ({err.strerror or err}); point {key} at a writable path") from None
-    return path
+    """Create `directory` if needed and prove that it takes real bytes (a probe file of 64 KiB, flushed:
+    an empty file would still fit on a full disk), or raise a one-line ConfigError naming the cause."""
+    return check_writable(directory, key, create=True, advice=f"point {key} at a writable path")
 
 
 def _owner_text(owner: Path) -> str:
@@ -201,10 +213,17 @@ class ArtifactCache:
                 with contextlib.suppress(FileNotFoundError):  # unless `advlab-cache clear` just removed it
                     aside = move_aside(target)
                     log.warning("Cache: %s is unusable (%s); moved aside to %s, rebuilding %s", target, problem, aside.name, what)
-            log.info("Cache miss: building %s -> %s", what, target)
+            partial = partial_path(target)
+            log.info("Cache miss: building %s -> %s%s", what, target,
+                     f" (resuming from {partial.name})" if partial.is_dir() and any(partial.iterdir()) else "")
             started = time.time()
-            payload = {**create(), "spec": plain(spec)}
+            token = _BUILDING.set(partial)
+            try:
+                payload = {**create(), "spec": plain(spec)}
+            finally:
+                _BUILDING.reset(token)
             self._save(target, kind, payload, what, time.time() - started)
+            shutil.rmtree(partial, ignore_errors=True)  # its progress is in the artifact now
             return payload, False
 
     @staticmethod
@@ -212,4 +231,9 @@ class ArtifactCache:
         meta = {"format": FORMAT, "sha256": content_sha256(payload), "kind": kind, "what": what, "created": utc_now()}
         # sidecar first: whoever sees the .pt finds a sidecar describing it
         write_json(target.with_suffix(".json"), {**meta, "build_seconds": round(seconds, 3), "spec": payload["spec"]})
-        torch_save({**payload, META: meta}, target)
+        try:
+            torch_save({**payload, META: meta}, target)
+        except WriteError:  # a full disk: no sidecar describing an artifact that is not there
+            if not target.exists():
+                target.with_suffix(".json").unlink(missing_ok=True)
+            raise

@@ -102,10 +102,18 @@ def fit_classifier(module, datamodule, trainer_cfg, *, ckpt_path=None, **trainer
     if trainer_cfg.get("sync_batchnorm") and trainer_cfg.get("accelerator") == "cpu":  # torch's SyncBatchNorm needs GPUs
         log.info("trainer.sync_batchnorm: off on CPU processes (each rank keeps its own batch statistics)")
         trainer_args["sync_batchnorm"] = False
+    from advlab.callbacks.checkpoint import StopOnSignal
+    from advlab.utils import signals
+
+    # SIGTERM / SIGINT: the fit and the test stop at the end of the current batch (the last epoch's
+    # checkpoint is what a re-run resumes from), and the signal leaves as `signals.Interrupted`
+    trainer_args["callbacks"] = [*(trainer_args.get("callbacks") or []), StopOnSignal()]
     trainer = instantiate(trainer_cfg, **trainer_args)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+    with signals.deferred(signals.current() or "training"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     # read before testing: trainer.test resets the callback metrics
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in FIT_METRICS}
-    trainer.test(module, datamodule=datamodule, verbose=False)  # with the last epoch's weights
+    with signals.deferred(signals.current() or "testing"):
+        trainer.test(module, datamodule=datamodule, verbose=False)  # with the last epoch's weights
     test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     return fit_metrics, test_metrics, trainer

@@ -1,8 +1,11 @@
 """What makes a run resumable: atomic checkpoint writes, the random streams in every checkpoint,
-and the choice of the checkpoint to resume from (a corrupt one is set aside, never crashes a run).
+the choice of the checkpoint to resume from (a corrupt one is set aside, never crashes a run), and a
+stop at the end of a batch on SIGTERM / SIGINT.
 
 `checkpoints/last.ckpt` is the last completed epoch (every epoch); `checkpoints/best.ckpt` the best
-by `val/acc`. `test/acc` is computed with the last epoch's weights: the ones in `last.ckpt`.
+by `val/acc`. `test/acc` is computed with the last epoch's weights: the ones in `last.ckpt`. A model
+the artifact cache trains keeps its own `last.ckpt` (and its per-epoch history) in the cache's
+partial directory (`epoch_checkpoints`).
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from advlab.callbacks.history import EpochHistory
+from advlab.utils import signals
 from advlab.utils.io import atomic_path
 from advlab.utils.safe_io import UnsafeFileError, load_torch
 
@@ -52,6 +57,47 @@ class RandomState(Callback):
         np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
         p = state["python"]
         random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+class StopOnSignal(Callback):
+    """SIGTERM or SIGINT received (`utils.signals`): the fit / test stops at the end of the current
+    batch through Lightning's own SIGTERM path (its loops raise there, without running the epoch's end:
+    no checkpoint of a partial epoch). Lightning sets that flag itself for SIGTERM, not for SIGINT,
+    and resets it when a fit starts: a signal that came just before is acted on here."""
+
+    @staticmethod
+    def _check(trainer) -> None:
+        if signals.received() is not None:
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_end(self, trainer, *args, **kwargs) -> None:
+        self._check(trainer)
+
+    def on_test_batch_end(self, trainer, *args, **kwargs) -> None:
+        self._check(trainer)
+
+    def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
+        self._check(trainer)
+
+
+class ResumableHistory(EpochHistory):
+    """`EpochHistory` whose rows travel in the checkpoints: a resumed training's history has every epoch."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(row) for row in state.get("rows", [])]
+
+
+def epoch_checkpoints(dirpath: Path) -> list[Callback]:
+    """`<dirpath>/last.ckpt` at every epoch's end (after the epoch's history row and validation) with
+    the random streams in it: what a killed training resumes from (pass `AtomicCheckpointIO()` too)."""
+    return [RandomState(), ModelCheckpoint(dirpath=str(dirpath), filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+                                           every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)]
 
 
 def torch_load_plain(path: Path) -> dict:

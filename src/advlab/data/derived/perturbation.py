@@ -18,8 +18,10 @@ from omegaconf import OmegaConf
 from advlab.artifacts import describe_object
 from advlab.cache import spec_key
 from advlab.data.derived.base import DerivedData, SourceAgreement, SourceModel
+from advlab.data.derived.resume import CraftProgress
 from advlab.errors import ConfigError
 from advlab.methods.base import check_number
+from advlab.utils import signals
 from advlab.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -84,19 +86,8 @@ def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base=
         raise ConfigError("method.train_on", f"unknown value {train_on!r}; allowed: {', '.join(TRAIN_ON)}")
     attack.targeted = True
     source.eval()
-    out = torch.empty_like(x_base)
-    hits, l2, linf, linf_sum = 0, 0.0, 0.0, 0.0
-    for i in progress_bar(range(0, len(x_base), batch_size), desc="Crafting perturbation dataset", disable=not progress):
-        xb, tb = x_base[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
-        adv = attack(source, xb, tb)
-        with torch.no_grad():
-            hits += int((source(adv).argmax(1) == tb).sum())
-        delta = (adv - xb).flatten(1)
-        l2 += float(delta.norm(dim=1).sum())
-        if delta.numel():
-            per_sample = delta.abs().amax(dim=1)
-            linf, linf_sum = max(linf, float(per_sample.max())), linf_sum + float(per_sample.sum())
-        out[i : i + batch_size] = (adv - xb if train_on == "delta" else adv).detach().cpu()
+    out, stats = _craft(source, attack, x_base, targets, train_on=train_on, batch_size=batch_size, device=device, progress=progress)
+    hits, l2, linf, linf_sum = stats["hits"], stats["l2"], stats["linf"], stats["linf_sum"]
     n = max(len(x_base), 1)
     k = min(16, len(x_base))
     return {
@@ -105,6 +96,46 @@ def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base=
         "preview_base": x_base[:k].clone(), "preview_y": y[:k].clone(),
     }
 
+
+def attack_rng(attack) -> dict[str, torch.Tensor]:
+    """The attack's random streams as {"<device type>:<index>": state} (as methods.base's checkpoints keep them)."""
+    return {f"{t}:{i}": state for (t, i), state in attack.__getstate__()["_pending_states"].items()}
+
+
+def set_attack_rng(attack, states: dict[str, torch.Tensor]) -> None:
+    """Continue the attack's random streams from `attack_rng`'s states (each generator takes its state when first used)."""
+    attack.reset_rng()
+    attack._pending_states = {(k.split(":")[0], None if k.split(":")[1] == "None" else int(k.split(":")[1])): state
+                              for k, state in states.items()}
+
+
+def _craft(source, attack, x_base, targets, *, train_on, batch_size, device, progress) -> tuple[torch.Tensor, dict]:
+    """The crafting loop: (inputs to train on, running sums). Resumable inside a cache build
+    (`resume.CraftProgress`): the batches saved, the sums and the attack's random streams after them."""
+    out = torch.empty_like(x_base)
+    saved = CraftProgress({"x": out}, len(x_base), batch_size, "perturbation dataset")
+    start, state = saved.resume()
+    stats = dict(state["stats"]) if state else {"hits": 0, "l2": 0.0, "linf": 0.0, "linf_sum": 0.0}
+    if state:
+        set_attack_rng(attack, state["rng"])
+    batches = range(start, len(x_base), batch_size)
+    desc = "Crafting perturbation dataset" + (f" (resumed at batch {start // batch_size + 1})" if start else "")
+    with signals.deferred("crafting the perturbation dataset"):
+        for i in progress_bar(batches, desc=desc, disable=not progress):
+            xb, tb = x_base[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
+            adv = attack(source, xb, tb)
+            with torch.no_grad():
+                stats["hits"] += int((source(adv).argmax(1) == tb).sum())
+            delta = (adv - xb).flatten(1)
+            stats["l2"] += float(delta.norm(dim=1).sum())
+            if delta.numel():
+                per_sample = delta.abs().amax(dim=1)
+                stats["linf"], stats["linf_sum"] = max(stats["linf"], float(per_sample.max())), stats["linf_sum"] + float(per_sample.sum())
+            out[i : i + batch_size] = (adv - xb if train_on == "delta" else adv).detach().cpu()
+            saved.done(i + len(xb), {"stats": dict(stats), "rng": attack_rng(attack)})
+            if signals.received() is not None:
+                break  # saved: the deferred region raises signals.Interrupted
+    return out, stats
 
 
 @dataclass

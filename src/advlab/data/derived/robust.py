@@ -16,12 +16,15 @@ from pathlib import Path
 
 import torch
 
-from advlab.analysis.representation import invert_representations, other_indices
+from advlab.analysis.representation import invert_batch, other_indices
 from advlab.attacks import evaluate_attack
 from advlab.cache import spec_key
 from advlab.data.derived.base import DerivedData, SourceModel
+from advlab.data.derived.resume import CraftProgress
 from advlab.methods.base import check_number
 from advlab.models.base import predict
+from advlab.utils import signals
+from advlab.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,7 @@ class RobustDataset:
 
         def construct():
             starts = other_indices(len(x), torch.Generator().manual_seed(self.construct_seed))
-            out = invert_representations(source.model, x, x[starts], steps=self.steps, step_size=self.step_size, bounds=datamodule.bounds,
-                                         batch_size=self.construct_batch_size, device=artifacts.device, progress=artifacts.progress)
+            out = self._invert(source.model, x, x[starts], datamodule.bounds, artifacts.device, artifacts.progress, name)
             agree = predict(source.model, out["x"], device=artifacts.device) == y
             return {"x": out["x"], "y": y.clone(), "start_index": starts, "distance_initial": out["distance_initial"],
                     "distance_final": out["distance_final"], "source_agreement": float(agree.float().mean())}
@@ -74,6 +76,27 @@ class RobustDataset:
                  name, len(payload["y"]), d0, d1, d0 / max(d1, 1e-12), payload["source_agreement"])
         fit_datamodule = datamodule.with_train(payload["x"], payload["y"], tag=f"{name}-{spec_key(spec)}")
         return DerivedData(fit_datamodule, metrics, figures=lambda out_dir: construction_figure(name, x, y, payload, datamodule.class_names, out_dir))
+
+
+    def _invert(self, model, x_target, x_start, bounds, device, progress, name) -> dict:
+        """`analysis.representation.invert_representations`, resumable inside a cache build: the batches
+        done are kept (`resume.CraftProgress`); each batch is deterministic, so a resumed construction
+        makes what an uninterrupted one makes. A signal stops it after the batch under way."""
+        model = model.to(device)
+        out = {"x": torch.empty_like(x_start), "distance_initial": torch.empty(len(x_start)), "distance_final": torch.empty(len(x_start))}
+        saved = CraftProgress(out, len(x_start), self.construct_batch_size, f"{name} dataset")
+        start, _ = saved.resume()
+        size = self.construct_batch_size
+        with signals.deferred(f"constructing the {name} dataset"), \
+                progress_bar(total=self.steps * -(-(len(x_start) - start) // size), desc="Inverting representations", disable=not progress) as bar:
+            for i in range(start, len(x_start), size):
+                xb, d0, d1 = invert_batch(model, x_target[i : i + size].to(device), x_start[i : i + size].to(device),
+                                          self.steps, self.step_size, bounds, progress=bar)
+                out["x"][i : i + size], out["distance_initial"][i : i + size], out["distance_final"][i : i + size] = xb.cpu(), d0.cpu(), d1.cpu()
+                saved.done(i + len(xb), None)
+                if signals.received() is not None:
+                    break  # saved: the deferred region raises signals.Interrupted
+        return out
 
 
 def construction_figure(name: str, x, y, payload, class_names, out_dir) -> dict[str, Path]:
