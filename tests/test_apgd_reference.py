@@ -174,3 +174,32 @@ def test_large_eps_is_for_l1_only():
         APGD(0.1, norm="linf", large_eps=True)
     with pytest.raises(ConfigError, match=r"^attack.norm: .*allowed: linf, l2, l1"):
         APGD(0.1, norm="l0")
+
+
+@pytest.mark.parametrize("norm", ["linf", pytest.param("l2", marks=pytest.mark.slow)])
+def test_standard_autoattack_equals_the_reference(norm, setup):
+    """The full standard version (100 iterations, 9 targets, 5,000 Square queries), one batch, seed 0: the
+    reference's robust accuracy and its per-member counts (APGD-CE, APGD-T and FAB-T draw the same starts;
+    Square's draws differ, so after it the two may differ by chance on the few points left)."""
+    pytest.importorskip("pyautoattack", reason="pyautoattack not installed: pip install --no-deps pyautoattack")
+    import logging
+
+    from pyautoattack import AutoAttack as Reference
+
+    from advlab.attacks import AutoAttack
+
+    model, x, y = setup
+    eps = EPS[norm] / 2
+    ref = Reference(model, eps=eps, norm=REF_NORM[norm], version="standard", seed=0)
+    ref.logger.setLevel(logging.WARNING)
+    r_adv, _ = ref.run_standard_evaluation(x, y, batch_size=len(y))
+    ours = AutoAttack(eps, norm=norm, seed=0)
+    adv = ours(model, x, y)
+    with torch.no_grad():
+        o_rob, r_rob = model(adv).argmax(1) == y, model(r_adv).argmax(1) == y
+    after = {m["attack"]: m["robust_after"] for m in ours.last_run}
+    assert 4 < int(r_rob.sum()) < int((model(x).argmax(1) == y).sum())  # informative: some points robust, some broken
+    assert abs(int(o_rob.sum()) - int(r_rob.sum())) <= 1 and after["fab-t"] >= int(o_rob.sum())
+    # before Square, the same points survive: robust after FAB-T equals the reference's robust set or exceeds it by
+    # exactly the points Square broke there
+    assert after["fab-t"] - after["square"] <= 2

@@ -151,7 +151,7 @@ BAD = [
     (["off_support.kinds=[laplace]"], "off_support.kinds", "allowed: uniform, gaussian"),
     (["seeds=[0,one]"], "seeds", "integers"),
     (["+spec@models.s=sparsity", "models.s.method.sigma_n=0"], "models.s.method.sigma_n", "> 0"),
-    (["models.standard.method=sparsity"], "models.standard.method", "package syntax, method@models.standard.method=sparsity"),
+    (["models.standard.method=sparsity"], "models.standard.method", "package syntax, spec@models.standard=sparsity"),  # the spec brings what its method needs
     (["checkpoints=[/no/such/run]"], "checkpoints[0]", "/no/such/run does not exist"),
     (["models=null"], "models", "nothing to evaluate"),
     (["linearity.loss=hinge"], "linearity.loss", "allowed: ce, margin"),

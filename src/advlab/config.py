@@ -66,13 +66,38 @@ if not OmegaConf.has_resolver("advlab.run_group"):
     OmegaConf.register_new_resolver("advlab.choice", choice)
 
 
-def group_options(group: str) -> list[str]:
-    folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def group_options(group: str, extra_dir: str | os.PathLike | None = None) -> list[str]:
+    """The options of a config group: conf/<group>/*.yaml, and those of a --config-dir (`extra_dir`)."""
+    folders = [CONF_DIR / group] + ([Path(extra_dir) / group] if extra_dir else [])
+    return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
 GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep",
           "scheduler", "optimizer")
+
+# Nodes that moved out of the method node into config groups of their own (a run's `optimizer` and
+# `scheduler`; a model spec's `source.optimizer`, ...): their old keys are refused naming the new form.
+MOVED_OUT_OF_METHOD = ("optimizer", "scheduler")
+
+
+def moved_key(key: str, value: str | None, prefix: str = "", extra_dir=None) -> str | None:
+    """The new form of an override of an old key, or None: `method.optimizer.lr=-1` → `optimizer.lr=-1`,
+    `method.scheduler=one_cycle` → `scheduler=one_cycle`, `source.method.scheduler=step` →
+    `scheduler@source.scheduler=step`. `value`: the override's value text (None for `~key`); `prefix`:
+    the override's `~` (a deletion keeps it); `extra_dir`: a --config-dir (its options too)."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1):
+        if parts[i] != "method" or parts[i + 1] not in MOVED_OUT_OF_METHOD:
+            continue
+        group, node = parts[i + 1], ".".join(parts[:i] + parts[i + 1 :])
+        chooses = i + 2 == len(parts)  # the node itself: an option of its group
+        if chooses and node != group and prefix != "~":
+            node = f"{group}@{node}"
+        options = group_options(group, extra_dir)
+        if chooses and value is not None and any(v not in (*options, "null") for v in value.split(",")):
+            return f"{prefix}{node}=<option> (allowed: {', '.join(options)}, null)"
+        return f"{prefix}{node}" + ("" if value is None else f"={value}")
+    return None
 
 
 # -- validation of a composed config ----------------------------------------------------------------

@@ -73,7 +73,8 @@ class Square(Attack):
     """Square attack, untargeted (``y`` true labels): the AutoAttack authors' ``SquareAttack``
     (pyautoattack ``square.py``) with the margin loss, as AutoAttack runs it.
 
-    Equal to the reference: the schedule of ``p`` (``p_selection``; ``rescale_schedule`` is its
+    Equal to the reference (bit for bit when given the reference's random draws:
+    tests/test_square_reference.py replays them): the schedule of ``p`` (``p_selection``; ``rescale_schedule`` is its
     ``resc_schedule``, off as in AutoAttack) and the window side per iteration; the initial points
     (stripes for L∞, the pulse grid for L2 / L1); the proposals (L∞ windows set to ``x ± ε`` with one
     sign per channel, corners in 0 … h − s − 1 as the reference's ``random_int``; the L2 / L1 moves
@@ -93,9 +94,9 @@ class Square(Attack):
     * L∞ proposals known to be rejected (no pixel changes, or the sample already rejected the same
       window and signs at its current point) are not sent to the model (``RejectedProposals``): the
       draws, the accepted points and the stops are those of asking the model every time.
-    * An L∞ window is set to ``clip(x ± ε)`` directly; the reference clips ``x_best ± 2ε`` to
-      ``[x − ε, x + ε]`` and the box, which is the same point in exact arithmetic.
     * Signs are ±1 (the reference's ``sign(2U − 1)`` is 0 with probability 2⁻²⁴).
+    * L1 points are clipped to the box when returned (the reference's ``x + δ + r`` may exceed it by
+      a rounding error); the search itself is the reference's.
     * Shapes the reference does not take: (N, D) and (N, H, W) inputs, images of fewer than 5 rows
       (see ``square_pulses.grid``), non-image bounds (``bounds=None``: no box).
     """
@@ -201,8 +202,8 @@ class Square(Attack):
         act = (margin > 0).nonzero().squeeze(1)
         xa, cur, ya, ma = x[act], best[act], y[act], margin[act]
         linf = self.norm == "linf"
-        # L∞ proposals set window pixels to one of the two vertices x ± ε (clipped): computed once
-        vert = (self._clip(xa - self.eps), self._clip(xa + self.eps)) if linf else None
+        # L∞ proposals move window pixels to the faces x ± ε of the ε-box: computed once
+        vert = (xa - self.eps, xa + self.eps) if linf else None
         memo = RejectedProposals(*cur.shape, cur.device) if linf else None
         for it in range(self.n_queries):
             if act.numel() == 0:
@@ -211,7 +212,7 @@ class Square(Attack):
             size = window_side(p, c, h, w, odd=not linf)
             if linf:
                 key = (size,) + self._draw_linf(act.numel(), c, h, w, size, gen, xa)
-                cand = self._propose_linf(vert, cur, key)
+                cand = self._propose_linf(vert, cur, key, self.eps, self._clip)
                 ask = memo.unknown(key, cand, cur)
             else:
                 draws = self._draw_pulse_move(act.numel(), c, h, w, size, gen, xa)
@@ -233,7 +234,8 @@ class Square(Attack):
                     vert = (vert[0][keep], vert[1][keep])
                     memo.keep(keep)
         best[act] = cur
-        return best
+        # L1: x + δ + r can leave the box by a rounding error (the reference returns it as it is)
+        return self._clip(best) if self.norm == "l1" else best
 
     def _judge(self, fwd, cand, y, margin, ask):
         """(accepted, new margin) per sample: accepted when the margin strictly decreases (the
@@ -252,10 +254,13 @@ class Square(Attack):
         return m_new < margin, m_new
 
     @staticmethod
-    def _propose_linf(vert, cur, key):
-        """The window of ``key`` (size, vh, vw, low) set to x − ε on the ``low`` channels, x + ε on
-        the others; the rest of ``cur`` unchanged."""
+    def _propose_linf(vert, cur, key, eps, clip):
+        """The window of ``key`` (size, vh, vw, low) moved by −2ε on the ``low`` channels, +2ε on the
+        others, projected onto [x − ε, x + ε] (``vert``) and the box: x ± ε, computed in the
+        reference's order (``x_best + 2ε·sign``, ``max``, ``min``, ``clamp``) so that the points are
+        the reference's bit for bit. The rest of ``cur`` is unchanged (the projection keeps it)."""
         (sh, sw), vh, vw, low = key
         n, c, h, w = cur.shape
-        vertex = torch.where(low.view(n, c, 1, 1), vert[0], vert[1])
-        return torch.where(window_mask(vh, vw, (sh, sw), h, w), vertex, cur)
+        step = torch.where(low.view(n, c, 1, 1), -1.0, 1.0).to(cur.dtype) * (2.0 * eps)
+        moved = clip(torch.minimum(torch.maximum(cur + step, vert[0]), vert[1]))
+        return torch.where(window_mask(vh, vw, (sh, sw), h, w), moved, cur)

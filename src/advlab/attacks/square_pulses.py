@@ -118,7 +118,7 @@ def _budget(delta, union, eps_t, c: int, norm: str):
         return (torch.clamp_min(eps_t ** 2 - image ** 2, 0) / c + windows ** 2).sqrt()
     image = delta.abs().reshape(n, -1).sum(-1).view(n, 1, 1, 1)
     windows = (delta * union).abs().sum(dim=(-2, -1), keepdim=True)
-    return (torch.clamp_min(eps_t - image, 0) / c + windows) * c
+    return torch.clamp_min(eps_t - image, 0) / c + windows  # the reference then multiplies the window by c
 
 
 def _window_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
@@ -139,7 +139,10 @@ def propose_pulses(x, cur, eps, norm, bounds, size, first, second, flips, signs)
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)  # the reference's ε·ones_like(·), in x's dtype
     target = _budget(delta, union, eps_t, c, norm)
     new = _oriented(size, norm, flips, x) * signs.view(n, c, 1, 1).to(x) + old / (1e-12 + _window_norm(old, norm))
+    new = new.contiguous()  # the reference's layout: its sums over the window add in the same order
     new = new / (1e-12 + _window_norm(new, norm)) * target
+    if norm == "l1":
+        new = new * c  # (δ / ‖δ‖₁ · (slack / c + mass)) · c, in the reference's order
     delta = torch.where(m2, torch.zeros_like(delta), delta)
     delta = torch.where(m1, paste(new, *first, h, w), delta)
     return finish(x, delta, eps, norm, bounds)

@@ -62,11 +62,14 @@ def window_mask(vh: torch.Tensor, vw: torch.Tensor, size: tuple[int, int], h: in
 
 
 def crop(t: torch.Tensor, vh: torch.Tensor, vw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The (n, C, sh, sw) windows of ``t`` (n, C, H, W) at per-sample corners."""
-    n, (sh, sw) = t.shape[0], size
-    rows = vh.view(-1, 1) + torch.arange(sh, device=t.device)
-    cols = vw.view(-1, 1) + torch.arange(sw, device=t.device)
-    return t[torch.arange(n, device=t.device).view(-1, 1, 1), :, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
+    """The (n, C, sh, sw) windows of ``t`` (n, C, H, W) at per-sample corners, as a view with the
+    strides of a slice ``t[:, :, vh:vh + sh, vw:vw + sw]`` (of a copy of ``t`` shifted per sample):
+    reductions over the window then add in the reference's order, bit for bit."""
+    n, _, h, w = t.shape
+    rows = (vh.view(-1, 1) + torch.arange(h, device=t.device)).remainder(h)
+    cols = (vw.view(-1, 1) + torch.arange(w, device=t.device)).remainder(w)
+    shifted = t[torch.arange(n, device=t.device).view(-1, 1, 1), :, rows.unsqueeze(2), cols.unsqueeze(1)]
+    return shifted.permute(0, 3, 1, 2).contiguous()[..., :size[0], :size[1]]
 
 
 def paste(patch: torch.Tensor, vh: torch.Tensor, vw: torch.Tensor, h: int, w: int) -> torch.Tensor:

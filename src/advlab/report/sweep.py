@@ -58,23 +58,54 @@ def display_key(key: str) -> str:
     return key.split("@", 1)[1] if "@" in key else key
 
 
-def _expected_overrides(multirun: dict) -> list[list[str]]:
+def _expected_overrides(multirun: dict, path: Path | str = "multirun.yaml") -> list[list[str]]:
     """Each job's overrides, in job-number order, as Hydra's basic sweeper builds them: the config's
     sweeper params, then the command line's (a key given twice keeps its first place, the last value),
-    expanded as a cartesian product."""
+    expanded as a cartesian product. An override Hydra cannot parse is a ConfigError naming it."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    hydra_node = multirun.get("hydra", {})
+    hydra_node = multirun.get("hydra") or {}
     params = (hydra_node.get("sweeper") or {}).get("params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()] + list((hydra_node.get("overrides") or {}).get("task") or [])
+    overrides = (hydra_node.get("overrides") or {}).get("task") or []
+    if not isinstance(params, dict) or not isinstance(overrides, list):
+        raise ConfigError(str(path), "hydra.sweeper.params must be a mapping and hydra.overrides.task a list of overrides")
+    arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in overrides]
+    parser = OverridesParser.create()
+    parsed = []
+    for text in arguments:
+        try:
+            parsed += parser.parse_overrides([text])
+        except Exception as err:  # hydra.errors.OverrideParseException
+            message = " ".join(str(err).splitlines()[0].split())
+            raise ConfigError(str(path), f"unparsable override {text!r} in the sweep's overrides ({message})") from None
     choices: dict[str, list[str]] = {}
-    for o in OverridesParser.create().parse_overrides(arguments):
+    for o in parsed:
         key = o.get_key_element()
         choices[key] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
                         else [f"{key}={o.get_value_element_as_str()}"])
     return [list(job) for job in itertools.product(*choices.values())]
+
+
+def _read_metrics(job_dir: Path) -> tuple[dict | None, str | None]:
+    """(metrics, None) from a job's metrics.json, or (None, what is wrong with it, naming the file)."""
+    path = job_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError) as err:
+        return None, f"{path}: unreadable metrics.json ({' '.join(str(err).split())})"
+    if not isinstance(metrics, dict):
+        return None, f"{path}: not a mapping of metric names to numbers (a JSON {type(metrics).__name__})"
+    return metrics, None
+
+
+def _first_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError as err:
+        return f"{path}: unreadable ({err.strerror or err})"
+    return lines[0] if lines else f"failed ({path.name} is empty)"
 
 
 def _read_job(num: int, overrides: list[str], job_dir: Path) -> Job:
@@ -82,13 +113,31 @@ def _read_job(num: int, overrides: list[str], job_dir: Path) -> Job:
         return Job(num, overrides, None, "missing", error="never ran (no job directory)")
     metrics_file, error_file = job_dir / "metrics.json", job_dir / ERROR_FILE
     if metrics_file.is_file():
-        try:
-            return Job(num, overrides, job_dir, "ok", json.loads(metrics_file.read_text()))
-        except ValueError as err:
-            return Job(num, overrides, job_dir, "failed", error=f"unreadable metrics.json ({err})")
+        metrics, problem = _read_metrics(job_dir)
+        if problem is None:
+            return Job(num, overrides, job_dir, "ok", metrics)
+        return Job(num, overrides, job_dir, "failed", error=problem)
     if error_file.is_file():
-        return Job(num, overrides, job_dir, "failed", error=error_file.read_text().splitlines()[0])
+        return Job(num, overrides, job_dir, "failed", error=_first_line(error_file))
     return Job(num, overrides, job_dir, "failed", error="no metrics.json (killed, or still running)")
+
+
+def _load_multirun(path: Path) -> dict:
+    """multirun.yaml as a plain mapping; invalid YAML is one ConfigError naming the file and the line."""
+    import yaml
+
+    try:
+        multirun = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ConfigError(str(path), f"invalid YAML{where}: {problem}; expected the multirun.yaml that Hydra writes") from None
+    except (OSError, ValueError) as err:  # unreadable, or YAML that OmegaConf cannot take
+        raise ConfigError(str(path), f"cannot be read: {' '.join(str(err).split())}") from None
+    if not isinstance(multirun, dict):
+        raise ConfigError(str(path), f"not a Hydra multirun config: a YAML {type(multirun).__name__}, expected a mapping")
+    return multirun
 
 
 def load_sweep(sweep_dir: str | Path) -> Sweep:
@@ -97,8 +146,8 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     if not multirun_file.is_file():
         raise ConfigError("sweep_dir", f"{sweep_dir} is not a Hydra multirun directory (no multirun.yaml); "
                           "allowed: a directory like outputs/<task>/multiruns/<date>/<time>")
-    multirun = OmegaConf.to_container(OmegaConf.load(multirun_file), resolve=False)
-    expected = _expected_overrides(multirun)
+    multirun = _load_multirun(multirun_file)
+    expected = _expected_overrides(multirun, multirun_file)
     jobs = [_read_job(i, overrides, sweep_dir / str(i)) for i, overrides in enumerate(expected)]
     varying: dict[str, list[str]] = {}
     for job in jobs:
@@ -123,6 +172,10 @@ def axis_of(key: str) -> str:
     if shown == "target" or shown.startswith("target.") or shown == "arch":
         return "col"
     return "panel"
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -163,7 +216,7 @@ def cells(sweep: Sweep, metrics: list[str]) -> list[Cell]:
         for metric in metrics:
             cell = out.setdefault(where + (metric,), Cell(*where, metric, [], 0))
             cell.expected += 1
-            if job.status == "ok" and metric in job.metrics:
+            if job.status == "ok" and is_number(job.metrics.get(metric)):
                 cell.values.append(float(job.metrics[metric]))
     return list(out.values())
 

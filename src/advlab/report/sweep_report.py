@@ -22,8 +22,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from advlab.errors import ConfigError
-from advlab.report.sweep import Sweep, axis_of, cells, display_key, load_sweep, mean_std
-from advlab.utils.io import write_text
+from advlab.report.sweep import Sweep, axis_of, cells, display_key, is_number, load_sweep, mean_std
+from advlab.utils.io import check_writable, write_text
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def summary_table(sweep: Sweep) -> tuple[list[str], list[list], list[str]]:
     for label, jobs in groups.items():
         line = []
         for metric in metrics:
-            values = [j.metrics[metric] for j in jobs if j.status == "ok" and metric in j.metrics]
+            values = [j.metrics[metric] for j in jobs if j.status == "ok" and is_number(j.metrics.get(metric))]
             mean, std = mean_std(values)
             rows.append([label, metric, mean, std, len(values), len(jobs)])
             if metric in shown:
@@ -251,6 +251,8 @@ def log_to_wandb(sweep: Sweep, report: Report, tables: dict[str, tuple[list[str]
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wandb_mode: str = "auto") -> Report:
     sweep = load_sweep(sweep_dir)
     out = Path(out_dir) if out_dir else sweep.dir / "report"
+    # before any file is written: a read-only or full --out is one line (write_text names a later failure)
+    check_writable(out, "--out" if out_dir else "sweep_dir", advice="pass a writable --out directory")
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out, failed=sweep.failed, n_jobs=len(sweep.jobs), swept=list(sweep.varying))
     plots: dict[str, Path] = {}
