@@ -150,6 +150,7 @@ def test_resnet18_in_advlab_eval(resnet18, tmp_path):
     assert pgd[0] == 1.0 and pgd[1] < 0.5  # a standard CIFAR-10 ResNet falls at ε = 0.03
 
 
+@pytest.mark.slow  # a full transfer run (~20 s); advlab-eval of the same model stays in the default suite
 def test_resnet18_as_advlab_transfer_source(resnet18, tmp_path):
     roles = [arg for role in ("source", "target") for arg in
              (f"spec@{role}=external", f"{role}.weights={resnet18.weights}", f"~arch@{role}.arch", f"+{role}.arch._target_={RESNET18}")]

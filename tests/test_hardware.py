@@ -227,6 +227,7 @@ def test_a_lower_thread_count_the_user_chose_is_kept_and_said(cores, caplog):
 TINY = ["dataset=digits", "trainer.max_epochs=1", "source.max_epochs=1", "attack.steps=2", "callbacks=none", "logger=csv", "arch.width=32"]
 
 
+@pytest.mark.slow  # two real runs (~50 s on 2 cores); the resolution and the key are tested in-process
 def test_a_run_at_auto_records_the_resolved_precision_and_shares_the_explicit_runs_cache_entries(tmp_path):
     here = hardware.resolve_precision("auto", "auto").value  # what the subprocess will pick on this machine
     auto = run_advlab(tmp_path, *TINY, "trainer.precision=auto", run_dir=tmp_path / "auto")
