@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from advlab.attacks.base import lp_norm
 from advlab.attacks.l1_ball import l0, l1, l1_box_correction
 
 MOMENTUM = 0.75
@@ -29,16 +30,6 @@ def checkpoints(steps: int) -> list[int]:
         marks.append(at)
         k = max(k - dec, least)
     return marks
-
-
-def lp_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample norm in the reference's arithmetic (‖·‖₂ as the square root of the sum of squares)."""
-    flat = t.reshape(t.shape[0], -1)
-    if norm == "linf":
-        return flat.abs().max(dim=1)[0]
-    if norm == "l2":
-        return (flat ** 2).sum(dim=-1).sqrt()
-    return flat.abs().sum(dim=-1)
 
 
 def normalized(t: torch.Tensor, norm: str) -> torch.Tensor:

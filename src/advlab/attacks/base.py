@@ -121,6 +121,17 @@ def success(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, targeted: bo
     return pred == yy if targeted else pred != yy
 
 
+def lp_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm of ``t`` flattened, in the AutoAttack reference's arithmetic (‖·‖₂ as the square
+    root of the sum of squares): the attacks that must match it point by point share this one."""
+    flat = t.reshape(t.shape[0], -1)
+    if norm == "linf":
+        return flat.abs().max(dim=1)[0]
+    if norm == "l2":
+        return (flat ** 2).sum(dim=-1).sqrt()
+    return flat.abs().sum(dim=-1)
+
+
 def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from advlab.attacks.base import Attack, as_logits, autograd_enabled, eval_mode
+from advlab.attacks.base import lp_norm as row_norm
 from advlab.attacks.fab_projections import project_box_hyperplane, project_hyperplane
 from advlab.attacks.pgd import _int_at_least_one, _positive_or_none
 from advlab.errors import ConfigError
@@ -29,16 +30,6 @@ from advlab.errors import ConfigError
 __all__ = ["FAB", "FABT", "project_hyperplane", "row_norm"]
 
 _NOT_FOUND = 1e10  # the reference's "no adversarial point yet" distance (res2)
-
-
-def row_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-row norm of ``v`` flattened, with the reference's formulas (``(v²).sum().sqrt()`` for L2)."""
-    v = v.reshape(v.shape[0], -1)
-    if norm == "linf":
-        return v.abs().max(dim=1)[0]
-    if norm == "l2":
-        return (v ** 2).sum(dim=-1).sqrt()
-    return v.abs().sum(dim=-1)
 
 
 def _dual_norm(dg: torch.Tensor, norm: str) -> torch.Tensor:
