@@ -114,21 +114,38 @@ def one_torch_thread():
 def digits_mlp():
     """A small MLP trained for a moment on scikit-learn's digits: (model in eval mode, x_test (N, 1, 8, 8)
     in [0, 1], y_test); its test accuracy is about 0.95."""
-    import torch
-    from sklearn.datasets import load_digits
     from torch import nn
 
+    x, y = digits_tensors()
+    with torch_threads(1):
+        model = trained_on_digits(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), 1400, 80)
+    return model, x[1400:1600], y[1400:1600]
+
+
+def digits_tensors():
+    """scikit-learn's digits as (x (N, 1, 8, 8) in [0, 1], y)."""
+    import torch
+    from sklearn.datasets import load_digits
+
     d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target)
-    with torch_threads(1), torch.random.fork_rng():
+    return torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, torch.tensor(d.target)
+
+
+def trained_on_digits(build, n_train: int, steps: int):
+    """``build()`` under seed 0 (the global RNG left as it was), Adam 1e-2 for ``steps`` full-batch steps on
+    the first ``n_train`` digits; returned in eval mode without parameter gradients."""
+    import torch
+    from torch import nn
+
+    x, y = digits_tensors()
+    with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        model = build()
         opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(80):
+        for _ in range(steps):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x[:1400]), y[:1400]).backward()
+            nn.functional.cross_entropy(model(x[:n_train]), y[:n_train]).backward()
             opt.step()
     for p in model.parameters():
         p.grad = None
-    return model.eval(), x[1400:1600], y[1400:1600]
+    return model.eval()

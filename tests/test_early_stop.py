@@ -21,7 +21,7 @@ from advlab.attacks.base import as_logits, per_sample_loss
 from advlab.attacks.pgd import early_stopping
 from advlab.data.derived.perturbation import craft_dataset
 from advlab.errors import ConfigError
-from conftest import attack_from_conf
+from conftest import attack_from_conf, trained_on_digits
 
 
 class Counting(nn.Module):
@@ -45,23 +45,8 @@ def mlp(digits_mlp, one_torch_thread):
 @pytest.fixture(scope="module")
 def cnn(digits_mlp, one_torch_thread):
     """A small CNN (convolutions: per-sample results must not depend on the batch either)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2),
-                              nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(40):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[:800]), y[:800]).backward()
-            opt.step()
-    for p in model.parameters():
-        p.grad = None
-    model.eval()
+    model = trained_on_digits(lambda: nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2),
+                                                    nn.ReLU(), nn.Flatten(), nn.Linear(256, 10)), 800, 40)
     _, xt, yt = digits_mlp
     assert (model(xt).argmax(1) == yt).float().mean() > 0.8
     return model, xt, yt
