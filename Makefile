@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 ARGS ?=
 
-.PHONY: run test test-slow lint install bench gpu-check data clean-outputs
+.PHONY: run test test-slow lint install bench gpu-check data clean-outputs docs
 
 $(BIN)/advlab-train: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-	$(BIN)/python -c "import advlab.train"
+	$(BIN)/python -c "import advlab.apps.train"
 	# torchattacks: test-only reference implementation, installed without its pinned dependencies
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps "torchattacks>=3.5" 2>&1 | grep -v "is ignored" || true
 	# pyautoattack: the AutoAttack authors' code (fra31/auto-attack), test-only reference, also without its pins
@@ -30,6 +30,15 @@ lint: install
 # module fixtures (trained models) are built once; `make test ARGS="-n 0"` runs them in one process
 test: install lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
+
+# the documentation site into site/ (git-ignored); --strict: a broken link or anchor fails the build.
+# The docs extra (mkdocs-material, mkdocstrings) is installed into .venv the first time.
+$(BIN)/mkdocs: pyproject.toml $(BIN)/advlab-train
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[docs]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	test -x $@ && touch -c $@
+
+docs: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test-slow: install data
 	$(BIN)/python -m pytest -q -m slow

@@ -137,7 +137,7 @@ def preset() -> SimpleNamespace:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from advlab.config import CONF_DIR
+    from advlab.runtime.resolvers import CONF_DIR
     from advlab.models import build_model
 
     GlobalHydra.instance().clear()

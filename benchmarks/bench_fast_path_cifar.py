@@ -51,7 +51,7 @@ def preset_recipe() -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from advlab.config import CONF_DIR
+    from advlab.runtime.resolvers import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("transfer", overrides=["sweep=transfer_cifar10_cpu"])

@@ -71,7 +71,7 @@ def train_run(callbacks: str, root: Path, name: str, accelerator: str, threads: 
     env = {**os.environ, "ADVLAB_ROOT": str(root), "WANDB_MODE": "offline"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    args = [sys.executable, "-m", "advlab.train", "method=standard", "arch=cnn", "logger=csv", f"callbacks={callbacks}",
+    args = [sys.executable, "-m", "advlab.apps.train", "method=standard", "arch=cnn", "logger=csv", f"callbacks={callbacks}",
             f"trainer.accelerator={accelerator}", f"hydra.run.dir={run_dir}"]
     t = time.perf_counter()
     proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)

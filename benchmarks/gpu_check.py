@@ -125,7 +125,7 @@ def cifar_available() -> bool:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from advlab.config import CONF_DIR
+    from advlab.runtime.resolvers import CONF_DIR
     from advlab.errors import ConfigError
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -142,7 +142,7 @@ def _advlab_train(overrides: list[str], work: Path, timeout: int) -> dict:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     run_dir = work / "run"
-    cmd = [sys.executable, "-m", "advlab.train", *overrides, "logger=csv", "callbacks=none",
+    cmd = [sys.executable, "-m", "advlab.apps.train", *overrides, "logger=csv", "callbacks=none",
            f"paths.cache_dir={work / 'cache'}", f"hydra.run.dir={run_dir}"]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)

@@ -23,8 +23,8 @@ DEFAULT_RUN = Path("outputs/examples/digits_cnn")
 
 
 def train_small_run(run_dir: Path) -> None:
-    """The README's first command, sized for the example: a standard CNN on scikit-learn's digits."""
-    subprocess.run([sys.executable, "-m", "advlab.train", "method=standard", "arch=cnn", "trainer.max_epochs=8",
+    """A run to attack, sized for the example: a standard CNN on scikit-learn's digits."""
+    subprocess.run([sys.executable, "-m", "advlab.apps.train", "method=standard", "arch=cnn", "trainer.max_epochs=8",
                     "logger=csv", f"hydra.run.dir={run_dir}"], check=True)
 
 

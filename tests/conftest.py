@@ -42,7 +42,7 @@ class Run:
         return self.stdout + self.stderr
 
 
-def run_advlab(root: Path, *overrides: str, run_dir: Path | None = None, module: str = "advlab.train", timeout: int = 300, env=None, wait=True):
+def run_advlab(root: Path, *overrides: str, run_dir: Path | None = None, module: str = "advlab.apps.train", timeout: int = 300, env=None, wait=True):
     """Run an advlab Hydra app in a subprocess with ADVLAB_ROOT=root (data/, cache/, outputs/ there)."""
     run_dir = run_dir or root / "run"
     args = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]

@@ -9,9 +9,9 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from advlab.analysis.protocol import Points, analysis_names
-from advlab.config import CONF_DIR
+from advlab.runtime.resolvers import CONF_DIR
 from advlab.errors import ConfigError
-from advlab.evaluate import _build
+from advlab.apps.evaluate import _build
 
 
 def _eval_cfg(*overrides):

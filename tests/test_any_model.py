@@ -49,8 +49,8 @@ def tiny(tmp_path_factory):
 
 
 def test_plain_module_gives_its_own_logits(tiny, tmp_path, one_torch_thread):
-    from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache
+    from advlab.artifacts.models import Artifacts
+    from advlab.artifacts.cache import ArtifactCache
 
     path, net, x = tiny
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_resnet18_in_advlab_eval(resnet18, tmp_path):
     run = run_advlab(resnet18.root, *CIFAR, "~models.standard", "~models.adversarial", "+spec@models.rn=external",
                      f"models.rn.weights={resnet18.weights}", f"+models.rn.arch._target_={RESNET18}", "analyses=[robustness]",
                      "robustness.run=[pgd_linf]", "robustness.eps.linf=[0,0.03]", "robustness.attacks.pgd_linf.steps=3", "max_points=16",
-                     run_dir=tmp_path / "eval", module="advlab.evaluate", env=_env())
+                     run_dir=tmp_path / "eval", module="advlab.apps.evaluate", env=_env())
     assert run.returncode == 0, run.stderr[-3000:]
     rn = run.metrics["models"]["rn"]
     assert rn["clean_acc"]["mean"] == 1.0  # its own predictions: the weights were loaded as the module's own
@@ -155,7 +155,7 @@ def test_resnet18_as_advlab_transfer_source(resnet18, tmp_path):
     roles = [arg for role in ("source", "target") for arg in
              (f"spec@{role}=external", f"{role}.weights={resnet18.weights}", f"~arch@{role}.arch", f"+{role}.arch._target_={RESNET18}")]
     run = run_advlab(resnet18.root, *CIFAR, *roles, "eps.value=0.03", "attack.steps=3", run_dir=tmp_path / "transfer",
-                     module="advlab.transfer", env=_env())
+                     module="advlab.apps.transfer", env=_env())
     assert run.returncode == 0, run.stderr[-3000:]
     m = run.metrics
     assert m["source/clean_acc"] == 1.0 and m["transfer/same_model"] == 1.0
@@ -263,9 +263,9 @@ def _args(overrides, tiny, tmp_path) -> tuple[list[str], dict]:
 
 @pytest.mark.parametrize("overrides,key,allowed", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
 def test_bad_input_is_refused_by_the_preflight(stand_in_zoo, tiny, tmp_path, overrides, key, allowed):
-    """advlab-eval's pre-flight (advlab.cli.precheck), in-process: the ConfigError that the app prints as
+    """advlab-eval's pre-flight (advlab.preflight.jobs.precheck), in-process: the ConfigError that the app prints as
     its one line (`advlab-eval: error: <it>`) before exiting with code 2; the same through a real process below."""
-    from advlab.cli import precheck
+    from advlab.preflight.jobs import precheck
 
     args, values = _args(overrides, tiny, tmp_path)
     with pytest.raises(ConfigError) as err:
@@ -279,7 +279,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, case):
     _, overrides, key, allowed = next(c for c in BAD if c[0] == case)
     args, values = _args(overrides, tiny, tmp_path)
     stand_in = nets.write_zoo_stand_in(tmp_path / "stand_in")
-    run = run_advlab(tmp_path, *EVAL, *args, module="advlab.evaluate", env=_env(stand_in))
+    run = run_advlab(tmp_path, *EVAL, *args, module="advlab.apps.evaluate", env=_env(stand_in))
     assert run.returncode == 2, run.log[-2000:]
     assert "Traceback" not in run.log
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]

@@ -47,7 +47,7 @@ def test_load_run_reproduces_the_runs_test_accuracy(trained_run):
 
 def test_every_consumer_loads_the_same_weights(trained_run):
     """advlab-eval and advlab-transfer (model_sources.load_checkpoint) see what load_run sees: last.ckpt."""
-    from advlab.model_sources import checkpoint_files, load_checkpoint
+    from advlab.artifacts.model_sources import checkpoint_files, load_checkpoint
 
     ckpt, config = checkpoint_files(trained_run.run_dir, "checkpoints[0]")
     assert ckpt.name == "last.ckpt"

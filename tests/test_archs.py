@@ -173,8 +173,10 @@ def test_size_knobs_are_validated_before_any_work():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from advlab.config import CONF_DIR, validate
-    from advlab.preflight import check_objects
+    from advlab.preflight.app_keys import validate
+
+    from advlab.runtime.resolvers import CONF_DIR
+    from advlab.preflight.objects import check_objects
 
     # each knob's rule is its constructor's: the pre-flight builds the architectures for the data's shape
     cases = ((["arch=mobilenet_v2", "arch.width_mult=0"], "arch.width_mult"),
@@ -201,8 +203,8 @@ def test_stem_stride_1_leaves_a_models_cache_key_as_it_was(tmp_path):
     of the cache key, so the full-size models keep their cache entries and seeds; at 2 it is in it."""
     from omegaconf import OmegaConf
 
-    from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache, spec_key
+    from advlab.artifacts.models import Artifacts
+    from advlab.artifacts.cache import ArtifactCache, spec_key
     from advlab.data import DigitsDataModule
 
     dm = DigitsDataModule(seed=0, max_train=64, batch_size=32)

@@ -630,7 +630,7 @@ def test_bad_arguments_other_classes_and_setters():
         FGSM(0.1, norm="l0")
     with pytest.raises(ConfigError, match="attack.decay"):
         MIFGSM(0.1, decay=-1.0)
-    from advlab.cli import precheck
+    from advlab.preflight.jobs import precheck
 
     with pytest.raises(ConfigError, match=r"^attack: unknown option 'deepfool'; allowed: .*pgd_linf"):
         precheck(["attack=deepfool"], "train")  # an attack by name is one of conf/attack/

@@ -545,7 +545,7 @@ def test_targeted_cannot_be_set_on_untargeted_only_attacks(cls):
 
 
 def test_cache_description_is_stable_and_names_the_options(mlp, batch):
-    from advlab.artifacts import describe_object
+    from advlab.artifacts.keys import describe_object
 
     x, y = batch
     aa = AutoAttack(0.1, version="standard", attacks=("apgd-ce",), apgd_steps=3, square_queries=11)

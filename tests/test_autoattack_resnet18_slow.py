@@ -3,7 +3,7 @@ CIFAR-10 ResNet-18 that pyautoattack ships — on 200 shared CIFAR-10 test image
 (where a standard model's robust accuracy is not yet 0): clean accuracy, APGD-CE (the first member, on
 the same points and seed as APGD-CE alone) and the full standard AutoAttack within 1 percentage point
 of the reference. The numbers and wall times are written to
-benchmarks/results/autoattack_resnet18_cpu.json (the README's table cites them)."""
+benchmarks/results/autoattack_resnet18_cpu.json (docs/results.md#autoattack-vs-the-authors-code cites them)."""
 from __future__ import annotations
 
 import sys

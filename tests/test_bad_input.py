@@ -61,7 +61,7 @@ def test_preflight_refuses_before_anything_is_written(advlab_root, overrides, ke
 
 
 def test_transfer_batch_size_is_refused_before_any_source_model(advlab_root):
-    run = run_advlab(advlab_root, "batch_size=0", "logger=csv", module="advlab.transfer")
+    run = run_advlab(advlab_root, "batch_size=0", "logger=csv", module="advlab.apps.transfer")
     _one_error_line(run, "advlab-transfer", "batch_size", "integer >= 1")
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from advlab.artifacts import Artifacts
+from advlab.artifacts.models import Artifacts
 from advlab.attacks import PGD
-from advlab.cache import ArtifactCache
+from advlab.artifacts.cache import ArtifactCache
 from advlab.models import CNN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

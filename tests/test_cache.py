@@ -11,9 +11,9 @@ import threading
 import pytest
 import torch
 
-from advlab import cache as cache_mod
-from advlab.cache import META, ArtifactCache, check_artifact, spec_key
-from advlab.cache_cli import default_cache_dir, main as cache_main
+from advlab.artifacts import cache as cache_mod
+from advlab.artifacts.cache import META, ArtifactCache, check_artifact, spec_key
+from advlab.apps.cache import default_cache_dir, main as cache_main
 from advlab.utils.io import write_text
 
 SPEC = {"arch": {"_target_": "advlab.models.MLP", "width": 8}, "method": "standard", "data": {"name": "digits"}, "seed": 0}
@@ -66,7 +66,7 @@ def test_bad_artifact_is_moved_aside_and_rebuilt(tmp_path, caplog, damage):
     bad_bytes = target.read_bytes()
     assert check_artifact(target, SPEC)[1] is not None
     calls = []
-    with caplog.at_level(logging.INFO, logger="advlab.cache"):
+    with caplog.at_level(logging.INFO, logger="advlab.artifacts.cache"):
         payload, hit = cache.get_or_create("models", SPEC, builder(SPEC, calls), what="source model")
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(target) in warnings[0] and "moved aside" in warnings[0], warnings
@@ -116,7 +116,7 @@ def test_waiting_run_names_the_builder_pid_and_repeats(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_mod, "WAIT_LOG_INTERVAL_S", 0.05)
     cache = ArtifactCache(tmp_path)
     waits = _Waits(needed=3)
-    logger = logging.getLogger("advlab.cache")
+    logger = logging.getLogger("advlab.artifacts.cache")
     logger.addHandler(waits)
     old_level = logger.level
     logger.setLevel(logging.INFO)
@@ -188,7 +188,7 @@ def test_cache_cli_default_dir_is_the_runs_cache_dir(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from advlab.config import CONF_DIR
+    from advlab.runtime.resolvers import CONF_DIR
 
     monkeypatch.setenv("ADVLAB_ROOT", str(tmp_path))
     GlobalHydra.instance().clear()

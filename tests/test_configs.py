@@ -9,13 +9,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from advlab.attacks import APGD, FAB, Attack, AutoAttack, Square
-from advlab.config import CONF_DIR, group_options, validate
+from advlab.preflight.app_keys import validate
+from advlab.runtime.resolvers import CONF_DIR, group_options
 from advlab.data import DigitsDataModule
-from advlab.data.derived import derived_builder
+from advlab.derived import derived_builder
 from advlab.errors import ConfigError
 from advlab.methods import ClassifierModule
 from advlab.models import Classifier, build_model
-from advlab.preflight import check_objects
+from advlab.preflight.objects import check_objects
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_every_dataset_config_instantiates(dataset, tmp_path):
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_preset_composes_and_validates(experiment):
-    from advlab.cli import precheck
+    from advlab.preflight.jobs import precheck
 
     try:
         precheck([f"experiment={experiment}"], "train")
@@ -147,7 +148,7 @@ def test_the_command_line_is_hydras_own():
     ("eval_attack=fgsm", "eval_attack: is a config node: choose its attack option with Hydra's package syntax, attack@eval_attack=fgsm"),
 ])
 def test_old_shorthands_are_refused_with_the_hydra_form(typed, message):
-    from advlab.cli import precheck
+    from advlab.preflight.jobs import precheck
 
     with pytest.raises(ConfigError) as err:
         precheck([typed], "train")

@@ -28,7 +28,7 @@ from advlab.data import (
     random_crop_flip,
     stratified_split,
 )
-from advlab.data import shared as shared_mod
+from advlab.apps.data import main as data_app_main
 from advlab.errors import ConfigError
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -589,7 +589,7 @@ def test_install_shared_mnist_is_idempotent(tmp_path):
     images = raw / "t10k-images-idx3-ubyte"
     assert images.read_bytes()[:4] == struct.pack(">I", 2051) and images.stat().st_size == 16 + 30 * 28 * 28
     stamp = images.stat().st_mtime_ns
-    assert shared_mod.main(["--shared", str(shared), "--data", str(data)]) == 0
+    assert data_app_main(["--shared", str(shared), "--data", str(data)]) == 0
     assert images.stat().st_mtime_ns == stamp  # second call keeps the files
     dm = MNISTDataModule(data_dir=str(data), official_split=False, val_fraction=0.0)
     dm.setup()

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from advlab.analysis.robustness import robustness_curves
-from advlab.analysis.transfer import craft_adversarial
-from advlab.artifacts import describe_object
+from advlab.analysis.attack_transfer import craft_adversarial
+from advlab.artifacts.keys import describe_object
 from advlab.attacks import FGSM, MIFGSM, PGD, APGD, evaluate_attack, robust_curve_per_sample
 from advlab.attacks.base import as_logits, per_sample_loss
 from advlab.attacks.pgd import early_stopping
-from advlab.data.derived.perturbation import craft_dataset
+from advlab.derived.perturbation import craft_dataset
 from advlab.errors import ConfigError
 from conftest import attack_from_conf, trained_on_digits
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from advlab.cli import precheck
+from advlab.preflight.jobs import precheck
 from advlab.errors import ConfigError
 from conftest import run_advlab
 
-EVAL = "advlab.evaluate"
+EVAL = "advlab.apps.evaluate"
 # Small models: one torch thread is as fast, and immune to oversubscription on a shared 2-core machine.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # Small but real: 2-epoch models of width 64, 60 test points, short attacks.
@@ -104,7 +104,7 @@ def _eval_cfg(*overrides):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from advlab.config import CONF_DIR
+    from advlab.runtime.resolvers import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -116,7 +116,7 @@ def test_checkpoint_entries_and_a_foreign_test_set(train_run):
     the dataset settings to add."""
     from hydra.utils import instantiate
 
-    from advlab.model_sources import check_checkpoints, resolve_entries
+    from advlab.artifacts.model_sources import check_checkpoints, resolve_entries
 
     train, _ = train_run
     cfg = _eval_cfg("models=null", f"checkpoints=[{train.run_dir},{train.run_dir / 'checkpoints' / 'last.ckpt'}]")
@@ -183,7 +183,7 @@ def test_comparison_preset_full_run(advlab_root):
     evaluated) within 10 minutes on the 2-core CPU; adversarial above standard at a mid-range ε."""
     started = time.time()
     # Two torch threads that spin-wait are several times slower when another job holds a core of
-    # this shared machine; passive waiting keeps both threads without that (README, issue 4).
+    # this shared machine; passive waiting keeps both threads without that (docs/results.md#cpu-threads).
     run = run_advlab(advlab_root, "experiment=paknezhad_digits", "logger=csv", module=EVAL, timeout=900,
                      env={"OMP_WAIT_POLICY": "PASSIVE"})
     elapsed = time.time() - started

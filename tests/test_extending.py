@@ -111,7 +111,7 @@ def test_a_toy_plugins_keys_are_checked_before_any_work(plugin_dirs):
     ("advlab-train", "source.max_ep", {"source.max_epochs="}),
 ])
 def test_tab_completion_of_documented_overrides(app, line, expected):
-    """Hydra's bash completion (README, "Tab completion") on advlab's apps."""
+    """Hydra's bash completion (docs/concepts/command-line.md, "Tab completion") on advlab's apps."""
     import os
     import subprocess
     import sys

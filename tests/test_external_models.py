@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from advlab.cli import precheck
+from advlab.preflight.jobs import precheck
 from advlab.errors import ConfigError
 from conftest import run_advlab
 
@@ -82,8 +82,8 @@ def _flow(value) -> str:
 
 
 def test_checkpoint_is_converted_and_normalisation_is_the_first_layer(resnet):
-    from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache
+    from advlab.artifacts.models import Artifacts
+    from advlab.artifacts.cache import ArtifactCache
     from advlab.models.external import TorchvisionClassifier, load_external, read_state_dict
 
     path, pred, y = resnet
@@ -113,7 +113,7 @@ def test_external_model_in_advlab_eval_with_a_robustbench_line(advlab_root, resn
                      "robustness.run=[pgd_linf,autoattack]", "+attack@robustness.attacks.autoattack=autoattack",
                      "robustness.attacks.pgd_linf.steps=5", "robustness.attacks.autoattack.apgd_steps=5",
                      "robustness.attacks.autoattack.fab_steps=5", "robustness.attacks.autoattack.square_queries=50",
-                     "robustness.attacks.autoattack.n_target_classes=3", "logger=csv", module="advlab.evaluate", env=ONE_THREAD)
+                     "robustness.attacks.autoattack.n_target_classes=3", "logger=csv", module="advlab.apps.evaluate", env=ONE_THREAD)
     assert run.returncode == 0, run.stderr[-3000:]
     models = run.metrics["models"]
     r = models["resnet"]
@@ -145,7 +145,7 @@ def _external_role(role: str, path) -> list[str]:
 def test_external_model_as_transfer_target(advlab_root, resnet):
     """Acceptance 4 (transfer): PGD examples of a trained wide MLP evaluated on the saved resnet18."""
     path, pred, y = resnet
-    run = run_advlab(advlab_root, *TRANSFER, *_external_role("target", path), module="advlab.transfer", env=ONE_THREAD)
+    run = run_advlab(advlab_root, *TRANSFER, *_external_role("target", path), module="advlab.apps.transfer", env=ONE_THREAD)
     assert run.returncode == 0, run.stderr[-3000:]
     m = run.metrics
     assert m["target/clean_acc"] == pytest.approx(float((pred == y).float().mean()))
@@ -156,7 +156,7 @@ def test_external_model_as_transfer_target(advlab_root, resnet):
 def test_external_model_as_transfer_source_and_target(advlab_root, resnet):
     path, _, _ = resnet
     run = run_advlab(advlab_root, "attack.steps=5", "logger=csv", *_external_role("source", path), *_external_role("target", path),
-                     module="advlab.transfer", env=ONE_THREAD)
+                     module="advlab.apps.transfer", env=ONE_THREAD)
     assert run.returncode == 0, run.stderr[-3000:]
     m = run.metrics
     assert m["transfer/same_model"] == 1.0 and m["transfer/target_acc"] == pytest.approx(m["source/adv_acc"])
@@ -166,7 +166,7 @@ def test_external_model_as_transfer_source_and_target(advlab_root, resnet):
 @pytest.mark.slow  # ~8 s: the same check as the in-process one below, through the real app
 def test_preflight_missing_file_is_one_line_exit_2(advlab_root, tmp_path):
     missing = tmp_path / "nope.pt"
-    run = run_advlab(advlab_root, *TRANSFER, *_external_role("target", missing), module="advlab.transfer")
+    run = run_advlab(advlab_root, *TRANSFER, *_external_role("target", missing), module="advlab.apps.transfer")
     assert run.returncode == 2 and "Traceback" not in run.log
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
     assert lines == [f"advlab-transfer: error: target.weights: {missing} does not exist; give the path of a state-dict file (.pt / .pth)"]
@@ -204,7 +204,7 @@ def test_autoattack_presets_compose_and_pass_the_preflight(preset):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from advlab.config import CONF_DIR
+    from advlab.runtime.resolvers import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

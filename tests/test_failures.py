@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from advlab.cli import precheck
+from advlab.preflight.jobs import precheck
 from advlab.errors import ConfigError
 from advlab.utils import io as advio
 from advlab.utils.io import WriteError, check_writable, stale_temp_files
@@ -107,7 +107,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
-def _app(root: Path, *args: str, module: str = "advlab.train", preexec=None, warnings: str = "ignore") -> subprocess.CompletedProcess:
+def _app(root: Path, *args: str, module: str = "advlab.apps.train", preexec=None, warnings: str = "ignore") -> subprocess.CompletedProcess:
     """An advlab app as a user starts it, with ADVLAB_ROOT=root (its default outputs/ and cache/ there)."""
     env = {**os.environ, "ADVLAB_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": warnings}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -129,7 +129,7 @@ def test_the_probe_writes_real_bytes_flushes_them_and_leaves_nothing(tmp_path, m
 def test_a_full_disk_is_refused_although_an_empty_file_still_fits(tmp_path, monkeypatch):
     import tempfile
 
-    from advlab.cache import ArtifactCache
+    from advlab.artifacts.cache import ArtifactCache
 
     monkeypatch.setattr(advio, "os", _FullDisk())
     with tempfile.NamedTemporaryFile(dir=tmp_path, prefix=".old-probe-"):
@@ -149,7 +149,7 @@ def _torch_save_failing_as_on_a_full_disk(obj, f, *args, **kwargs):
 def test_a_cache_on_a_full_disk_says_disk_full_and_leaves_no_partial_artifact(tmp_path, monkeypatch):
     import torch
 
-    from advlab.cache import ArtifactCache
+    from advlab.artifacts.cache import ArtifactCache
 
     cache = ArtifactCache(tmp_path / "cache")
     monkeypatch.setattr(torch, "save", _torch_save_failing_as_on_a_full_disk)
@@ -232,8 +232,8 @@ def _hand_made_sweep(root: Path, jobs: int = 2) -> Path:
 
 def _unwritable_sites(target: Path, tmp_path: Path):
     """(key, the call that must refuse `target`) for every place a user names a directory to write."""
-    from advlab.cache import ArtifactCache
-    from advlab.data.shared import install_shared_mnist
+    from advlab.artifacts.cache import ArtifactCache
+    from advlab.data.mnist_t10k import install_shared_mnist
     from advlab.report.sweep_report import write_report
 
     shared = tmp_path / "shared" / "data" / "mnist-t10k"
@@ -313,7 +313,7 @@ SHARED_CASES = [
 
 @pytest.mark.parametrize("bad,images,labels,what", SHARED_CASES, ids=["not-gzip", "truncated-gzip", "wrong-kind", "short"])
 def test_advlab_data_names_the_shared_file_and_what_is_wrong(tmp_path, capsys, bad, images, labels, what):
-    from advlab.data.shared import main
+    from advlab.apps.data import main
 
     shared = _shared(tmp_path, images, labels)
     data = tmp_path / "data"
@@ -327,7 +327,7 @@ def test_advlab_data_names_the_shared_file_and_what_is_wrong(tmp_path, capsys, b
 
 
 def test_advlab_data_installs_good_files(tmp_path, capsys):
-    from advlab.data.shared import main
+    from advlab.apps.data import main
 
     assert main(["--shared", str(_shared(tmp_path, GOOD_IMAGES, GOOD_LABELS)), "--data", str(tmp_path / "data")]) == 0
     assert (tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").read_bytes() == _idx(2049, (3,))
@@ -336,7 +336,7 @@ def test_advlab_data_installs_good_files(tmp_path, capsys):
 # -- advlab-report on broken sweep directories ------------------------------------------------------
 
 def test_report_names_invalid_yaml_with_its_line(tmp_path, capsys):
-    from advlab.report.sweep_report import main
+    from advlab.apps.report import main
 
     sweep = _hand_made_sweep(tmp_path)
     text = (sweep / "multirun.yaml").read_text()
@@ -348,7 +348,7 @@ def test_report_names_invalid_yaml_with_its_line(tmp_path, capsys):
 
 
 def test_report_names_an_unparsable_override(tmp_path, capsys):
-    from advlab.report.sweep_report import main
+    from advlab.apps.report import main
 
     sweep = _hand_made_sweep(tmp_path)
     multirun = yaml.safe_load((sweep / "multirun.yaml").read_text())
@@ -361,7 +361,7 @@ def test_report_names_an_unparsable_override(tmp_path, capsys):
 
 def test_report_names_a_metrics_file_that_is_not_a_mapping(tmp_path, capsys):
     """A job's bad metrics.json fails that job (named with its file), not the report of the others."""
-    from advlab.report.sweep_report import main
+    from advlab.apps.report import main
 
     sweep = _hand_made_sweep(tmp_path, jobs=3)
     (sweep / "0" / "metrics.json").write_text("[1, 2]")
@@ -422,11 +422,11 @@ def test_a_config_dirs_options_are_named_as_options(tmp_path):
     precheck(["--config-dir", str(tmp_path), "attack@eval_attack=my_pgd"])
 
 
-def _readme_refused_forms() -> list[tuple[str, str, list[str]]]:
-    """README's table of forms (| what | type | not (refused, with the form to use) |): (app, refused form,
-    the forms to type)."""
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("| what | type | not"):].split("\n\n")[0].splitlines()[2:]
+def _documented_refused_forms() -> list[tuple[str, str, list[str]]]:
+    """The docs' table of forms (docs/concepts/command-line.md, | what | type | not (refused, with the form
+    to use) |): (app, refused form, the forms to type)."""
+    page = (REPO / "docs" / "concepts" / "command-line.md").read_text()
+    table = page[page.index("| what | type | not"):].split("\n\n")[0].splitlines()[2:]
     rows = []
     for row in table:
         _, typed, refused = (cell.strip() for cell in row.strip("|").split("|"))
@@ -436,8 +436,8 @@ def _readme_refused_forms() -> list[tuple[str, str, list[str]]]:
     return rows
 
 
-@pytest.mark.parametrize("app,refused,typed", _readme_refused_forms(), ids=lambda v: v if isinstance(v, str) and "=" in v else None)
-def test_every_form_the_readme_refuses_names_a_form_it_says_to_type(app, refused, typed):
+@pytest.mark.parametrize("app,refused,typed", _documented_refused_forms(), ids=lambda v: v if isinstance(v, str) and "=" in v else None)
+def test_every_form_the_docs_refuse_names_a_form_they_say_to_type(app, refused, typed):
     with pytest.raises(ConfigError) as err:
         precheck([refused], app)
     text = str(err.value)
@@ -477,7 +477,7 @@ def _killed_mid_write(target: Path) -> Path:
 def test_advlab_cache_lists_and_cleans_what_killed_runs_left(tmp_path, capsys):
     from filelock import FileLock
 
-    from advlab.cache_cli import main
+    from advlab.apps.cache import main
 
     root = tmp_path / "cache"
     stale = _killed_mid_write(root / "models" / "0123456789abcdef.pt")
@@ -517,7 +517,7 @@ def _hydra_makes(run_dir: Path, work: bool = False) -> None:
 
 @pytest.mark.parametrize("case", ["new", "existed", "work began"])
 def test_a_refused_run_removes_exactly_the_directories_it_made(tmp_path, case):
-    from advlab.cli import _MadeDirs
+    from advlab.runtime.hydra_app import _MadeDirs
 
     (tmp_path / "outputs" / "train").mkdir(parents=True)
     (tmp_path / "outputs" / "train" / "other").mkdir()  # another run's: never touched

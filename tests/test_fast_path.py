@@ -110,8 +110,8 @@ def test_compile_trains_the_same_weights_and_keeps_the_state_dict_and_the_cache_
     `_orig_mod.` copies, and `compile: false` leaves a model's cache key as it was."""
     from omegaconf import OmegaConf
 
-    from advlab.artifacts import Artifacts
-    from advlab.cache import ArtifactCache
+    from advlab.artifacts.models import Artifacts
+    from advlab.artifacts.cache import ArtifactCache
     from advlab.data import DigitsDataModule
 
     dm = DigitsDataModule(seed=0, max_train=128, batch_size=32)
@@ -138,10 +138,11 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from advlab.artifacts import Artifacts
-    from advlab.cli import precheck
-    from advlab.config import CONF_DIR, validate
-    from advlab.data.derived import derived_builder
+    from advlab.artifacts.models import Artifacts
+    from advlab.preflight.jobs import precheck
+    from advlab.preflight.app_keys import validate
+    from advlab.runtime.resolvers import CONF_DIR
+    from advlab.derived import derived_builder
 
     precheck(["experiment=ilyas_cifar10_cpu", "-m"], "train")  # composes and validates every job of its sweep (both rules)
     cfgs = {}
@@ -189,8 +190,8 @@ def test_cifar10_cpu_sweeps_pass_the_preflight_with_every_architecture_family(ap
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from advlab.cli import precheck
-    from advlab.config import CONF_DIR
+    from advlab.preflight.jobs import precheck
+    from advlab.runtime.resolvers import CONF_DIR
 
     precheck([f"sweep={sweep}"], app)
     GlobalHydra.instance().clear()

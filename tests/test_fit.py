@@ -1,4 +1,4 @@
-"""One training path (advlab.fit): model specs are trained like the run, with the run's trainer
+"""One training path (advlab.methods.fit): model specs are trained like the run, with the run's trainer
 settings unless the spec overrides them, and the optimizer group serves both."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from advlab.artifacts import Artifacts, source_model
-from advlab.cache import ArtifactCache
-from advlab.config import CONF_DIR
+from advlab.artifacts.models import Artifacts, source_model
+from advlab.artifacts.cache import ArtifactCache
+from advlab.runtime.resolvers import CONF_DIR
 from advlab.data import DigitsDataModule
 from advlab.errors import ConfigError
-from advlab.fit import build_classifier
+from advlab.methods.fit import build_classifier
 
 ARCH = {"_target_": "advlab.models.MLP", "_partial_": True, "width": 16, "depth": 1}
 

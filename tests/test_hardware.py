@@ -124,7 +124,7 @@ def test_auto_is_replaced_in_the_run_config_and_every_spec_trainer_node(cpu, cap
 
 
 def test_a_spec_at_auto_has_the_cache_key_of_the_value_it_resolves_to(cpu):
-    from advlab.artifacts import Artifacts
+    from advlab.artifacts.models import Artifacts
 
     class Data:
         batch_size = 64

@@ -117,7 +117,7 @@ def test_ddp_in_a_local_multirun_is_refused_before_any_work(tmp_path):
 
 
 def test_ddp_multirun_check_allows_launchers_that_start_the_ranks():
-    from advlab.cli import precheck
+    from advlab.preflight.jobs import precheck
     from advlab.errors import ConfigError
 
     sweep = ["-m", "trainer=ddp", "trainer.devices=2", "arch=wide_mlp,mlp"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from advlab.attacks import PGD, OneStepL2
-from advlab.cache import ArtifactCache, spec_key
-from advlab.data.derived.perturbation import craft_dataset, make_targets
+from advlab.artifacts.cache import ArtifactCache, spec_key
+from advlab.derived.perturbation import craft_dataset, make_targets
 from advlab.errors import ConfigError
 from advlab.models import MLP
 
@@ -72,7 +72,7 @@ def test_craft_delta_only_and_noise_base(trained):
 
 
 def test_crafted_dataset_key_covers_the_attack_settings():
-    from advlab.artifacts import describe_object
+    from advlab.artifacts.keys import describe_object
 
     a, b = PGD(eps=0.5, norm="l2"), PGD(eps=0.5, norm="l2")
     assert describe_object(a) == describe_object(b)
@@ -117,7 +117,7 @@ def test_source_and_trained_model_do_not_share_initial_weights(tmp_path):
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from advlab.artifacts import Artifacts
+    from advlab.artifacts.models import Artifacts
     from advlab.data import DigitsDataModule
     from advlab.models import build_model
 
@@ -133,7 +133,7 @@ def test_source_and_trained_model_do_not_share_initial_weights(tmp_path):
 
 
 def test_weak_attack_check_tells_budget_from_optimiser_bound():
-    from advlab.data.derived.perturbation import weak_attack_check
+    from advlab.derived.perturbation import weak_attack_check
 
     attack = PGD(eps=0.5, norm="l2", steps=1, step_size=0.01)
     assert weak_attack_check(attack, 0.96, 0.1) == (False, False, "")
@@ -147,9 +147,9 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
     """Digits, a small source MLP: a 1-step, tiny-ε attack is flagged, a strong one is not."""
     from omegaconf import OmegaConf
 
-    from advlab.artifacts import Artifacts
+    from advlab.artifacts.models import Artifacts
     from advlab.data import DigitsDataModule
-    from advlab.data.derived import PerturbationDataset, SourceModel
+    from advlab.derived import PerturbationDataset, SourceModel
 
     dm = DigitsDataModule(seed=0, max_train=300)
     dm.setup()
@@ -165,7 +165,7 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
     metrics = {}
     for name, attack in runs.items():
         caplog.clear()
-        with caplog.at_level("WARNING", logger="advlab.data.derived.perturbation"):
+        with caplog.at_level("WARNING", logger="advlab.derived.perturbation"):
             derived = PerturbationDataset().build(source, dm, artifacts, attack=attack)
         metrics[name] = derived.metrics
         warned = [r.getMessage() for r in caplog.records if "Weak crafting attack" in r.getMessage()]
@@ -187,8 +187,8 @@ def test_derived_methods_are_standard_training_plus_a_builder(overrides, builder
     training's own keys), the builder's options are the method's own keys."""
     from hydra import compose, initialize_config_dir
 
-    from advlab.config import CONF_DIR
-    from advlab.data.derived import derived_builder
+    from advlab.runtime.resolvers import CONF_DIR
+    from advlab.derived import derived_builder
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "method.label_smoothing=0.2"])
@@ -202,7 +202,7 @@ def test_derived_methods_are_standard_training_plus_a_builder(overrides, builder
 
 
 def test_builder_options_are_checked_when_built():
-    from advlab.data.derived import PerturbationDataset, RobustDataset
+    from advlab.derived import PerturbationDataset, RobustDataset
 
     with pytest.raises(ConfigError, match="method.craft_batch_size"):
         PerturbationDataset(craft_batch_size=0)
@@ -216,7 +216,7 @@ def test_source_agreement_callback_is_the_fraction_of_equal_predictions(one_torc
     import pytorch_lightning as pl
 
     from advlab.data import DigitsDataModule
-    from advlab.data.derived import SourceAgreement
+    from advlab.derived import SourceAgreement
     from advlab.methods import StandardTraining
 
     dm = DigitsDataModule(seed=0, max_train=64, eval_batch_size=50)  # several test batches, the last one short

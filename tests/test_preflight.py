@@ -1,4 +1,4 @@
-"""The pre-flight (advlab.cli.precheck) refuses bad input of every app before Hydra starts: typos of
+"""The pre-flight (advlab.preflight.jobs.precheck) refuses bad input of every app before Hydra starts: typos of
 keys at every level (checked against the constructor each node is given to), wrong types and
 out-of-range values (checked by the constructors themselves, built cheaply). In-process, many cases
 per test; tests/test_bad_input.py runs the apps for the exit code, the one line and nothing written."""
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from advlab.cli import precheck
+from advlab.preflight.jobs import precheck
 from advlab.errors import ConfigError
 
 ADV_SOURCE = ["spec@source=adversarial"]

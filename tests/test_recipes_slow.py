@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from advlab.data.shared import install_shared_mnist
+from advlab.data.mnist_t10k import install_shared_mnist
 from conftest import run_advlab
 
 pytestmark = pytest.mark.slow

@@ -15,11 +15,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from advlab.cli import precheck
-from advlab.config import CONF_DIR
+from advlab.preflight.jobs import precheck
+from advlab.runtime.resolvers import CONF_DIR
 from advlab.errors import ConfigError
 from advlab.report.sweep import load_sweep, mean_std
-from advlab.report.sweep_report import main as report_main
+from advlab.apps.report import main as report_main
 from advlab.report.sweep_report import write_report
 
 REPO = Path(__file__).resolve().parents[1]

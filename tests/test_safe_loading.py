@@ -15,11 +15,11 @@ import pytest
 import torch
 import torchvision
 
-from advlab.cache import ArtifactCache
+from advlab.artifacts.cache import ArtifactCache
 from advlab.data import CIFAR10DataModule
 from advlab.data.torchvision_data import SafeCIFAR10
 from advlab.errors import ConfigError
-from advlab.model_sources import load_checkpoint
+from advlab.artifacts.model_sources import load_checkpoint
 from advlab.utils.safe_io import UnsafeFileError, load_array_pickle
 from conftest import REPO, run_advlab
 from test_data import CIFAR_NAMES, cifar_rows, make_cifar_batches
@@ -78,7 +78,7 @@ def hand_made_run(tmp_path, monkeypatch):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from advlab.config import CONF_DIR
+    from advlab.runtime.resolvers import CONF_DIR
     from advlab.models import build_model
 
     monkeypatch.setenv("ADVLAB_ROOT", str(tmp_path))
@@ -126,7 +126,7 @@ def test_planted_checkpoint_is_refused_by_advlab_eval(hand_made_run, tmp_path):
     torch.save({"state_dict": state, "callbacks": {"Evil": Evil(marker)}}, ckpt)
     assert_armed(ckpt, marker, torch_full_load)
     run = run_advlab(tmp_path, "models=null", f"checkpoints=[{d}]", "logger=csv", "max_points=20",
-                     module="advlab.evaluate", env=ONE_THREAD, run_dir=tmp_path / "eval")
+                     module="advlab.apps.evaluate", env=ONE_THREAD, run_dir=tmp_path / "eval")
     assert not marker.exists()
     assert run.returncode == 2, run.stderr[-3000:]
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
@@ -204,7 +204,7 @@ def test_planted_cache_artifact_is_moved_aside_not_run(tmp_path, caplog):
     target.parent.mkdir(parents=True)
     torch.save({"spec": spec, "_cache": {"sha256": "0" * 64}, "t": torch.zeros(2), "x": Evil(marker)}, target)
     assert_armed(target, marker, torch_full_load)
-    with caplog.at_level(logging.WARNING, logger="advlab.cache"):
+    with caplog.at_level(logging.WARNING, logger="advlab.artifacts.cache"):
         payload, hit = cache.get_or_create("models", spec, lambda: {"t": torch.ones(2)})
     assert not marker.exists() and not hit and torch.equal(payload["t"], torch.ones(2))
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

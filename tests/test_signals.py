@@ -135,7 +135,7 @@ def test_the_task_wrapper_exits_128_plus_the_signal_with_one_line(capsys):
     from omegaconf import OmegaConf
 
     from advlab.utils import signals
-    from advlab.utils.wrapper import task_wrapper
+    from advlab.runtime.task_wrapper import task_wrapper
 
     def task(cfg):
         with signals.doing("training the source model"):
@@ -168,7 +168,7 @@ def crafting(digits_mlp, one_torch_thread):
     random starts: the attack's random stream matters), from a fresh attack as a new process would."""
     from conftest import attack_from_conf
 
-    from advlab.data.derived.perturbation import craft_dataset
+    from advlab.derived.perturbation import craft_dataset
 
     model, x, y = digits_mlp
 
@@ -182,7 +182,7 @@ def crafting(digits_mlp, one_torch_thread):
 
 def _interrupt_at(monkeypatch, call: int, action):
     """`action()` when the crafting loop reports its `call`-th batch done (before it is recorded)."""
-    from advlab.data.derived.resume import CraftProgress
+    from advlab.derived.resume import CraftProgress
 
     done, calls = CraftProgress.done, []
 
@@ -203,7 +203,7 @@ def _same_set(a: dict, b: dict) -> None:
 
 
 def test_sigint_during_crafting_saves_the_batches_done_and_the_rerun_ends_identical(tmp_path, crafting, monkeypatch):
-    from advlab.cache import ArtifactCache
+    from advlab.artifacts.cache import ArtifactCache
     from advlab.utils import signals
 
     reference = crafting(ArtifactCache(tmp_path / "reference"))
@@ -220,8 +220,8 @@ def test_sigint_during_crafting_saves_the_batches_done_and_the_rerun_ends_identi
 
 
 def test_a_crafting_killed_between_saves_resumes_from_the_last_chunk(tmp_path, crafting, monkeypatch, caplog):
-    from advlab.cache import ArtifactCache
-    from advlab.data.derived import resume
+    from advlab.artifacts.cache import ArtifactCache
+    from advlab.derived import resume
 
     reference = crafting(ArtifactCache(tmp_path / "reference"))
     cache = ArtifactCache(tmp_path / "cache")
@@ -235,7 +235,7 @@ def test_a_crafting_killed_between_saves_resumes_from_the_last_chunk(tmp_path, c
         crafting(cache)
     assert len(list((tmp_path / "cache" / "datasets").glob(".*.partial/craft-*.pt"))) == 4
     monkeypatch.undo()
-    with caplog.at_level("INFO", logger="advlab.data.derived.resume"):
+    with caplog.at_level("INFO", logger="advlab.derived.resume"):
         _same_set(crafting(cache), reference)
     assert "resuming at input 128 of 200 (4 batches saved" in caplog.text
     # chunks of another crafting (another batch size: other random starts) are not resumed
@@ -246,7 +246,7 @@ def test_a_crafting_killed_between_saves_resumes_from_the_last_chunk(tmp_path, c
     with signals.handled(), pytest.raises(signals.Interrupted):
         crafting(other, batch_size=32)
     monkeypatch.undo()
-    with caplog.at_level("WARNING", logger="advlab.data.derived.resume"):
+    with caplog.at_level("WARNING", logger="advlab.derived.resume"):
         _same_set(crafting(other, batch_size=50), crafting(ArtifactCache(tmp_path / "reference50"), batch_size=50))
     assert "does not continue the saved crafting; crafting again from input 0" in caplog.text
 
@@ -254,8 +254,8 @@ def test_a_crafting_killed_between_saves_resumes_from_the_last_chunk(tmp_path, c
 def test_representation_inversion_resumes_identical(tmp_path, one_torch_thread, monkeypatch):
     from torch import nn
 
-    from advlab.cache import ArtifactCache
-    from advlab.data.derived.robust import RobustDataset
+    from advlab.artifacts.cache import ArtifactCache
+    from advlab.derived.robust import RobustDataset
     from advlab.utils import signals
 
     class Net(nn.Module):
@@ -293,7 +293,7 @@ def small_spec():
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from advlab.config import CONF_DIR
+    from advlab.runtime.resolvers import CONF_DIR
     from advlab.data import DigitsDataModule
 
     GlobalHydra.instance().clear()
@@ -308,8 +308,8 @@ def small_spec():
 
 
 def _train_source(root, small_spec):
-    from advlab.artifacts import Artifacts, source_model
-    from advlab.cache import ArtifactCache
+    from advlab.artifacts.models import Artifacts, source_model
+    from advlab.artifacts.cache import ArtifactCache
 
     spec, digits = small_spec
     artifacts = Artifacts(ArtifactCache(root), trainer={"accelerator": "cpu"}, progress=False)
@@ -345,7 +345,7 @@ def test_a_cached_models_training_resumes_from_its_last_epoch_to_identical_weigh
     (last,) = (tmp_path / "cache" / "models").glob(".*.partial/last.ckpt")
     assert int(torch.load(last, weights_only=True)["epoch"]) == 1 and seen == [0, 1] + ([2] if how == "crash" else [])
     monkeypatch.undo()
-    with caplog.at_level("INFO", logger="advlab.artifacts"):
+    with caplog.at_level("INFO", logger="advlab.artifacts.models"):
         weights, metrics, history = _train_source(tmp_path / "cache", small_spec)
     assert f"Resuming source model from {last} (2 of 4 epochs done)" in caplog.text
     assert all(torch.equal(weights[k], reference[0][k]) for k in weights)
@@ -356,7 +356,7 @@ def test_a_cached_models_training_resumes_from_its_last_epoch_to_identical_weigh
 def test_cache_clear_removes_partial_builds_unless_a_run_holds_their_lock(tmp_path, capsys):
     from filelock import FileLock
 
-    from advlab.cache_cli import main as cache_main
+    from advlab.apps.cache import main as cache_main
 
     for key in ("aaaa", "bbbb"):
         (tmp_path / "models" / f".{key}.partial").mkdir(parents=True)
@@ -380,7 +380,7 @@ def reference(tmp_path_factory):
 def test_sigterm_during_source_training_then_the_printed_command_resumes_bit_identical(reference, tmp_path, capsys):
     import subprocess
 
-    from advlab.cache_cli import main as cache_main
+    from advlab.apps.cache import main as cache_main
 
     run = Watched(tmp_path, *ARGS).signal_when(_seen("Training source model", "epoch 1/3"), signal.SIGTERM)
     line = _resume_line(run, "SIGTERM", 143)

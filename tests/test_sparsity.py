@@ -8,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from advlab.artifacts import Artifacts
+from advlab.artifacts.models import Artifacts
 from advlab.attacks import FGSM
-from advlab.cache import ArtifactCache
+from advlab.artifacts.cache import ArtifactCache
 from advlab.data import DigitsDataModule
 from advlab.errors import ConfigError
 from advlab.methods import SparsityTraining, softmax_slope_penalty

@@ -47,7 +47,7 @@ def test_probe_app_reports_every_level_for_every_model(advlab_root):
     # a fast-learning MLP on 8×8 digits (the probe transforms the input images, whatever the architecture)
     fast = ["arch=wide_mlp", "arch.width=256", "models.NT.max_epochs=5", "models.AT.max_epochs=2", "attack.steps=2", "probe.n_points=120"]
     run = run_advlab(advlab_root, *fast, "probe.saturation=[2,1024]", "probe.patch_shuffle=[1,4]", "probe.mi.enabled=true", "logger=wandb",
-                     module="advlab.probe")
+                     module="advlab.apps.probe")
     assert run.returncode == 0, run.stderr[-3000:]
     m = run.metrics
     for model in ("NT", "AT"):
@@ -67,7 +67,7 @@ def test_probe_app_reports_every_level_for_every_model(advlab_root):
         assert (run.run_dir / "plots" / name).is_file(), name
     assert list((run.run_dir / "wandb").glob("offline-run-*/files/media/images/plots/texture_shape*.png"))
     # a second probe reuses both cached models
-    again = run_advlab(advlab_root, *fast, "probe.saturation=[16]", "probe.patch_shuffle=[2]", "logger=csv", module="advlab.probe",
+    again = run_advlab(advlab_root, *fast, "probe.saturation=[16]", "probe.patch_shuffle=[2]", "logger=csv", module="advlab.apps.probe",
                        run_dir=advlab_root / "again")
     assert again.returncode == 0 and again.log.count("Cache hit") == 2 and "Training model" not in again.log
 
@@ -80,7 +80,7 @@ def test_probe_app_reports_every_level_for_every_model(advlab_root):
                                   "robust_dataset, sparsity, standard"),
 ])
 def test_probe_bad_input_is_one_line(advlab_root, overrides, line):
-    run = run_advlab(advlab_root, *overrides, "logger=csv", module="advlab.probe")
+    run = run_advlab(advlab_root, *overrides, "logger=csv", module="advlab.apps.probe")
     assert run.returncode == 2 and "Traceback" not in run.log
     assert [ln for ln in run.stderr.splitlines() if ln.strip()] == [line]
     assert not (advlab_root / "cache" / "models").exists()

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from advlab.analysis.transfer import transfer_metrics, untargeted
+from advlab.analysis.attack_transfer import transfer_metrics, untargeted
 from advlab.attacks import PGD
 from advlab.report.sweep import load_sweep
 from conftest import run_advlab
@@ -59,7 +59,7 @@ def test_transfer_sweep_with_parallel_jobs_trains_each_model_once(advlab_root):
     archs = ["wide_mlp", "mlp"]
     sweep = advlab_root / "sweep1"
     run = run_advlab(advlab_root, "-m", "arch@source.arch=wide_mlp,mlp", "arch@target.arch=wide_mlp,mlp", *TINY, "logger=csv",
-                     "hydra/launcher=joblib_local", f"hydra.sweep.dir={sweep}", module="advlab.transfer", timeout=600)
+                     "hydra/launcher=joblib_local", f"hydra.sweep.dir={sweep}", module="advlab.apps.transfer", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     # exactly two models trained (each source is also a target), each source's test set crafted once
     assert len(list((advlab_root / "cache" / "models").glob("*.pt"))) == 2
@@ -102,7 +102,7 @@ def test_transfer_sweep_with_parallel_jobs_trains_each_model_once(advlab_root):
     # the same sweep again: nothing is trained or crafted, same numbers
     sweep2 = advlab_root / "sweep2"
     again = run_advlab(advlab_root, "-m", "arch@source.arch=wide_mlp,mlp", "arch@target.arch=wide_mlp,mlp", *TINY, "logger=wandb",
-                       f"hydra.sweep.dir={sweep2}", module="advlab.transfer", timeout=600)
+                       f"hydra.sweep.dir={sweep2}", module="advlab.apps.transfer", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Cache miss" not in _job_logs(sweep2)
     assert len(list((advlab_root / "cache" / "models").glob("*.pt"))) == 2
@@ -130,7 +130,7 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_named(advlab_root):
     # the second job's dataset files do not exist under this root: it fails at its start, the first runs on
     sweep = advlab_root / "sweep"
     run = run_advlab(advlab_root, "-m", "dataset=digits,mnist", "source.max_epochs=2", "target.max_epochs=2", "attack.steps=3",
-                     "logger=csv", f"hydra.sweep.dir={sweep}", module="advlab.transfer")
+                     "logger=csv", f"hydra.sweep.dir={sweep}", module="advlab.apps.transfer")
     assert run.returncode == 1
     assert "1 of 2 jobs failed or are missing: job 1 (dataset=mnist): ConfigError: dataset.data_dir" in run.stderr
     assert (sweep / "0" / "metrics.json").is_file()

@@ -44,7 +44,7 @@ def load_run(run_dir, checkpoint: str = "last", device: str | torch.device = "cp
     "last" (the weights `test/acc` was computed with) or "best" (best val/acc)."""
     from hydra.utils import instantiate
 
-    from advlab.model_sources import model_state
+    from advlab.artifacts.model_sources import model_state
     from advlab.models import build_model
 
     run_dir = Path(run_dir).expanduser().resolve()

@@ -77,7 +77,7 @@ class Linearity(Analysis):
     def __init__(self, eps_max: float, points: int, n: int, examples: int, loss: str = "ce", bounds=None):
         from advlab.attack_losses import LOSSES
         from advlab.errors import ConfigError
-        from advlab.methods.base import check_number
+        from advlab.errors import check_number
 
         if loss not in LOSSES:
             raise ConfigError("linearity.loss", f"unknown value {loss!r}; allowed: {', '.join(LOSSES)}")

@@ -27,7 +27,7 @@ from torch import nn
 from advlab.analysis.protocol import Analysis, Points, label, stat, write_csv
 from advlab.attacks import APGD, APGDT, Square, as_logits, eval_mode
 
-log = logging.getLogger("advlab.evaluate")
+log = logging.getLogger("advlab.apps.evaluate")
 
 CHECKS = ("randomised", "zero_grad", "saturated", "black_box_wins", "large_eps_robust")
 
@@ -124,7 +124,7 @@ class Masking(Analysis):
     def __init__(self, eps: float, norm: str, n: int, steps: int, n_target_classes: int, queries: int,
                  large_eps=None, seed: int = 0, bounds=None):
         from advlab.errors import ConfigError
-        from advlab.methods.base import check_number
+        from advlab.errors import check_number
 
         if norm not in ("linf", "l2"):
             raise ConfigError("masking.norm", f"unknown value {norm!r}; allowed: linf, l2")

@@ -90,7 +90,7 @@ class OffSupport(Analysis):
     key = "off_support"
 
     def __init__(self, kinds, n: int, dataset=None, seed: int = 0, bounds=None):
-        from advlab.methods.base import check_number
+        from advlab.errors import check_number
 
         bad = [k for k in kinds if k not in NOISE_KINDS]
         if bad:

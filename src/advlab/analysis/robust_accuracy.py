@@ -14,7 +14,7 @@ from advlab.analysis import robustbench_entry
 from advlab.analysis.protocol import Analysis, Points, curve_stat, label, stat, write_csv
 from advlab.errors import ConfigError
 
-log = logging.getLogger("advlab.evaluate")
+log = logging.getLogger("advlab.apps.evaluate")
 
 HEADER = ["model", "member", "attack", "norm", "eps", "robust_acc", "attack_alone_acc", "ce_acc", "margin_acc"]
 
@@ -88,7 +88,7 @@ class RobustAccuracy(Analysis):
         """robustness.csv (per member), robustness_summary.csv, the plot, and the W&B table and charts."""
         from advlab.report import analysis_plots
         from advlab.report.wandb_charts import robustness_charts
-        from advlab.utils.run import wandb_logger
+        from advlab.runtime.lifecycle import wandb_logger
 
         member_rows = _rows(per_member)
         write_csv(out_dir / "robustness.csv", HEADER, member_rows)

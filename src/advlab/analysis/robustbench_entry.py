@@ -31,7 +31,7 @@ def dataset_name(datamodule) -> str:
 def standalone_autoattack(model, attack, x, y, eps: float, device=None, batch_size: int = 256) -> dict:
     """Clean and AutoAttack robust accuracy of ``model`` on (x, y) at ``eps``: a fresh copy of
     ``attack`` (an ``AutoAttack``; its version, norm and seed), run on its own."""
-    from advlab.attacks.evaluate import evaluate_attack
+    from advlab.attacks.accuracy import evaluate_attack
 
     aa = copy.deepcopy(attack)
     aa.eps = eps

@@ -12,7 +12,7 @@ from advlab.attacks.apgd import APGD, APGDT
 from advlab.attacks.autoattack import AutoAttack
 from advlab.attacks.base import LOSSES, NORMS, Attack, as_logits, eval_mode, per_sample_loss, success
 from advlab.attacks.deepfool import DeepFool, DeepFoolResult
-from advlab.attacks.evaluate import evaluate_attack, robust_accuracy, robust_accuracy_curve, robust_curve_per_sample
+from advlab.attacks.accuracy import evaluate_attack, robust_accuracy, robust_accuracy_curve, robust_curve_per_sample
 from advlab.attacks.fab import FAB, FABT
 from advlab.attacks.pgd import FGSM, MIFGSM, PGD, OneStepL2
 from advlab.attacks.square import Square

@@ -75,7 +75,7 @@ class AutoAttack(Attack):
         self.eot_iter = _int_at_least_one("attack.eot_iter", eot_iter)
         self._members = {name: self._build(name) for name in members}
         self.reset_rng()
-        self._report: dict = {"last_run": []}  # a dict: cache keys (artifacts.describe_object) skip it
+        self._report: dict = {"last_run": []}  # a dict: cache keys (artifacts.keys.describe_object) skip it
 
     def _build(self, name: str) -> Attack:
         """A member with the reference version's settings (``_set_version``)."""

@@ -24,7 +24,6 @@ logistic loss and "margin" (and "dlr", which needs 3 classes) is ``-y·s``.
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 from typing import Iterator
 
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advlab.attack_losses import NODE_LOSSES as LOSSES
-from advlab.errors import ConfigError
+from advlab.errors import ConfigError, check_number
 
 NORMS = ("linf", "l2", "l1")
 _NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2", "l1": "l1", "1": "l1"}
@@ -166,10 +165,7 @@ def parse_number(value):
 
 
 def check_eps(eps) -> float:
-    eps = parse_number(eps)
-    if not _is_real(eps) or not math.isfinite(float(eps)) or float(eps) < 0:
-        raise ConfigError("attack.eps", f"must be a finite number >= 0, got {eps!r}")
-    return float(eps)
+    return check_number("attack.eps", parse_number(eps), 0)
 
 
 def check_bounds(bounds):

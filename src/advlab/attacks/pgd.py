@@ -8,16 +8,12 @@ import torch
 from torch import nn
 
 from advlab.attacks.base import Attack, _is_int, _is_real, as_logits, parse_number, per_sample_loss
-from advlab.errors import ConfigError
+from advlab.errors import ConfigError, check_number
 
 
 def _positive_or_none(key: str, value):
-    if value is None:
-        return None
-    value = parse_number(value)
-    if not _is_real(value) or not float(value) > 0 or value != value or value == float("inf"):
-        raise ConfigError(key, f"must be null or a finite number > 0, got {value!r}")
-    return float(value)
+    """A step size: null, or a finite number > 0 (also written "8/255")."""
+    return check_number(key, parse_number(value), 0, strict=True, allow_none=True)
 
 
 def _int_at_least_one(key: str, value) -> int:
@@ -89,7 +85,7 @@ class PGD(Attack):
 
     @stop_on_success.setter
     def stop_on_success(self, value) -> None:
-        # stored only when on: the cache keys of crafted sets (artifacts.describe_object: the attack's
+        # stored only when on: the cache keys of crafted sets (artifacts.keys.describe_object: the attack's
         # attributes) stay those of attacks built before this option existed
         if _boolean("attack.stop_on_success", value):
             self.__dict__["_stop_on_success"] = True

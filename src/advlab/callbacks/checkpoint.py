@@ -117,7 +117,7 @@ def readable_checkpoint(path: Path) -> str | None:
 
 
 def set_aside(path: Path, why: str) -> Path:
-    from advlab.cache import move_aside
+    from advlab.artifacts.cache import move_aside
 
     aside = move_aside(path)
     log.warning("%s is unreadable (%s): set aside as %s", path, why, aside.name)

@@ -9,7 +9,7 @@ from advlab.data.base import (
 )
 from advlab.data.cifar_jpeg import CIFAR10JPEGDataModule
 from advlab.data.digits import DigitsDataModule
-from advlab.data.shared import install_shared_mnist
+from advlab.data.mnist_t10k import install_shared_mnist
 from advlab.data.synthetic import SyntheticDataModule
 from advlab.data.torchvision_data import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 

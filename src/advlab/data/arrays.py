@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -41,16 +40,6 @@ def check_fraction(key: str, value: Any, allow_zero: bool) -> float:
         rng = "[0, 1)" if allow_zero else "(0, 1)"
         raise ConfigError(key, f"must be a number in {rng}, got {value!r}")
     return v
-
-
-def check_positive_int(key: str, value: Any, allow_none: bool = False) -> Optional[int]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        if not (isinstance(value, float) and value.is_integer() and value >= 1):
-            extra = " or null" if allow_none else ""
-            raise ConfigError(key, f"must be a positive integer{extra}, got {value!r}")
-    return int(value)
 
 
 def as_float_images(x: Any, what: str) -> torch.Tensor:

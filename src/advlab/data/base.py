@@ -17,13 +17,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from advlab.data.arrays import as_float_images, as_labels, check_fraction, check_positive_int, stratified_split
+from advlab.data.arrays import as_float_images, as_labels, check_fraction, stratified_split
 from advlab.data.augment import crop_flip, random_crop_flip
 from advlab.data.loader import BatchTensorDataset, make_loader
-from advlab.errors import ConfigError
+from advlab.errors import ConfigError, check_number
 
 # the names other modules import from here (subclasses, benchmarks)
-__all__ = ["ArrayDataModule", "BatchTensorDataset", "check_fraction", "check_positive_int", "crop_flip", "make_loader",
+__all__ = ["ArrayDataModule", "BatchTensorDataset", "check_fraction", "crop_flip", "make_loader",
            "random_crop_flip", "stratified_split"]
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ class ArrayDataModule(pl.LightningDataModule):
         center: bool = False,
     ) -> None:
         super().__init__()
-        self.batch_size = check_positive_int("dataset.batch_size", batch_size)
-        self.eval_batch_size = check_positive_int("dataset.eval_batch_size", eval_batch_size)
+        self.batch_size = check_number("dataset.batch_size", batch_size, 1, integer=True)
+        self.eval_batch_size = check_number("dataset.eval_batch_size", eval_batch_size, 1, integer=True)
         self.val_fraction = check_fraction("dataset.val_fraction", val_fraction, allow_zero=True)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ConfigError("dataset.seed", f"must be an integer, got {seed!r}")
@@ -83,7 +83,7 @@ class ArrayDataModule(pl.LightningDataModule):
             raise ConfigError("dataset.num_workers", f"must be an integer >= 0, got {num_workers!r}")
         self.num_workers = int(num_workers)
         self.augment = bool(augment)
-        self.max_train = check_positive_int("dataset.max_train", max_train, allow_none=True)
+        self.max_train = check_number("dataset.max_train", max_train, 1, integer=True, allow_none=True)
         self.center = bool(center)
 
         self._bounds: Optional[tuple[float, float]] = self.default_bounds

@@ -22,8 +22,8 @@ from typing import Any, Optional
 
 import torch
 
-from advlab.data.base import ArrayDataModule, check_positive_int
-from advlab.errors import ConfigError
+from advlab.data.base import ArrayDataModule
+from advlab.errors import ConfigError, check_number
 
 KINDS = ("gaussian", "shifted_gaussian", "uniform")
 LABELS = ("teacher", "random")
@@ -52,11 +52,11 @@ class SyntheticDataModule(ArrayDataModule):
         super().__init__(**kwargs)
         self.kind = kind
         self.labels = labels
-        self.dim = check_positive_int("dataset.dim", dim)
+        self.dim = check_number("dataset.dim", dim, 1, integer=True)
         self.planned_input_shape = (self.dim,)
-        self.n_train = check_positive_int("dataset.n_train", n_train)
-        self.n_test = check_positive_int("dataset.n_test", n_test)
-        n_classes = check_positive_int("dataset.num_classes", num_classes)
+        self.n_train = check_number("dataset.n_train", n_train, 1, integer=True)
+        self.n_test = check_number("dataset.n_test", n_test, 1, integer=True)
+        n_classes = check_number("dataset.num_classes", num_classes, 1, integer=True)
         if n_classes < 2:
             raise ConfigError("dataset.num_classes", f"must be at least 2, got {num_classes!r}")
         self.n_generated_classes = n_classes

@@ -1,6 +1,6 @@
 """Training methods, one LightningModule each. A method composes an attack, never reimplements one.
 Training on a dataset derived from a source model (perturbation learning, D_R / D_NR) is
-`StandardTraining` on what a builder of `advlab.data.derived` returns."""
+`StandardTraining` on what a builder of `advlab.derived` returns."""
 from advlab.methods.adversarial import AdversarialTraining
 from advlab.methods.base import ClassifierModule, StandardTraining
 from advlab.methods.sparsity import SparsityTraining, softmax_slope_penalty

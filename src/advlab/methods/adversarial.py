@@ -14,6 +14,8 @@ class AdversarialTraining(ClassifierModule):
     Paknezhad et al.); 1.0 is Madry's PGD-AT. The attack comes from the `attack` group.
     """
 
+    adversarial = True
+
     # explicit arguments, no **kwargs: Lightning's load_from_checkpoint then passes only these
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, attack=None, adv_ratio: float = 1.0,
                  label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False):

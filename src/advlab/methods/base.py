@@ -12,19 +12,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from advlab.errors import ConfigError
-
-
-def check_number(key: str, value, minimum: float, *, integer: bool = False, strict: bool = False):
-    """A method's numeric argument (also when the method is built in Python, not from a config):
-    ConfigError naming `key` unless it is a number (an integer) >= `minimum` (> with `strict`)."""
-    from advlab.attacks.base import _is_int, _is_real
-
-    ok = _is_int(value) if integer else _is_real(value)
-    if not ok or value != value or (value <= minimum if strict else value < minimum):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(key, f"must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}")
-    return int(value) if integer else float(value)
+from advlab.errors import ConfigError, check_number
 
 
 def optimizer_config(optimizer):
@@ -48,6 +36,10 @@ class ClassifierModule(pl.LightningModule):
     `total_steps: null` are known only there); `eval_attack` (an Attack or None) adds `test/adv_acc`;
     `attack`: the run's attack, unused by clean training (advlab-train and model specs hand it to every method).
     """
+
+    # Whether this method trains on attacked inputs (it needs an `attack`): what advlab asks of a
+    # method's kind, never its class name.
+    adversarial: bool = False
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None,
                  label_smoothing: float = 0.0, channels_last: bool = False, attack=None, compile: bool = False):
@@ -207,3 +199,16 @@ class ClassifierModule(pl.LightningModule):
 
 class StandardTraining(ClassifierModule):
     """Empirical risk minimisation on clean data."""
+
+
+def is_adversarial(method) -> bool:
+    """The kind of a method node (its `_target_` class's `adversarial`) or of a method class."""
+    from hydra.utils import get_object
+
+    if isinstance(method, type):
+        return bool(getattr(method, "adversarial", False))
+    target = method.get("_target_") if hasattr(method, "get") else None
+    try:
+        return bool(getattr(get_object(str(target)), "adversarial", False)) if target else False
+    except Exception:  # not importable: the pre-flight reports it
+        return False

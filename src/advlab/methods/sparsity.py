@@ -30,7 +30,8 @@ from __future__ import annotations
 import torch
 
 from advlab.attacks import FGSM
-from advlab.methods.base import ClassifierModule, check_number
+from advlab.errors import check_number
+from advlab.methods.base import ClassifierModule
 
 
 def softmax_slope_penalty(p_anchor: torch.Tensor, p_neighbor: torch.Tensor, x_anchor: torch.Tensor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn import functional as F
 
-from advlab.errors import ConfigError
+from advlab.errors import ConfigError, check_number
 
 
 class SafePool(nn.Module):
@@ -34,11 +34,8 @@ def image_channels(model, name: str) -> int:
 
 
 def positive(key: str, value, integer: bool = True):
-    """An architecture's size knob: an integer (or a number) > 0, else ConfigError naming `arch.<key>`."""
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not value > 0:
-        raise ConfigError(f"arch.{key}", f"expected {'an integer' if integer else 'a number'} > 0, got {value!r}")
-    return int(value) if integer else float(value)
+    """An architecture's size knob (`arch.<key>`): an integer (or a number) > 0 (advlab.errors.check_number)."""
+    return check_number(f"arch.{key}", value, 0, integer=integer, strict=True)
 
 
 def probability(key: str, value) -> float:

@@ -100,7 +100,7 @@ def weights_source(spec, where: str) -> str:
 def external_key(spec, datamodule, where: str) -> dict:
     """What identifies an external model: the file's content, architecture (a zoo entry: its name,
     dataset and threat model), normalisation, data shape."""
-    from advlab.cache import plain
+    from advlab.artifacts.cache import plain
 
     path = check_spec(spec, where)
     return {"method": "external", "weights_sha256": sha256(path),

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from advlab.errors import ConfigError
-from advlab.utils.wrapper import ERROR_FILE
+from advlab.runtime.task_wrapper import ERROR_FILE
 
 
 @dataclass

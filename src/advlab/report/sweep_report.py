@@ -1,4 +1,4 @@
-"""advlab-report: the tables and figures of a Hydra multirun (also run by Hydra at a sweep's end).
+"""The tables and figures of a Hydra multirun (advlab-report, advlab.apps.report; also run by Hydra at a sweep's end).
 
     advlab-report outputs/transfer/multiruns/2026-11-22/10-00-00-000000
 
@@ -10,18 +10,15 @@ for perturbation-learning sweeps that measured transfer `ilyas_scatter.png`, `su
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from advlab.errors import ConfigError
 from advlab.report.sweep import Sweep, axis_of, cells, display_key, is_number, load_sweep, mean_std
 from advlab.utils.io import check_writable, write_text
 
@@ -287,27 +284,3 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wandb
     for job in sweep.failed:
         log.warning("Job %d %s: %s (%s)", job.num, job.status, job.error, job.label(sweep.varying))
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="advlab-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", help="a Hydra multirun directory (outputs/<task>/multiruns/<date>/<time>)")
-    parser.add_argument("--out", default=None, help="output directory (default: <sweep_dir>/report)")
-    parser.add_argument("--wandb", default="auto", choices=("auto", "offline", "online", "off"),
-                        help="auto: as the jobs' logger config says (offline unless they were online)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    try:
-        report = write_report(args.sweep_dir, args.out, args.wandb)
-    except ConfigError as err:
-        print(f"advlab-report: error: {err}", file=sys.stderr)
-        return 2
-    print(report.out_dir / "report.md")
-    if report.failed:
-        print(f"advlab-report: {report.failures()}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -74,7 +74,7 @@ def cuda_bf16() -> tuple[bool, str]:
 
 
 def device_type(accelerator) -> str:
-    """Where a run with this accelerator computes, as advlab.artifacts.pick_device places it:
+    """Where a run with this accelerator computes, as advlab.artifacts.models.pick_device places it:
     cuda (auto / gpu / cuda with a GPU present), mps, else cpu."""
     name = str(accelerator or "auto").lower()
     if name in ("auto", "gpu", "cuda"):

@@ -1,5 +1,5 @@
 """SIGTERM and SIGINT: a run stops where its work so far is saved and exits 128 + the signal's number
-(143, 130) with one line saying how to resume (`advlab.utils.wrapper`); the same command resumes.
+(143, 130) with one line saying how to resume (`advlab.runtime.task_wrapper`); the same command resumes.
 
 `handled()` (the task wrapper, around a whole task) installs the handlers. A signal raises
 `Interrupted` at once, like Ctrl-C's KeyboardInterrupt, wherever the run is: what it was doing either
