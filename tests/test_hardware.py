@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from advlab.utils import hardware
-from advlab.utils import run as run_utils
+from advlab.runtime import lifecycle as run_utils
 from conftest import run_advlab, torch_threads
 
 XEON = ("Intel(R) Xeon(R) Platinum 8481C", {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
@@ -78,10 +78,36 @@ def _proc_flags() -> set[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="no /proc/cpuinfo (not Linux)")
-def test_the_real_detection_agrees_with_proc_cpuinfo():
+def test_the_real_detection_agrees_with_proc_cpuinfo(monkeypatch):
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
     native = bool({"avx512_bf16", "amx_bf16"} & _proc_flags())
     assert hardware.cpu_bf16()[0] is native
     assert hardware.resolve_precision("auto", "cpu").value == ("bf16-mixed" if native else "32-true")
+
+
+@pytest.mark.parametrize("env,cap,expected", [
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "ONEDNN_MAX_CPU_ISA=AVX2", "32-true"),
+    ({"DNNL_MAX_CPU_ISA": "avx512_core"}, "DNNL_MAX_CPU_ISA=AVX512_CORE", "32-true"),  # AVX512 without its bf16 kernels
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, None, "bf16-mixed"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, None, "bf16-mixed"),
+    ({"ONEDNN_MAX_CPU_ISA": "ALL"}, None, "bf16-mixed"),
+    ({}, None, "bf16-mixed"),
+])
+def test_a_onednn_isa_cap_below_bf16_makes_auto_fp32_on_a_cpu_with_bf16_units(cpu, monkeypatch, env, cap, expected):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on an AMX Xeon (how one emulates an AVX2-only CPU): oneDNN's bf16 kernels
+    are off, so bf16 autocast would be emulated, and auto must pick fp32 and say why."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cpu(XEON)
+    resolved = hardware.resolve_precision("auto", "cpu")
+    assert resolved.value == expected and not resolved.warning
+    assert hardware.onednn_isa_cap() == cap
+    assert (f"unused, oneDNN capped by {cap}" in resolved.line) == (cap is not None)
+    cpu(EPYC_AVX2)  # no bf16 units: fp32 whatever the cap
+    assert hardware.resolve_precision("auto", "cpu").value == "32-true"
 
 
 def _cfg(**nodes):

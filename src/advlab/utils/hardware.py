@@ -45,12 +45,26 @@ def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]] | None:
     return name or platform.machine(), flags
 
 
+def onednn_isa_cap() -> str | None:
+    """The ISA oneDNN is capped at by ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA), if that
+    cap rules out its bf16 kernels (e.g. AVX2, AVX512_CORE); None where it does not."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = os.environ.get(name, "").strip().upper()
+        if cap:  # ISAs from AVX512_CORE_BF16 up carry bf16 dot products (the AMX, FP16 and AVX10 ones too)
+            native = cap in ("ALL", "DEFAULT") or any(word in cap for word in ("BF16", "AMX", "FP16", "AVX10"))
+            return None if native else f"{name}={cap}"
+    return None
+
+
 def cpu_bf16() -> tuple[bool, str]:
     """(bf16 is native on this CPU, what was found), e.g. (False, "CPU AMD EPYC: no AVX512-BF16/AMX-BF16")."""
     info = cpu_info()
     if info is not None:
         name, flags = info
         found = [label for flag, label in BF16_CPU_FLAGS.items() if flag in flags]
+        cap = onednn_isa_cap()
+        if found and cap:  # the units are there but oneDNN was told not to use them: bf16 would be emulated
+            return False, f"CPU {name}: {'/'.join(found)} unused, oneDNN capped by {cap}"
         return bool(found), f"CPU {name}: " + ("/".join(found) if found else "no AVX512-BF16/AMX-BF16")
     import torch
 
