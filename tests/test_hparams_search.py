@@ -53,7 +53,7 @@ def test_search_presets_choose_the_optuna_sweeper_a_direction_a_seeded_sampler_a
         assert OmegaConf.select(cfg, key, default=None) is not None, key
     assert cfg.optimized_metric in ("test/acc_per_s", "val/acc")
     if preset == "digits_det_eps_steps":
-        assert cfg.method.target_rule == "det" and cfg.hydra.runtime.choices.experiment == "digits_det"
+        assert cfg.derived.target_rule == "det" and cfg.hydra.runtime.choices.experiment == "digits_det"
 
 
 @pytest.mark.parametrize("preset", sorted(SEARCHED))
