@@ -8,7 +8,7 @@ Sections (each timed, each in the JSON even when skipped, with the reason):
   lightning  one training epoch through advlab's LightningModule + Trainer against a plain PyTorch loop
              (benchmarks/bench_lightning.py's loops), ResNet-9 on random 3×32×32 data;
   drand      a short D_rand run end to end (`advlab-train experiment=ilyas_cifar10_cpu
-             method.target_rule=rand`, fresh cache: source trained, set crafted, model trained and
+             derived.target_rule=rand`, fresh cache: source trained, set crafted, model trained and
              tested); CIFAR-10 when its files are there, else digits;
   ddp        DDP on every visible GPU: an advlab-train perturbation run (`trainer.strategy=ddp`) and a
              raw DistributedDataParallel smoke (the ranks' weights must stay identical). Under 2 GPUs
@@ -155,7 +155,7 @@ def _advlab_train(overrides: list[str], work: Path, timeout: int) -> dict:
 
 def _drand_overrides(device: torch.device, size: dict, quick: bool) -> tuple[list[str], str]:
     dataset = "cifar10_jpeg" if not quick and cifar_available() else "digits"
-    overrides = ["experiment=ilyas_cifar10_cpu", "method.target_rule=rand", f"dataset.max_train={size['max_train']}",
+    overrides = ["experiment=ilyas_cifar10_cpu", "derived.target_rule=rand", f"dataset.max_train={size['max_train']}",
                  f"source.max_epochs={size['epochs']}", f"trainer.max_epochs={size['epochs']}",
                  f"attack.steps={size['craft_steps']}"]
     if dataset == "digits":  # 8×8 images: a narrower ResNet-9 is plenty

@@ -13,7 +13,7 @@ CASES = [
     (["eps=0.37"], "eps", "any other ε: eps.value=0.37"),  # a number is a value, not a named budget
     (["source.arch=cnn"], "source.arch", "arch@source.arch=cnn"),  # a group option at a node: Hydra's package syntax
     (["attack.norm=l3"], "attack.norm", "allowed: linf, l2"),
-    (["method.target_rule=random"], "method.target_rule", "allowed: det, rand, uniform"),
+    (["derived.target_rule=random"], "derived.target_rule", "allowed: det, rand, uniform"),
     (["dataset=mnist"], "dataset.data_dir", "download"),  # no MNIST files under <root>/data
     (["paths.cache_dir=/proc/advlab-cache"], "paths.cache_dir", "writable"),
     (["arch@source.arch=vgg"], "arch@source.arch", "allowed:"),
@@ -26,7 +26,7 @@ PREFLIGHT_CASES = [
     (["+foo=1"], "foo", "allowed: arch, attack,"),
     (["trainer.accelerator=tpu"], "trainer.accelerator", "allowed: auto, cpu, gpu, cuda, mps"),
     (["trainer.devices=0"], "trainer.devices", "got 0"),
-    (["method=perturbation", "method.craft_batch_size=0"], "method.craft_batch_size", "integer >= 1"),
+    (["method=perturbation", "derived.batch_size=0"], "derived.batch_size", "integer >= 1"),
     (["dataset.classes=[1]"], "dataset.classes", "at least 2 classes"),
 ]
 

@@ -12,7 +12,7 @@ from advlab.attacks import APGD, FAB, Attack, AutoAttack, Square
 from advlab.preflight.app_keys import validate
 from advlab.runtime.resolvers import CONF_DIR, group_options
 from advlab.data import DigitsDataModule
-from advlab.derived import derived_builder
+from advlab.derived import split_method
 from advlab.errors import ConfigError
 from advlab.methods import ClassifierModule
 from advlab.models import Classifier, build_model
@@ -34,7 +34,7 @@ def _compose(*overrides, app="train"):
 
 def test_groups_have_the_designed_options():
     assert set(group_options("arch")) >= {"wide_mlp", "mlp", "cnn", "resnet18"}
-    assert set(group_options("method")) == {"standard", "adversarial", "perturbation", "sparsity", "robust_dataset"}
+    assert set(group_options("method")) == {"standard", "adversarial", "perturbation", "sparsity", "robust_dataset", "trades", "mart", "fast_adversarial"}
     assert set(group_options("dataset")) >= {"digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar10_jpeg"}
     assert set(group_options("attack")) >= {"fgsm", "pgd_linf", "pgd_l2", "one_step_l2"}
     assert set(group_options("logger")) >= {"wandb", "csv", "none"}
@@ -69,11 +69,11 @@ def test_every_attack_instantiates_with_eps_from_its_group(attack, digits):
 def test_every_method_instantiates(method, digits):
     cfg = _compose(f"method={method}")
     atk = instantiate(cfg.attack, bounds=[0.0, 1.0])
-    training, builder = derived_builder(cfg.method)  # perturbation, robust_dataset: StandardTraining + a dataset builder
+    training, derived, _ = split_method(cfg.method, cfg.get("derived"))  # perturbation, robust_dataset: StandardTraining + a dataset
     module = instantiate(training, model=build_model(cfg.arch, digits), optimizer=instantiate(cfg.optimizer), attack=atk,
                          eval_attack=None, _recursive_=False)
     assert isinstance(module, ClassifierModule)
-    assert (builder is not None) == (method in ("perturbation", "robust_dataset"))
+    assert (derived is not None) == (method in ("perturbation", "robust_dataset"))
     opt = module.configure_optimizers()
     assert isinstance(opt, torch.optim.Optimizer)
 

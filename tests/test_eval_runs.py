@@ -11,6 +11,7 @@ import pytest
 
 from advlab.preflight.jobs import precheck
 from advlab.errors import ConfigError
+from advlab.runtime.resolvers import group_options
 from conftest import run_advlab
 
 EVAL = "advlab.apps.evaluate"
@@ -137,7 +138,8 @@ def test_bad_input_is_one_line_before_any_work(advlab_root):
     run = run_advlab(advlab_root, "+spec@models.mine=magic", "logger=csv", module=EVAL)
     assert run.returncode == 2 and "Traceback" not in run.log
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-    assert lines == ["advlab-eval: error: spec@models.mine: unknown option 'magic'; allowed: adversarial, external, robustbench, sparsity, standard"]
+    assert lines == [f"advlab-eval: error: spec@models.mine: unknown option 'magic'; allowed: {', '.join(group_options('spec'))}"]
+    assert {"adversarial", "external", "robustbench", "sparsity", "standard"} <= set(group_options("spec"))
     assert not (advlab_root / "cache").exists()
 
 

@@ -183,8 +183,8 @@ def test_preflight_unknown_builder_bad_normalize_and_unfitting_weights(resnet, t
     missing = tmp_path / "nope.pt"
     with pytest.raises(ConfigError, match=rf"^target\.weights: {missing} does not exist; give the path of a state-dict file"):
         precheck(_external_role("target", missing), "transfer")
-    with pytest.raises(ConfigError, match=r"^method\.measure_transfer: needs a trained source spec"):
-        precheck([*_external_role("source", path), "method.measure_transfer=true"], "train")
+    with pytest.raises(ConfigError, match=r"^derived\.measure_transfer: needs a trained source spec"):
+        precheck([*_external_role("source", path), "derived.measure_transfer=true"], "train")
     with pytest.raises(ConfigError, match=r"^target\.weights: is required"):
         precheck(["spec@target=external"], "transfer")
     from advlab.models.external import load_external

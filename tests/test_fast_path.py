@@ -142,21 +142,21 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     from advlab.preflight.jobs import precheck
     from advlab.preflight.app_keys import validate
     from advlab.runtime.resolvers import CONF_DIR
-    from advlab.derived import derived_builder
+    from advlab.derived import split_method
 
     precheck(["experiment=ilyas_cifar10_cpu", "-m"], "train")  # composes and validates every job of its sweep (both rules)
     cfgs = {}
     for rule in ("det", "rand"):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfgs[rule] = compose("train", overrides=["experiment=ilyas_cifar10_cpu", f"method.target_rule={rule}"], return_hydra_config=True)
+            cfgs[rule] = compose("train", overrides=["experiment=ilyas_cifar10_cpu", f"derived.target_rule={rule}"], return_hydra_config=True)
         validate(cfgs[rule])
     GlobalHydra.instance().clear()
     cfg = cfgs["det"]
-    assert list(cfg.hydra.sweeper.params.items()) == [("method.target_rule", "det,rand")]
+    assert list(cfg.hydra.sweeper.params.items()) == [("derived.target_rule", "det,rand")]
     assert cfg.dataset._target_ == "advlab.data.CIFAR10JPEGDataModule" and cfg.arch.width == 16
     assert cfg.attack.norm == "l2" and cfg.attack.eps == 1.5 and cfg.attack.steps == 10
-    assert cfg.method.target_rule == "det" and cfgs["rand"].method.target_rule == "rand"
+    assert cfg.derived.target_rule == "det" and cfgs["rand"].derived.target_rule == "rand"
     assert cfg.scheduler._target_.endswith("one_cycle") and cfg.source.scheduler.interval == "step"
 
     class Data:  # the two parts of a datamodule a model spec's cache key reads
@@ -178,9 +178,9 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     model = ResNet9((3, 32, 32), 10, **{k: v for k, v in cfg.arch.items() if k in ("width", "logit_scale")})
 
     attack = instantiate(cfg.attack, bounds=[0.0, 1.0])
-    training, builder = derived_builder(cfg.method)
+    training, derived, _ = split_method(cfg.method, cfg.get("derived"))
     method = instantiate(training, model=model, optimizer=instantiate(cfg.optimizer), eval_attack=None, _recursive_=False)
-    assert method.label_smoothing == 0.1 and method.channels_last and builder.craft_batch_size == 500
+    assert method.label_smoothing == 0.1 and method.channels_last and derived.batch_size == 500
     assert attack.steps == 10 and attack.alpha == pytest.approx(0.375) and attack.keep_best
 
 

@@ -36,7 +36,8 @@ def digits():
 def _spec(**extra):
     """The composed conf/spec/standard.yaml, small: what advlab-train's `source` node holds."""
     cfg = _compose("source.max_epochs=2")
-    return OmegaConf.merge(OmegaConf.to_container(cfg.source, resolve=True), {"arch": ARCH, "seed": 0}, extra)
+    spec = {**OmegaConf.to_container(cfg.source, resolve=True), "arch": ARCH, "seed": 0}  # the arch replaced, not merged
+    return OmegaConf.merge(spec, extra)
 
 
 def test_a_spec_follows_the_run_trainer_settings_unless_it_overrides_them(digits, tmp_path, one_torch_thread):

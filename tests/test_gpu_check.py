@@ -33,7 +33,7 @@ def test_gpu_check_quick_on_cpu_reports_every_section(tmp_path):
     assert lightning["plain_s_per_epoch"] > 0 and lightning["lightning_s_per_epoch"] > 0 and lightning["lightning_over_plain"] > 0
     drand = result["sections"]["drand"]
     assert drand["dataset"] == "digits" and drand["wall_s"] > 0 and drand["metrics"]["time/total_s"] > 0
-    assert "method.target_rule=rand" in drand["overrides"]
+    assert "derived.target_rule=rand" in drand["overrides"]
     assert all(0 < drand["metrics"][k] <= 1 for k in ("test/acc", "source/test/acc"))
     ddp = result["sections"]["ddp"]
     assert "skipped" in ddp["gpu"]  # no GPUs here: the advlab-train DDP job on GPUs is skipped, with the reason

@@ -24,7 +24,7 @@ def test_target_rules():
     uni = torch.bincount(make_targets(y, 10, "uniform", g), minlength=10).float() / len(y)
     assert torch.allclose(uni, torch.full((10,), 0.1), atol=0.01)
     assert (make_targets(y, 10, "uniform", g) == y).float().mean().item() == pytest.approx(0.1, abs=0.01)
-    with pytest.raises(ConfigError, match="method.target_rule"):
+    with pytest.raises(ConfigError, match="derived.target_rule"):
         make_targets(y, 10, "nope", g)
 
 
@@ -177,38 +177,54 @@ def test_weak_crafting_attack_is_flagged_in_metrics_and_the_log(tmp_path, caplog
     assert metrics["short"]["perturb/delta_l2_mean"] <= 0.05 + 1e-6
 
 
-@pytest.mark.parametrize("overrides,builder_class,options", [
-    (["method=perturbation", "method.target_rule=rand", "method.craft_batch_size=64", "seed=3"], "PerturbationDataset",
-     {"target_rule": "rand", "craft_batch_size": 64, "craft_seed": 3, "base": "natural"}),
-    (["method=robust_dataset", "method.steps=7", "seed=2"], "RobustDataset", {"steps": 7, "construct_seed": 2, "step_size": 0.1}),
-])
-def test_derived_methods_are_standard_training_plus_a_builder(overrides, builder_class, options):
-    """method=perturbation / robust_dataset: the training node is StandardTraining's (with the
-    training's own keys), the builder's options are the method's own keys."""
+def _split(*overrides):
     from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
 
+    from advlab.derived import split_method
     from advlab.runtime.resolvers import CONF_DIR
-    from advlab.derived import derived_builder
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "method.label_smoothing=0.2"])
-    training, builder = derived_builder(cfg.method)
+    training, derived, notes = split_method(cfg.method, cfg.get("derived"))
+    return cfg, training, instantiate(derived) if derived is not None else None, notes
+
+
+@pytest.mark.parametrize("overrides,builder_class,options", [
+    (["method=perturbation", "derived.target_rule=rand", "derived.batch_size=64", "seed=3"], "PerturbationDataset",
+     {"target_rule": "rand", "batch_size": 64, "seed": 3, "base": "natural"}),
+    (["method=robust_dataset", "derived.steps=7", "seed=2"], "RobustDataset", {"steps": 7, "seed": 2, "step_size": 0.1}),
+    (["method=standard", "+derived=robust_dataset", "derived.steps=7"], "RobustDataset", {"steps": 7, "seed": 0}),
+])
+def test_a_derived_dataset_is_its_own_config_group(overrides, builder_class, options):
+    """The derived dataset is the `derived` node (one object); the method node is the training's
+    alone (StandardTraining and its own keys). method=perturbation / robust_dataset choose theirs."""
+    cfg, training, builder, notes = _split(*overrides)
     assert training["_target_"] == "advlab.methods.StandardTraining" and training.label_smoothing == 0.2
-    assert not set(options) & set(training) and "derived" not in training
-    assert type(builder).__name__ == builder_class
+    assert not {k for k in training if cfg.method[k] is not None} - {"_target_", "label_smoothing", "channels_last", "compile"}
+    assert type(builder).__name__ == builder_class and notes == []
     assert {k: getattr(builder, k) for k in options} == options
-    assert cfg.method.derived.endswith(builder_class)
-    assert derived_builder(cfg.method) == (training, builder)  # the config node itself is left as it was
+
+
+def test_the_old_method_keys_work_one_release_with_a_line_naming_the_new_form():
+    _, training, builder, notes = _split("method=perturbation", "method.target_rule=rand", "method.craft_batch_size=64")
+    assert (builder.target_rule, builder.batch_size) == ("rand", 64) and "target_rule" not in training
+    assert notes == ["method.target_rule is deprecated: use derived.target_rule=rand",
+                     "method.craft_batch_size is deprecated: use derived.batch_size=64"]
+    _, _, builder, notes = _split("method=robust_dataset", "method.steps=7", "method.construct_batch_size=32")
+    assert (builder.steps, builder.batch_size) == (7, 32) and len(notes) == 2 and notes[0].endswith("use derived.steps=7")
+    with pytest.raises(ConfigError, match="method.target_rule: a derived dataset's option, and no dataset is chosen: choose one with derived="):
+        _split("method=standard", "+method.target_rule=rand")
 
 
 def test_builder_options_are_checked_when_built():
     from advlab.derived import PerturbationDataset, RobustDataset
 
-    with pytest.raises(ConfigError, match="method.craft_batch_size"):
-        PerturbationDataset(craft_batch_size=0)
-    with pytest.raises(ConfigError, match="method.target_rule: unknown value 'nope'; allowed: det, rand, uniform"):
+    with pytest.raises(ConfigError, match="derived.batch_size"):
+        PerturbationDataset(batch_size=0)
+    with pytest.raises(ConfigError, match="derived.target_rule: unknown value 'nope'; allowed: det, rand, uniform"):
         PerturbationDataset(target_rule="nope")
-    with pytest.raises(ConfigError, match="method.step_size"):
+    with pytest.raises(ConfigError, match="derived.step_size"):
         RobustDataset(step_size=0)
 
 

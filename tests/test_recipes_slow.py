@@ -19,7 +19,7 @@ def test_default_run_det_and_rand_on_digits(tmp_path):
     assert det["perturb/success_rate"] >= 0.90
     assert det["test/acc"] >= 0.60  # chance is 0.10
     assert 0.0 <= det["test/agreement"] <= 1.0
-    rand = _metrics(run_advlab(tmp_path, "method.target_rule=rand", run_dir=tmp_path / "rand"))
+    rand = _metrics(run_advlab(tmp_path, "derived.target_rule=rand", run_dir=tmp_path / "rand"))
     assert rand["perturb/success_rate"] >= 0.90
     assert rand["test/acc"] >= 0.85
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_advlab
 
-TINY = ["dataset.max_train=300", "source.max_epochs=3", "source.attack.steps=2", "method.steps=30", "trainer.max_epochs=3",
+TINY = ["dataset.max_train=300", "source.max_epochs=3", "source.attack.steps=2", "derived.steps=30", "trainer.max_epochs=3",
         "eval_attack.steps=5", "callbacks=none"]
 
 
@@ -42,9 +42,9 @@ def test_robust_and_nonrobust_dataset_presets_run_and_reuse_the_cache(advlab_roo
 
 
 def test_robust_dataset_bad_input_is_one_line(advlab_root):
-    run = run_advlab(advlab_root, "method=robust_dataset", "method.steps=0", "logger=csv")
+    run = run_advlab(advlab_root, "method=robust_dataset", "derived.steps=0", "logger=csv")
     assert run.returncode == 2 and "Traceback" not in run.log
-    assert [ln for ln in run.stderr.splitlines() if ln.strip()] == ["advlab-train: error: method.steps: must be an integer >= 1, got 0"]
+    assert [ln for ln in run.stderr.splitlines() if ln.strip()] == ["advlab-train: error: derived.steps: must be an integer >= 1, got 0"]
 
 
 @pytest.mark.slow
@@ -78,7 +78,7 @@ def test_mnist_robust_dataset_presets_run_on_the_shared_files(tmp_path, shared_d
     # ε (1 instead of 2) and 5 PGD steps, which it learns within 12 epochs; 50 inversion steps of 0.4
     # (the preset: 500 of 0.1) cover the L2 distance between two MNIST images (~10)
     small = ["dataset.max_train=1000", "dataset.batch_size=64", "source.max_epochs=12", "source.attack.eps=1.0", "source.attack.steps=5",
-             "method.steps=50", "method.step_size=0.4", "trainer.max_epochs=12", "eval_attack.steps=10", "logger=csv"]
+             "derived.steps=50", "derived.step_size=0.4", "trainer.max_epochs=12", "eval_attack.steps=10", "logger=csv"]
     m = _ok(run_advlab(tmp_path, f"experiment={preset}", *small, timeout=3600))
     print(preset, m)
     assert m["test/acc"] > 0.5 and m["dataset/distance_reduction"] > 2

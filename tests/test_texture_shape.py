@@ -8,6 +8,7 @@ import torch
 
 from advlab.analysis.texture_shape import patch_shuffle, saturate
 from advlab.errors import ConfigError
+from advlab.runtime.resolvers import group_options
 from conftest import run_advlab
 
 
@@ -76,8 +77,7 @@ def test_probe_app_reports_every_level_for_every_model(advlab_root):
     (["probe.patch_shuffle=[3]"], "advlab-probe: error: probe.patch_shuffle: k=3 must divide the image height and width (8, 8)"),
     (["probe.saturation=[0]"], "advlab-probe: error: probe.saturation: levels must be numbers > 0, got 0"),
     (["models.AT.method=robust"], "advlab-probe: error: models.AT.method: is a config node: choose its method option with Hydra's package "
-                                  "syntax, method@models.AT.method=<option>; unknown option 'robust', allowed: adversarial, perturbation, "
-                                  "robust_dataset, sparsity, standard"),
+                                  f"syntax, method@models.AT.method=<option>; unknown option 'robust', allowed: {', '.join(group_options('method'))}"),
 ])
 def test_probe_bad_input_is_one_line(advlab_root, overrides, line):
     run = run_advlab(advlab_root, *overrides, "logger=csv", module="advlab.apps.probe")

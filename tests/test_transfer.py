@@ -147,7 +147,7 @@ def test_cross_architecture_perturbation_sweep_gives_matrix_and_scatter(advlab_r
     from conftest import FAST
 
     sweep = advlab_root / "sweep"
-    run = run_advlab(advlab_root, "-m", "method=perturbation", "method.measure_transfer=true", "method.transfer_eps=0.5", "arch@source.arch=wide_mlp,mlp",
+    run = run_advlab(advlab_root, "-m", "method=perturbation", "derived.measure_transfer=true", "derived.transfer_eps=0.5", "arch@source.arch=wide_mlp,mlp",
                      "arch=wide_mlp,mlp", *[o for o in FAST if not o.startswith("arch.")], f"hydra.sweep.dir={sweep}", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     jobs = load_sweep(sweep).jobs

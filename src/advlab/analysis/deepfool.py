@@ -1,6 +1,7 @@
 """Minimal adversarial perturbations with DeepFool, and the robustness summary of Paknezhad et al.:
 ρ = mean over samples of ‖r‖ / ‖x‖ (the fraction of the input's size the attack needs), with the
-fraction of samples whose decision DeepFool managed to change."""
+fraction of samples whose decision DeepFool managed to change. `attack: cw|fmn` measures the same with
+Carlini–Wagner L2 or FMN (advlab.analysis.minimal_attacks)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,9 @@ import torch
 from torch import nn
 
 from advlab.analysis.protocol import Analysis, Points, label, stat, write_csv
+from advlab.analysis.minimal_attacks import minimal_attack
 from advlab.attacks import DeepFool
+from advlab.attacks.base import lp_norm
 from advlab.errors import ConfigError
 from advlab.utils.progress import progress_bar
 
@@ -28,13 +31,14 @@ def deepfool_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     rs, succ = [], []
-    for i in progress_bar(range(0, len(x), batch_size), desc=f"DeepFool {attack.norm} {desc}".strip(), disable=not progress, leave=False):
-        res = attack.run(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
-        rs.append((res.l2 if attack.norm == "l2" else res.linf).cpu())
-        succ.append(res.success.cpu())
+    for i in progress_bar(range(0, len(x), batch_size), desc=f"{type(attack).__name__} {attack.norm} {desc}".strip(), disable=not progress, leave=False):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        x_adv = attack(model, xb, yb)  # DeepFool, CW or FMN: the closest adversarial point found (x where none)
+        rs.append(lp_norm(x_adv - xb, attack.norm).cpu())
+        succ.append(attack.success(model, x_adv, yb).cpu())
     r, success = torch.cat(rs), torch.cat(succ)
     flat = x.flatten(1)
-    x_norm = torch.linalg.vector_norm(flat, dim=1) if attack.norm == "l2" else flat.abs().amax(dim=1)
+    x_norm = lp_norm(flat, attack.norm)
     ok = success & (x_norm > 0)
     ratio = r[ok] / x_norm[ok]
     good = r[success]
@@ -56,7 +60,12 @@ class DeepFoolAnalysis(Analysis):
 
     key = "deepfool"
 
-    def __init__(self, norms, steps: int, overshoot: float, candidates=None, refine_steps: int = 20, bounds=None):
+    def __init__(self, norms, steps: int, overshoot: float, candidates=None, refine_steps: int = 20, bounds=None,
+                 attack: str = "deepfool", cw=None, fmn=None):
+        if attack != "deepfool":  # another minimal-norm attack, with its own settings (deepfool.cw / deepfool.fmn)
+            self.attacks = {norm: minimal_attack(attack, norm, {"cw": cw, "fmn": fmn}.get(attack), bounds) for norm in norms}
+            self.samples: list[list] = []
+            return
         bad = [norm for norm in norms if norm not in ("l2", "linf")]
         if bad:
             raise ConfigError("deepfool.norms", f"unknown value {bad[0]!r}; allowed: l2, linf")
@@ -94,7 +103,8 @@ class DeepFoolAnalysis(Analysis):
                 rho = summary[name]["deepfool"][norm]["rho"]
                 norms.setdefault(norm, {})[name] = (pooled, rho["mean"], rho["sem"])
         path = out_dir / "plots" / "deepfool.png"
-        return {"deepfool": analysis_plots.deepfool_norms(norms, path, title=f"{points.title}: DeepFool on {points.where}")}
+        method = type(next(iter(self.attacks.values()))).__name__  # DeepFool, CarliniWagnerL2 or FMN
+        return {"deepfool": analysis_plots.deepfool_norms(norms, path, title=f"{points.title}: {method} on {points.where}")}
 
     def headline(self, summary: dict) -> list[str]:
         return [f"ρ_{norm} {d['rho']['mean']:.3f}±{d['rho']['sem']:.3f} (success {d['success_rate']['mean']:.3f})"

@@ -2,7 +2,7 @@
 
     advlab-train                                   # perturbation learning on digits, D_det rule
     advlab-train method=adversarial attack=pgd_linf eps=digits_linf attack@eval_attack=pgd_linf
-    advlab-train -m arch=wide_mlp,cnn method.target_rule=det,rand
+    advlab-train -m arch=wide_mlp,cnn derived.target_rule=det,rand
 """
 from __future__ import annotations
 
@@ -50,11 +50,18 @@ def _eval_attack_grid(method, datamodule, out_dir: Path, device) -> dict[str, Pa
 
 def _build_method(cfg: DictConfig, datamodule, bounds):
     """(the LightningModule, the derived-dataset builder or None, the crafting attack)."""
-    from advlab.derived import derived_builder
+    from advlab.derived import split_method
     from advlab.methods.fit import build_classifier
 
     eval_attack = instantiate(cfg.eval_attack, bounds=bounds) if cfg.get("eval_attack") else None
-    training, builder = derived_builder(cfg.method)
+    training, derived, deprecated = split_method(cfg.method, cfg.get("derived"))
+    for line in deprecated:
+        log.warning(line)
+    builder = instantiate(derived) if derived is not None else None
+    source = cfg.get("source")
+    if source is not None and source.get("arch") is None:
+        # default: the source has the trained model's architecture (its overrides too); recorded as used (config_resolved, W&B)
+        cfg.source.arch = cfg.arch
     # the run's attack: the training attack of adversarial methods, the crafting attack of derived datasets
     attack = instantiate(cfg.attack, bounds=bounds) if cfg.get("attack") else None
     method = build_classifier(training, cfg.arch, datamodule, optimizer=cfg.optimizer, scheduler=cfg.get("scheduler"),

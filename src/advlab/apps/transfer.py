@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from advlab.runtime.hydra_app import run_hydra_app
 from advlab.preflight.app_keys import validate
@@ -41,8 +41,9 @@ def _training_data(spec, datamodule, role: str):
 
 
 def _spec(spec):
-    """The model spec without the `dataset` node (it enters the cache key through the datamodule)."""
-    return {k: v for k, v in spec.items() if k != "dataset"}
+    """The model spec without the `dataset` node (it enters the cache key through the datamodule), its
+    interpolations (`${seed}`, an ensemble member's too) resolved in the run's config it is taken out of."""
+    return {k: v for k, v in OmegaConf.to_container(spec, resolve=True).items() if k != "dataset"}
 
 
 @task_wrapper
@@ -52,6 +53,7 @@ def transfer(cfg: DictConfig) -> float | None:
     from omegaconf import OmegaConf
 
     from advlab.analysis.attack_transfer import adversarial_test_set, evaluate_transfer
+    from advlab.artifacts.model_sources import spec_model  # an ensemble spec (conf/spec/ensemble.yaml) or one model
     from advlab.artifacts.models import Artifacts
     from advlab.report import plots
     from advlab.runtime.wandb_artifacts import log_run_artifacts
@@ -67,8 +69,8 @@ def transfer(cfg: DictConfig) -> float | None:
 
     artifacts = Artifacts(cache, trainer=cfg.trainer)
     source_spec, target_spec = (OmegaConf.create(_spec(s)) for s in (cfg.source, cfg.target))
-    source, source_metrics, source_key = artifacts.model(source_spec, source_data, name="source model")
-    target, target_metrics, target_key = artifacts.model(target_spec, target_data, name="target model")
+    source, source_metrics, source_key = spec_model(artifacts, source_spec, source_data, name="source model", where="source")
+    target, target_metrics, target_key = spec_model(artifacts, target_spec, target_data, name="target model", where="target")
     x_adv, _ = adversarial_test_set(artifacts, source, source_key, attack, datamodule, batch_size=int(cfg.batch_size))
     metrics, preds = evaluate_transfer(source, target, datamodule.x_test, x_adv, datamodule.y_test,
                                        batch_size=int(cfg.batch_size), device=artifacts.device)

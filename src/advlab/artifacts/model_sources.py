@@ -71,8 +71,7 @@ def checkpoint_files(path, key: str) -> tuple[Path, Path]:
 
 
 def with_arch(spec, arch) -> DictConfig:
-    """The spec with the app's `arch` when it names none (conf/spec/: `arch: null`): advlab-eval's and
-    advlab-probe's `models.<name>` (advlab-train's `source` gets it in its defaults list: `arch@source.arch: ${arch}`)."""
+    """The spec with the app's `arch` when it names none (conf/spec/: `arch: null`)."""
     if spec.get("arch") is not None:
         return spec
     return OmegaConf.merge(spec, {"arch": OmegaConf.to_container(arch, resolve=True) if OmegaConf.is_config(arch) else arch})
@@ -230,3 +229,44 @@ def validate_specs(entries: list[Entry], artifacts, datamodule) -> None:
     for entry in entries:
         for spec in entry.specs:
             artifacts.model_spec(spec, datamodule, where=entry.key)
+
+
+# -- ensemble specs (conf/spec/ensemble.yaml) ------------------------------------------------------------
+def ensemble_members(spec, where: str) -> dict:
+    """The member specs of an ensemble spec, by name (a member without an `arch` gets the ensemble's);
+    ConfigError unless `members` is a non-empty mapping of model specs. No torch: the pre-flight calls it."""
+    members = spec.get("members")
+    if not OmegaConf.is_dict(members) or len(members) == 0:
+        raise ConfigError(f"{where}.members", f"expected a non-empty mapping name -> model spec, got {members!r}; "
+                                              f"add one with +spec@{where}.members.<name>=standard (conf/spec/)")
+    out = {}
+    for name in members:
+        node = members[name]
+        if not OmegaConf.is_dict(node) or node.get("method") is None:
+            raise ConfigError(f"{where}.members.{name}", f"expected a model spec, got {node!r}; allowed: a spec chosen with "
+                                                         f"spec@{where}.members.{name}=standard|adversarial|... (conf/spec/)")
+        out[str(name)] = with_arch(node, spec.get("arch")) if spec.get("arch") is not None else node
+    return out
+
+
+def spec_model(artifacts, spec, datamodule, name: str = "source model", where: str = "source"):
+    """(eval-mode model on the artifacts' device, its metrics, its cache key) of a model spec, as
+    `Artifacts.model`; an ensemble spec: every member through `Artifacts.model` (trained once, cached),
+    averaged in logit space (models.ensemble.LogitEnsemble), its metrics the ensemble's test accuracy
+    and each member's (`members/<name>/test/acc`)."""
+    if spec.get("method") != "ensemble":
+        return artifacts.model(spec, datamodule, name=name, where=where)
+    from advlab.models.base import predict
+    from advlab.models.ensemble import LogitEnsemble
+
+    models, metrics, keys = [], {}, {}
+    for member, node in ensemble_members(spec, where).items():
+        model, member_metrics, keys[member] = spec_model(artifacts, node, datamodule, name=f"{name} member '{member}'",
+                                                         where=f"{where}.members.{member}")
+        models.append(model)
+        metrics[f"members/{member}/test/acc"] = member_metrics.get("test/acc")
+    ensemble = LogitEnsemble(models).to(artifacts.device).eval()
+    datamodule.setup()
+    metrics["test/acc"] = float((predict(ensemble, datamodule.x_test, 1024, artifacts.device) == datamodule.y_test).float().mean())
+    log.info("Ensemble %s of %d members (%s): test/acc = %.4f", name, len(models), ", ".join(keys), metrics["test/acc"])
+    return ensemble, metrics, {"method": "ensemble", "members": keys}

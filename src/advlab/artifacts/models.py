@@ -92,9 +92,9 @@ class Artifacts:
         if not OmegaConf.is_dict(method) or "_target_" not in method:
             raise ConfigError(f"{where}.method", f"expected a method node with a `_target_`, got {method!r}; choose the spec: "
                                                  f"spec@{where}=standard|adversarial|sparsity|external (conf/spec/)")
-        from advlab.preflight.objects import check_keys
+        from advlab.preflight.objects import METHOD_OBJECTS, check_keys  # specs built from Python skip the pre-flight
 
-        check_keys(method, f"{where}.method", exclude=("model", "optimizer", "scheduler", "eval_attack", "attack", "source"))
+        check_keys(method, f"{where}.method", exclude=METHOD_OBJECTS)
         if is_adversarial(method) and not spec.get("attack"):
             raise ConfigError(f"{where}.attack", f"an adversarial spec needs an attack: add attack@{where}.attack=pgd_linf (or another attack option)")
         return model_key(spec, datamodule, self.trainer)

@@ -80,7 +80,7 @@ def as_logits(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
         return torch.stack((-half, half), dim=1), (y > 0).long()
     if out.dim() != 2:
         raise ValueError(f"attacks expect model outputs of shape (N, C), (N,) or (N, 1); got {tuple(out.shape)}")
-    return out, y.long()
+    return out, (y if y.is_floating_point() and y.dim() == 2 else y.long())  # (N, C) floats: soft targets (loss "kl")
 
 
 def per_sample_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -88,6 +88,11 @@ def per_sample_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.T
     attacks minimise it (with ``y`` the targets)."""
     if kind == "ce":
         return F.cross_entropy(logits, y, reduction="none")
+    if kind == "kl":  # KL(y ‖ softmax(logits)), 0·log 0 = 0; class indices y: one-hot, i.e. cross-entropy
+        log_q = F.log_softmax(logits, dim=1)
+        if y.dim() == 1:
+            return -log_q.gather(1, y.unsqueeze(1)).squeeze(1)
+        return (torch.xlogy(y, y) - y * log_q).sum(dim=1)
     # margin (Carlini-Wagner, unclipped): best other logit minus the logit of y
     idx = y.unsqueeze(1)
     own = logits.gather(1, idx).squeeze(1)

@@ -109,6 +109,8 @@ class PGD(Attack):
             loss = per_sample_loss(self.loss, logits, yy)
         loss = loss.detach()
         pred = logits.argmax(dim=1)
+        if yy.dim() == 2:  # soft targets (loss "kl"): their most likely class
+            yy = yy.argmax(dim=1)
         if self.targeted:
             return pred == yy, -loss
         return pred != yy, loss

@@ -1,8 +1,7 @@
 """What every derived-dataset builder shares: the source model it reads, what it returns, the
-test-time agreement with the source, and how a method config names a builder."""
+test-time agreement with the source, and the method keys that moved to the `derived` group."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +9,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class
 from omegaconf import OmegaConf
 from torchmetrics import MeanMetric
+
+from advlab.errors import ConfigError
 
 
 @dataclass
@@ -54,14 +54,35 @@ class SourceAgreement(pl.Callback):
         pl_module.log("test/agreement", self.agreement.compute())  # synced over DDP ranks by torchmetrics
 
 
-def derived_builder(method_node):
-    """(training node, builder or None) of a method config node. A derived-data method's node names
-    its builder (`derived: <class path>`) and holds the builder's options beside the training's own
-    (`_target_`, optimizer, ...), so that `method.target_rule=rand` stays the override it always was."""
-    if not method_node.get("derived"):
-        return method_node, None
-    plain = OmegaConf.to_container(method_node, resolve=True)
-    builder_class = get_class(plain.pop("derived"))
-    names = {f.name for f in dataclasses.fields(builder_class)}
-    options = {key: plain.pop(key) for key in list(plain) if key in names}
-    return OmegaConf.create(plain), builder_class(**options)
+# Keys that sat in the method node before derived datasets had their own config group (`derived=`):
+# they still work for one release, each with a one-line deprecation naming its new form. old → new
+MOVED_TO_DERIVED = {"target_rule": "target_rule", "base": "base", "train_on": "train_on", "craft_seed": "seed",
+                    "craft_batch_size": "batch_size", "measure_transfer": "measure_transfer", "transfer_eps": "transfer_eps",
+                    "steps": "steps", "step_size": "step_size", "construct_seed": "seed", "construct_batch_size": "batch_size"}
+
+
+def split_method(method_node, derived_node=None, where: str = "method"):
+    """(the training node, the derived-dataset node or None, deprecation lines) of a run's `method` and
+    `derived` nodes. The method node is one object (the training); old keys of the derived dataset in
+    it (`method.target_rule=rand`, a `derived: <class path>` key) are moved to the derived node, each
+    named by one line saying the new form (`derived.target_rule=rand`)."""
+    if method_node is None or not OmegaConf.is_dict(method_node):
+        return method_node, derived_node, []
+    old = {k: method_node[k] for k in method_node if k in MOVED_TO_DERIVED or k == "derived"}
+    if not old:
+        return method_node, derived_node, []
+    plain = OmegaConf.to_container(method_node, resolve=True)  # copies taken out of the run's config: resolved
+    training = OmegaConf.create({k: v for k, v in plain.items() if k not in old})
+    moved = {k: v for k, v in plain.items() if k in old and k != "derived" and v is not None}
+    notes = [f"{where}.{k} is deprecated: use derived.{MOVED_TO_DERIVED[k]}={v}" for k, v in moved.items()]
+    derived = OmegaConf.to_container(derived_node, resolve=True) if derived_node is not None else None
+    if plain.get("derived"):  # the old form of a derived method: its builder's class path in the method node
+        notes.append(f"{where}.derived is deprecated: choose the dataset with derived=<option> (conf/derived/)")
+        derived = {"_target_": plain["derived"], **(derived or {})}
+    if moved and derived is None:
+        key = next(iter(moved))
+        raise ConfigError(f"{where}.{key}", f"a derived dataset's option, and no dataset is chosen: choose one with derived=<option> "
+                                            f"(conf/derived/), then set derived.{MOVED_TO_DERIVED[key]}")
+    if derived is not None:
+        derived = OmegaConf.create({**derived, **{MOVED_TO_DERIVED[k]: v for k, v in moved.items()}})
+    return training, derived, notes

@@ -64,7 +64,7 @@ def make_targets(y: torch.Tensor, num_classes: int, rule: str, generator: torch.
         return (y + torch.randint(1, num_classes, y.shape, generator=generator)) % num_classes
     if rule == "uniform":
         return torch.randint(0, num_classes, y.shape, generator=generator)
-    raise ConfigError("method.target_rule", f"unknown rule {rule!r}; allowed: {', '.join(TARGET_RULES)}")
+    raise ConfigError("derived.target_rule", f"unknown rule {rule!r}; allowed: {', '.join(TARGET_RULES)}")
 
 
 def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base="natural", train_on="adv",
@@ -81,9 +81,9 @@ def craft_dataset(source, attack, x, y, num_classes, *, target_rule="det", base=
     elif base == "uniform":
         x_base = torch.rand(x.shape, generator=generator) if bounds is not None else torch.randn(x.shape, generator=generator)
     else:
-        raise ConfigError("method.base", f"unknown base {base!r}; allowed: {', '.join(BASES)}")
+        raise ConfigError("derived.base", f"unknown base {base!r}; allowed: {', '.join(BASES)}")
     if train_on not in TRAIN_ON:
-        raise ConfigError("method.train_on", f"unknown value {train_on!r}; allowed: {', '.join(TRAIN_ON)}")
+        raise ConfigError("derived.train_on", f"unknown value {train_on!r}; allowed: {', '.join(TRAIN_ON)}")
     attack.targeted = True
     source.eval()
     out, stats = _craft(source, attack, x_base, targets, train_on=train_on, batch_size=batch_size, device=device, progress=progress)
@@ -150,8 +150,8 @@ class PerturbationDataset:
     target_rule: str = "det"
     base: str = "natural"
     train_on: str = "adv"
-    craft_seed: int = 0
-    craft_batch_size: int = 512
+    seed: int = 0
+    batch_size: int = 512
     measure_transfer: bool = False
     transfer_eps: float | None = None
 
@@ -160,9 +160,9 @@ class PerturbationDataset:
     def __post_init__(self):
         for key, allowed in (("target_rule", TARGET_RULES), ("base", BASES), ("train_on", TRAIN_ON)):
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"method.{key}", f"unknown value {getattr(self, key)!r}; allowed: {', '.join(allowed)}")
-        self.craft_seed = int(self.craft_seed)
-        self.craft_batch_size = check_number("method.craft_batch_size", self.craft_batch_size, 1, integer=True)
+                raise ConfigError(f"derived.{key}", f"unknown value {getattr(self, key)!r}; allowed: {', '.join(allowed)}")
+        self.seed = int(self.seed)
+        self.batch_size = check_number("derived.batch_size", self.batch_size, 1, integer=True)
         self.transfer_eps = None if self.transfer_eps is None else float(self.transfer_eps)
 
     def build(self, source: SourceModel, datamodule, artifacts, *, attack=None, eval_attack=None, arch=None, source_spec=None) -> DerivedData:
@@ -172,12 +172,12 @@ class PerturbationDataset:
             raise ConfigError("attack", "method=perturbation needs an attack to craft its dataset")
         attack.targeted = True
         spec = {"source": source.key, "attack": describe_object(attack), "target_rule": self.target_rule, "base": self.base,
-                "train_on": self.train_on, "seed": self.craft_seed}
+                "train_on": self.train_on, "seed": self.seed}
 
         def craft():
             return craft_dataset(source.model, attack, datamodule.x_train, datamodule.y_train, datamodule.num_classes,
-                                 target_rule=self.target_rule, base=self.base, train_on=self.train_on, seed=self.craft_seed,
-                                 batch_size=self.craft_batch_size, device=artifacts.device, bounds=datamodule.bounds,
+                                 target_rule=self.target_rule, base=self.base, train_on=self.train_on, seed=self.seed,
+                                 batch_size=self.batch_size, device=artifacts.device, bounds=datamodule.bounds,
                                  progress=artifacts.progress)
 
         payload, _ = artifacts.constructed("datasets", spec, craft, what="perturbation dataset")
@@ -207,13 +207,13 @@ class PerturbationDataset:
     def _transfer_metrics(self, source: SourceModel, attack, datamodule, artifacts, target_spec) -> dict:
         from advlab.analysis.attack_transfer import adversarial_test_set, evaluate_transfer, untargeted
 
-        target, _, target_key = artifacts.model(target_spec, datamodule, name="transfer target model", where="method.transfer_target")
+        target, _, target_key = artifacts.model(target_spec, datamodule, name="transfer target model", where="derived.transfer_target")
         attack = untargeted(attack)
         if self.transfer_eps is not None:  # the crafting ε can be far too large to tell architectures apart
             attack.eps = self.transfer_eps
-        x_adv, _ = adversarial_test_set(artifacts, source.model, source.key, attack, datamodule, batch_size=self.craft_batch_size)
+        x_adv, _ = adversarial_test_set(artifacts, source.model, source.key, attack, datamodule, batch_size=self.batch_size)
         metrics, _ = evaluate_transfer(source.model, target, datamodule.x_test, x_adv, datamodule.y_test,
-                                       batch_size=self.craft_batch_size, device=artifacts.device)
+                                       batch_size=self.batch_size, device=artifacts.device)
         metrics["transfer/same_model"] = float(target_key == source.key)
         metrics["transfer/eps"] = float(attack.eps)
         log.info("Transfer of the source's untargeted attack to a standard %s: fool rate %.3f",
@@ -240,7 +240,7 @@ class PerturbationDataset:
 def transfer_target(source_spec, arch):
     """The spec of a standard model of the trained architecture `arch`, otherwise the source's."""
     if source_spec is None or arch is None:
-        raise ConfigError("method.measure_transfer", "needs the source's spec and the trained architecture")
+        raise ConfigError("derived.measure_transfer", "needs the source's spec and the trained architecture")
     target = {k: v for k, v in OmegaConf.to_container(source_spec, resolve=True).items() if k not in ("arch", "attack")}
     method = target.get("method")
     own = {k: v for k, v in method.items() if k in ("label_smoothing", "channels_last")} if isinstance(method, dict) else {}

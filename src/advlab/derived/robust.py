@@ -35,20 +35,20 @@ class RobustDataset:
     """D_R / D_NR constructed from the source model's penultimate representation.
 
     `steps`, `step_size`: the normalised-gradient descent (paper: 1000 steps of 0.1 on CIFAR-10);
-    `construct_seed` draws the start image of each inversion; `construct_batch_size` bounds memory.
+    `seed` draws the start image of each inversion; `batch_size` (images inverted at once) bounds memory.
     """
     steps: int = 1000
     step_size: float = 0.1
-    construct_seed: int = 0
-    construct_batch_size: int = 512
+    seed: int = 0
+    batch_size: int = 512
 
     source_name = "representation model"  # in the log and the cache messages
 
     def __post_init__(self):
-        self.steps = check_number("method.steps", self.steps, 1, integer=True)
-        self.step_size = check_number("method.step_size", self.step_size, 0, strict=True)
-        self.construct_seed = int(self.construct_seed)
-        self.construct_batch_size = check_number("method.construct_batch_size", self.construct_batch_size, 1, integer=True)
+        self.steps = check_number("derived.steps", self.steps, 1, integer=True)
+        self.step_size = check_number("derived.step_size", self.step_size, 0, strict=True)
+        self.seed = int(self.seed)
+        self.batch_size = check_number("derived.batch_size", self.batch_size, 1, integer=True)
 
     def build(self, source: SourceModel, datamodule, artifacts, *, attack=None, eval_attack=None, arch=None, source_spec=None) -> DerivedData:
         """Construct (or take from the cache) the dataset; `eval_attack` also measures the source's robustness."""
@@ -56,11 +56,11 @@ class RobustDataset:
         adversarial = isinstance(method, dict) and is_adversarial(method)
         name = "D_R" if adversarial else "D_NR"
         spec = {"construction": "representation_inversion", "source": source.key, "steps": self.steps,
-                "step_size": self.step_size, "seed": self.construct_seed}
+                "step_size": self.step_size, "seed": self.seed}
         x, y = datamodule.x_train, datamodule.y_train
 
         def construct():
-            starts = other_indices(len(x), torch.Generator().manual_seed(self.construct_seed))
+            starts = other_indices(len(x), torch.Generator().manual_seed(self.seed))
             out = self._invert(source.model, x, x[starts], datamodule.bounds, artifacts.device, artifacts.progress, name)
             agree = predict(source.model, out["x"], device=artifacts.device) == y
             return {"x": out["x"], "y": y.clone(), "start_index": starts, "distance_initial": out["distance_initial"],
@@ -85,9 +85,9 @@ class RobustDataset:
         makes what an uninterrupted one makes. A signal stops it after the batch under way."""
         model = model.to(device)
         out = {"x": torch.empty_like(x_start), "distance_initial": torch.empty(len(x_start)), "distance_final": torch.empty(len(x_start))}
-        saved = CraftProgress(out, len(x_start), self.construct_batch_size, f"{name} dataset")
+        saved = CraftProgress(out, len(x_start), self.batch_size, f"{name} dataset")
         start, _ = saved.resume()
-        size = self.construct_batch_size
+        size = self.batch_size
         with signals.deferred(f"constructing the {name} dataset"), \
                 progress_bar(total=self.steps * -(-(len(x_start) - start) // size), desc="Inverting representations", disable=not progress) as bar:
             for i in range(start, len(x_start), size):

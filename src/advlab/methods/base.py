@@ -140,12 +140,16 @@ class ClassifierModule(pl.LightningModule):
         """The training loss of every method: cross-entropy, with `label_smoothing`."""
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the batch's training loss, the logits train/acc counts): methods with their own objective override it."""
+        logits = self.training_forward(self.training_inputs(x, y))
+        return self.loss(logits, y), logits
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.training_forward(self.training_inputs(x, y))
-        loss = self.loss(logits, y)
+        loss, logits = self.training_loss(x, y)
         self.train_acc(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))

@@ -139,8 +139,8 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "batch_size", minimum=1, integer=True)  # advlab-eval's and advlab-transfer's own batch
     for spec in ("source", "target"):
         _model_spec(cfg, spec)
-    if _get(cfg, "method.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
-        raise ConfigError("method.measure_transfer", "needs a trained source spec, not spec@source=external; allowed: false")
+    if _get(cfg, "derived.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
+        raise ConfigError("derived.measure_transfer", "needs a trained source spec, not spec@source=external; allowed: false")
     _number(cfg, "optimizer.lr", minimum=0, strict_min=True)
     _arch_node(cfg, "arch")
     offline = _get(cfg, "logger.offline")

@@ -4,13 +4,12 @@ constructor's own and a key no constructor takes is an error naming the allowed 
 
 Built here (cheap, no data, no real model): attacks (`attack`, `eval_attack`, a spec's `attack`,
 `robustness.attacks.*`), the datamodule (`dataset`, without reading data), the derived-dataset
-builders (`method.derived`), the methods (around a stand-in model) and advlab-eval's analyses.
+builders (`derived`), the methods (around a stand-in model) and advlab-eval's analyses.
 Only matched to their constructors' signatures: architectures, optimizers, schedulers, the trainer
 (pytorch_lightning.Trainer) and a spec's `trainer` node.
 """
 from __future__ import annotations
 
-import dataclasses
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -86,31 +85,39 @@ def at_origin(err: ConfigError, node, where: str) -> ConfigError:
     return ConfigError(source[1], err.message) if source else err
 
 
-def check_method(node, where: str, attack=None) -> None:
-    """A method node: its keys (the training's, and those of its derived-dataset builder), then the
-    builder (a dataclass checking its values) and the training itself, around a stand-in model.
+def check_method(node, where: str, attack=None, derived=None) -> None:
+    """A method node (one object: the training) built around a stand-in model, and the run's derived
+    dataset (`derived`, with the method's deprecated keys of it moved there) built on its own.
     `attack`: the attack node the method will be given, if any; `where`: e.g. `source.method`."""
-    from advlab.derived import derived_builder
+    from advlab.derived import split_method
 
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         return
-    try:
-        training, builder = derived_builder(node)
-    except ConfigError as err:
-        raise err.under(where, "method") from None
+    training, derived, _ = split_method(node, derived, where) if where == "method" else (node, None, [])
+    if derived is not None:
+        build_derived(derived)
     try:
         check_keys(training, where, exclude=METHOD_OBJECTS)
     except ConfigError as err:
-        if builder is None:
+        if derived is None:
             raise
-        fields = ", ".join(f.name for f in dataclasses.fields(builder))
-        raise ConfigError(err.key, f"{err.message}; or {type(builder).__name__}'s: derived, {fields}") from None
+        options = ", ".join(str(k) for k in derived if not str(k).startswith("_"))
+        raise ConfigError(err.key, f"{err.message}; the derived dataset's options are at derived.*: {options}") from None
     stand_in = object() if attack is not None else None  # the attack itself is built and checked on its own
     try:
         _instantiate(training, where, model=_stand_in_model(), optimizer={}, attack=stand_in, _recursive_=False)
     except ConfigError as err:
         spec = where.rpartition(".")[0] if where.endswith(".method") else ""  # a model spec's node: its attack is a sibling
         raise (err.under(f"{spec}.attack", "attack") if spec and err.key == "attack" else err.under(where, "method")) from None
+
+
+def build_derived(node, where: str = "derived") -> None:
+    """A derived-dataset builder (conf/derived/): its keys, then its constructor (a dataclass checking its values)."""
+    check_keys(node, where)
+    try:
+        _instantiate(node, where)
+    except ConfigError as err:
+        raise err.under(where, "derived") from None
 
 
 def check_trainer(node, where: str) -> None:
@@ -242,7 +249,7 @@ def check_objects(cfg: DictConfig) -> None:
     from advlab.analysis.protocol import analysis_names
     from advlab.runtime.resolvers import CONF_DIR
 
-    check_method(cfg.get("method"), "method", cfg.get("attack"))
+    check_method(cfg.get("method"), "method", cfg.get("attack"), cfg.get("derived"))
     datamodule = build_dataset(cfg.get("dataset")) if cfg.get("dataset") is not None else None
     build_arch(cfg.get("arch"), "arch", datamodule)
     _target_keys(cfg, "optimizer", "optimizer")

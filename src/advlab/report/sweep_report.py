@@ -126,7 +126,7 @@ def matrix_tables(sweep: Sweep, out_dir: Path, plots: dict) -> tuple[list[str], 
 
 
 def ilyas_scatter(sweep: Sweep, out_dir: Path, plots: dict) -> list[str]:
-    """Perturbation-learning sweeps with `method.measure_transfer=true`: per (source, architecture),
+    """Perturbation-learning sweeps with `derived.measure_transfer=true`: per (source, architecture),
     how well the source's attack transfers to the architecture against what perturbation learning
     reaches on it (Ilyas et al. Fig. 3)."""
     from advlab.report import plots as figures
@@ -137,7 +137,7 @@ def ilyas_scatter(sweep: Sweep, out_dir: Path, plots: dict) -> list[str]:
     if "perturb/success_rate" not in present:
         return []
     if "transfer/fool_rate" not in present:
-        return ["_No scatter: the jobs did not measure transfer (run with `method.measure_transfer=true`)._", ""]
+        return ["_No scatter: the jobs did not measure transfer (run with `derived.measure_transfer=true`)._", ""]
     by_pair = {}
     for c in cells(sweep, ["transfer/fool_rate", "test/acc"]):
         by_pair.setdefault((c.panel, c.row, c.col), {})[c.metric] = c

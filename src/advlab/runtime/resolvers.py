@@ -65,6 +65,6 @@ def group_options(group: str, extra_dir: str | os.PathLike | None = None) -> lis
     return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
-GROUPS = ("dataset", "arch", "method", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep",
+GROUPS = ("dataset", "arch", "method", "derived", "attack", "eps", "trainer", "callbacks", "logger", "paths", "experiment", "spec", "sweep",
           "hparams_search", "debug",
           "scheduler", "optimizer")
