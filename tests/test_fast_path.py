@@ -155,7 +155,7 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     cfg = cfgs["det"]
     assert list(cfg.hydra.sweeper.params.items()) == [("derived.target_rule", "det,rand")]
     assert cfg.dataset._target_ == "advlab.data.CIFAR10JPEGDataModule" and cfg.arch.width == 16
-    assert cfg.attack.norm == "l2" and cfg.attack.eps == 1.5 and cfg.attack.steps == 10
+    assert cfg.attack.norm == "l2" and cfg.attack.eps == 1.5 and cfg.attack.steps == 8
     assert cfg.derived.target_rule == "det" and cfgs["rand"].derived.target_rule == "rand"
     assert cfg.scheduler._target_.endswith("one_cycle") and cfg.source.scheduler.interval == "step"
 
@@ -181,7 +181,7 @@ def test_ilyas_cifar10_cpu_preset_composes_passes_the_preflight_and_shares_its_s
     training, derived, _ = split_method(cfg.method, cfg.get("derived"))
     method = instantiate(training, model=model, optimizer=instantiate(cfg.optimizer), eval_attack=None, _recursive_=False)
     assert method.label_smoothing == 0.1 and method.channels_last and derived.batch_size == 500
-    assert attack.steps == 10 and attack.alpha == pytest.approx(0.375) and attack.keep_best
+    assert attack.steps == 8 and attack.alpha == pytest.approx(0.375) and attack.keep_best
 
 
 @pytest.mark.parametrize("app,sweep,n_jobs", [("transfer", "transfer_cifar10_cpu", 36), ("train", "cross_arch_perturbation_cifar10_cpu", 16)])

@@ -122,6 +122,7 @@ def test_on_a_trained_network_they_match_deepfool(digits_mlp):
         assert bool(res.success.all()) and bool(deepfool.success.all())
         assert float((ratio <= 1.01).float().mean()) >= 0.75 and float(ratio.median()) <= 1.01, (type(attack).__name__, ratio)
         assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+        assert all(p.grad is None for p in model.parameters())  # input gradients only: the shared model is left as it was
 
 
 def test_eps_turns_them_into_bounded_attacks_and_targets_are_reached(affine_case):

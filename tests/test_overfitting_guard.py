@@ -145,7 +145,7 @@ def test_a_bad_threshold_from_the_command_line_is_one_line_and_exit_2(tmp_path):
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
     assert run.returncode == 2 and len(lines) == 1, run.stderr
     assert lines[0] == "advlab-train: error: callbacks.overfitting_guard.pgd_drop: must be in [0, 1], got 2.0"
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # refused by the pre-flight: before any work, no run dir
 
 
 def test_the_guard_config_composes():

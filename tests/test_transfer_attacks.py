@@ -57,6 +57,7 @@ def test_stays_in_the_eps_ball_and_the_box_and_attacks(attack, digits_mlp):
     assert float(adv) < float(clean) - 0.3  # a real attack at this budget (clean accuracy about 0.95)
     again = type(attack)(**{**_args(attack)})(model, x, y)
     assert torch.equal(again, x_adv)  # its own seeded generator: reproducible, the global RNG untouched
+    assert all(p.grad is None for p in model.parameters())
 
 
 def _args(attack) -> dict:

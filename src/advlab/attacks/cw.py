@@ -113,8 +113,8 @@ class CarliniWagnerL2(MinimalNormAttack):
             other = logits.scatter(1, yy[:, None], float("-inf")).amax(dim=1)
             gap = other - own if self.targeted else own - other
             total = dist.sum() + (const * gap.clamp(min=-self.confidence)).sum()
-            optimiser.zero_grad(set_to_none=True)
-            total.backward()
+            # the input-side gradient only: parameter .grad stays untouched (attacks.base)
+            (modifier.grad,) = torch.autograd.grad(total, modifier)
             with torch.no_grad():  # the iterate whose gradient this is (before the step), as the authors
                 hit = self._goal(logits.detach(), yy, self.confidence)
                 found |= hit

@@ -67,6 +67,12 @@ def _model_spec(cfg, key: str) -> None:
     """A model spec's keys: advlab-train's `source`, advlab-transfer's `source` / `target`, the
     `models.<name>` of advlab-eval and advlab-probe."""
     method = _get(cfg, f"{key}.method")
+    if method == "ensemble":  # several specs (conf/spec/ensemble.yaml), each checked as one
+        from advlab.artifacts.model_sources import ensemble_members
+
+        for member in ensemble_members(_get(cfg, key), key):
+            _model_spec(cfg, f"{key}.members.{member}")
+        return
     if method == "external":  # a weight file: checked here, imports torch
         from advlab.models.external import check_spec
 

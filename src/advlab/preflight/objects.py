@@ -159,6 +159,12 @@ def _valid_devices(devices) -> bool:
 def check_spec(spec, where: str, datamodule=None) -> None:
     """A model spec (advlab-train's and -transfer's `source` / `target`, `models.<name>`) and its inner
     nodes; its architecture is built for its own dataset, else for the run's `datamodule`."""
+    if OmegaConf.is_dict(spec) and spec.get("method") == "ensemble":  # several specs (conf/spec/ensemble.yaml), each checked as one
+        from advlab.artifacts.model_sources import ensemble_members
+
+        for name, member in ensemble_members(spec, where).items():
+            check_spec(member, f"{where}.members.{name}", datamodule)
+        return
     if OmegaConf.is_dict(spec) and spec.get("method") == "external":  # built and its file loaded (models.external)
         from advlab.models.external import preflight_load
 
@@ -230,12 +236,22 @@ def _instantiate(node, where: str, **kwargs):
 
 
 def build_callback(node, where: str) -> None:
-    """A callback that checks its settings in its constructor (the mutual-information one), and its attack."""
+    """A callback that checks its settings in its constructor (mutual information, the overfitting guard), and
+    its attacks (any child node that names an advlab attack)."""
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         return
     check_keys(node, where)
     _instantiate(node, where)
-    build_attack(node.get("attack"), f"{where}.attack")
+    for key, child in node.items():
+        if OmegaConf.is_dict(child) and str(child.get("_target_", "")).startswith("advlab.attacks."):
+            build_attack(child, f"{where}.{key}")
+
+
+def build_callbacks(node, where: str = "callbacks") -> None:
+    """advlab's own callbacks (Lightning's are checked when the trainer builds them)."""
+    for name, child in (node.items() if OmegaConf.is_dict(node) else ()):
+        if OmegaConf.is_dict(child) and str(child.get("_target_", "")).startswith("advlab.callbacks."):
+            build_callback(child, f"{where}.{name}")
 
 
 def build_analysis(node, where: str) -> None:
@@ -262,7 +278,7 @@ def check_objects(cfg: DictConfig) -> None:
     models = cfg.get("models")
     for name in (models or {}) if OmegaConf.is_dict(models) else ():
         check_spec(models[name], f"models.{name}", datamodule)
-    build_callback(OmegaConf.select(cfg, "callbacks.mutual_information"), "callbacks.mutual_information")
+    build_callbacks(cfg.get("callbacks"))
     if OmegaConf.select(cfg, "probe.mi") is not None:
         from advlab.analysis.information import estimator_from
 
