@@ -173,6 +173,17 @@ def check_eps(eps) -> float:
     return check_number("attack.eps", parse_number(eps), 0)
 
 
+def optional_eps() -> property:
+    """`eps` of a minimal-norm attack (DeepFool, CW, FMN): None means unbounded, a number is checked."""
+    def get(self):
+        return self._eps
+
+    def set_(self, value) -> None:
+        self._eps = None if value is None else check_eps(value)
+
+    return property(get, set_)
+
+
 def check_bounds(bounds):
     if bounds is None:
         return None

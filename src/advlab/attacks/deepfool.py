@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advlab.attacks.base import Attack, _is_int, _is_real, as_logits, check_eps
+from advlab.attacks.base import Attack, _is_int, _is_real, as_logits, optional_eps
 from advlab.errors import ConfigError
 
 _SLACK = 1e-4  # the reference's absolute slack per step: lands just past the linearised boundary
@@ -75,13 +75,7 @@ class DeepFool(Attack):
         self.refine_steps = int(refine_steps)
 
     # ε is optional here: None means unbounded (the minimal perturbation)
-    @property
-    def eps(self):
-        return self._eps
-
-    @eps.setter
-    def eps(self, value) -> None:
-        self._eps = None if value is None else check_eps(value)
+    eps = optional_eps()
 
     @property
     def targeted(self) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advlab.attacks.base import Attack, check_eps, lp_norm
+from advlab.attacks.base import Attack, lp_norm, optional_eps
 
 
 @dataclass
@@ -28,13 +28,7 @@ class MinimalNormAttack(Attack):
 
     fixed_losses = True  # `loss` has no effect: the objective is part of the method
 
-    @property
-    def eps(self):
-        return self._eps
-
-    @eps.setter
-    def eps(self, value) -> None:
-        self._eps = None if value is None else check_eps(value)
+    eps = optional_eps()
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> MinimalResult:
         """Attack and report per-sample distances and success."""

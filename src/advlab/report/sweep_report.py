@@ -1,13 +1,5 @@
-"""The tables and figures of a Hydra multirun (advlab-report, advlab.apps.report; also run by Hydra at a sweep's end).
-
-    advlab-report outputs/transfer/multiruns/2026-11-22/10-00-00-000000
-
-Writes into <sweep dir>/report/: `transfer_matrix.csv` (or `perturbation_matrix.csv`; rows source,
-columns target, mean ± std over seeds, long format), `report.md` (the matrices as Markdown tables,
-a summary of every configuration, and the jobs that failed or are missing), `heatmap_<metric>.png`,
-for perturbation-learning sweeps that measured transfer `ilyas_scatter.png`, `summary.csv` and
-`jobs.csv`; and logs them to one W&B run (job type `report`) in the sweep's W&B group.
-"""
+"""The tables and figures of a Hydra multirun: `write_report` (the advlab-report app, advlab.apps.report,
+says what it writes; Hydra also runs it at a sweep's end)."""
 from __future__ import annotations
 
 import csv
