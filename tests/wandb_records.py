@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK, HEADER = 32768, 7
@@ -37,12 +38,30 @@ def raw_records(path: Path):
             yield b"".join(parts)
 
 
+def _complete_records(path: Path, timeout: float = 60.0) -> list[bytes]:
+    """The records once the log holds the run's exit record: `run.finish()` can return before wandb-core
+    has flushed an offline run's log (seen on a loaded 2-core machine: a 7-byte file, header only)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(raw_records(path))
+        kinds = []
+        for data in records:
+            record = pb.Record()
+            record.ParseFromString(data)
+            kinds.append(record.WhichOneof("record_type"))
+        if "exit" in kinds or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def read_run(path: Path) -> dict:
     """{"run_id", "history": [{key: value}], "config": {key: value}, "summary": {key: value}}."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     out = {"run_id": None, "history": [], "config": {}, "summary": {}}
-    for data in raw_records(path):
+    for data in _complete_records(path):
         record = pb.Record()
         record.ParseFromString(data)
         kind = record.WhichOneof("record_type")
