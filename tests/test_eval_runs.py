@@ -90,11 +90,21 @@ def test_comparison_preset_with_a_train_run_checkpoint(advlab_root, train_run):
     assert len(rows) == (3 * 2 + 1) * 4 * 3  # members × attacks × ε
     assert {r["model"] for r in rows} == {"standard", "adversarial", "sparsity", "trained_run"}
     assert all(float(r["robust_acc"]) <= min(float(r["ce_acc"]), float(r["margin_acc"])) for r in rows)
+    # the table: per model, clean and each attack at each ε > 0 (the worst case here: no exact curves)
+    table = {r["model"]: r for r in csv.DictReader(open(d / "robustness_table.csv"))}
+    assert set(table) == {"standard", "adversarial", "sparsity", "trained_run"} and (d / "plots/robustness_table.png").is_file()
+    curves = m["models"]["adversarial"]["robustness"]
+    exact = all(c["alone_mean"] is not None for c in curves.values())  # each attack's own curve, else the worst case
+    pgd = curves["pgd_linf"]
+    want = (pgd["alone_mean"] if exact else pgd["mean"])[-1]
+    assert float(table["adversarial"][f"pgd_linf@{pgd['eps'][-1]:.4g}"]) == pytest.approx(want)
+    assert float(table["adversarial"]["clean"]) == pytest.approx(pgd["mean"][0])
+    assert table["adversarial"]["source"] == ("alone" if exact else "robust")
     assert len(list((advlab_root / "cache" / "models").glob("*.pt"))) == 6
     wandb_runs = list((d / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 1
     log = next(wandb_runs[0].glob("run-*.wandb")).read_bytes()
-    for key in (b"standard/clean_acc/mean", b"sparsity/deepfool/l2/rho/mean", b"paknezhad-digits", b"robustness",
+    for key in (b"standard/clean_acc/mean", b"sparsity/deepfool/l2/rho/mean", b"paknezhad-digits", b"robustness", b"robustness_table",
                 b"charts/robustness_pgd_linf", b"charts/robustness_pgd_l2"):  # native W&B line charts too
         assert key in log, key
     assert list((wandb_runs[0] / "files" / "media" / "images").rglob("robustness*.png"))

@@ -394,7 +394,7 @@ OLD_FORMS = [  # (app, old form, key, the new form the message must name, a comm
      ["scheduler@source.scheduler=step"]),
     ("train", ["eval_attack=pgd_l3"], "eval_attack", "attack@eval_attack=<option>; unknown option 'pgd_l3'",
      ["attack@eval_attack=pgd_l2"]),
-    ("transfer", ["source.dataset=cifar100"], "source.dataset", "dataset@source.dataset=<option>; unknown option 'cifar100'",
+    ("transfer", ["source.dataset=stl10"], "source.dataset", "dataset@source.dataset=<option>; unknown option 'stl10'",
      ["dataset@source.dataset=digits"]),
     ("transfer", ["source.dataset.max_train=100"], "source.dataset.max_train", "choose one first with dataset@source.dataset=<option>",
      ["dataset@source.dataset=digits", "source.dataset.max_train=100"]),

@@ -41,6 +41,15 @@ def test_one_cycle_peaks_at_the_optimisers_lr():
         one_cycle(opt, total_steps=0)
 
 
+@pytest.mark.parametrize("steps", [2, 3, 4, 5])
+def test_one_cycle_of_a_few_steps_runs_up_then_down(steps):
+    """torch's OneCycleLR divides by pct_start·T − 1: at T = 4 and pct_start 0.25 it raised ZeroDivisionError
+    (a quick run on 512 images, batch 128, one epoch)."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2, momentum=0.9)
+    lrs = _lrs(one_cycle(opt, total_steps=steps, pct_start=0.25), steps)
+    assert lrs[0] == pytest.approx(0.2 / 25) and max(lrs) <= 0.2 + 1e-9 and lrs[-1] < lrs[0]
+
+
 def test_step_schedule_fills_total_steps_from_the_trainer_and_steps_every_batch(tmp_path):
     import pytorch_lightning as pl
 

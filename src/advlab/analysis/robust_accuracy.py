@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from advlab.analysis import robustness as curves_of
-from advlab.analysis import robustbench_entry
+from advlab.analysis import robustbench_entry, robustness_table
 from advlab.analysis.protocol import Analysis, Points, curve_stat, label, stat, write_csv
 from advlab.errors import ConfigError
 
@@ -96,9 +96,12 @@ class RobustAccuracy(Analysis):
                 for name, s in summary.items() for attack, c in s["robustness"].items()
                 for e, m, se in zip(c["eps"], c["mean"], c["sem"])]
         write_csv(out_dir / "robustness_summary.csv", ["model", "attack", "norm", "eps", "mean", "sem", "n_members"], rows)
+        table_header, table_rows = robustness_table.table(summary)
+        write_csv(out_dir / "robustness_table.csv", table_header, table_rows)
         wb = wandb_logger(loggers)
         if wb is not None and member_rows:
             wb.log_table(key="robustness", columns=HEADER, data=member_rows)
+            wb.log_table(key="robustness_table", columns=table_header, data=table_rows)
             wb.experiment.log(robustness_charts(HEADER, member_rows))
         lines = {name: s["robustbench"] for name, s in summary.items() if s.get("robustbench")}
         if lines:
@@ -106,8 +109,12 @@ class RobustAccuracy(Analysis):
             robustbench_entry.write_entries(out_dir, {name: robustbench_entry.leaderboard_entry(
                 {**line, "clean_acc": line["clean"], "autoattack_acc": line["autoattack"]}, name, dataset) for name, line in lines.items()})
         curves = {name: {a: {**c, "n": len(s["members"])} for a, c in s["robustness"].items()} for name, s in summary.items()}
-        path = out_dir / "plots" / "robustness.png"
-        return {"robustness": analysis_plots.robustness_curves(curves, path, title=points.title, points=points.where)}
+        plots = out_dir / "plots"
+        images = {"robustness": analysis_plots.robustness_curves(curves, plots / "robustness.png", title=points.title, points=points.where)}
+        if table_rows:
+            images["robustness_table"] = analysis_plots.robustness_bars(table_header, table_rows, plots / "robustness_table.png",
+                                                                        title=points.title)
+        return images
 
     def headline(self, summary: dict) -> list[str]:
         """Each attack's robust accuracy at the middle ε."""

@@ -222,7 +222,9 @@ class APGDT(APGD):
     """APGD-T: for each of the ``n_target_classes`` classes with the highest clean logits (other than
     ``y``; at most C − 1), APGD on the targeted DLR loss −(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2), run on
     the samples not broken yet, ``restarts`` runs per target. ``y`` are the TRUE labels and the goal is
-    misclassification (AutoAttack's use), so ``targeted`` is False."""
+    misclassification (AutoAttack's use), so ``targeted`` is False. Fewer than 4 classes (no z_π4) the
+    loss is the targeted margin z_t − z_y (``base.dlr_targeted_loss``; the reference fails there with an
+    IndexError); AutoAttack skips APGD-T on 2 classes (see ``attacks.autoattack``)."""
 
     name = "apgd_t"
     fixed_losses = True  # `loss` has no effect: the losses are part of the method

@@ -16,6 +16,21 @@ Versions: the members, restarts and target counts of the authors' ``AutoAttack._
 accepted for the common interface and has no effect (every member has its own loss). After each call
 ``last_run`` lists per member how many points it attacked, how many it broke and its time.
 
+Any number of classes C (read from the model's output at each call; a single-score binary model is 2):
+
+* APGD-T and FAB-T attack ``min(n_target_classes, C − 1)`` targets: C − 1 below 10 classes, the
+  version's count otherwise. The reference does not cap: it warns (``checks.check_n_classes``) and
+  then indexes out of range.
+* C = 3: APGD-DLR is the reference's (z_π1 − z_π3 exists); APGD-T's targeted DLR divides by
+  z_π1 − (z_π3 + z_π4)/2 and there is no z_π4, so APGD-T maximises the targeted margin z_t − z_y
+  (``base.dlr_targeted_loss``; z_π3 in z_π4's place would make target π3's loss a constant). The
+  reference warns that the targeted DLR is not possible and fails with an IndexError.
+* C = 2: APGD-DLR and APGD-T are skipped, with one logged warning: DLR's denominator needs a third
+  logit, so they have no loss of their own (the reference warns, then fails with an IndexError); their
+  stand-in, the margin z_other − z_y, gives APGD-CE's own sign steps (CE = softplus of it) except
+  where the softmax saturates, which FAB-T and Square, working on logit differences, still cover. A
+  member list with nothing but DLR members is refused on a 2-class model.
+
 Where advlab differs from the reference on purpose: every member draws from its own generator, seeded
 with ``seed`` as the reference seeds the global RNG for each member (so one batch draws what the
 reference draws), but successive batches continue the stream (the reference reseeds every batch and
@@ -25,6 +40,7 @@ the reference's diagnostic checks (randomness, logit range, dynamic graph) are a
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -37,7 +53,11 @@ from advlab.attacks.pgd import _int_at_least_one
 from advlab.attacks.square import Square
 from advlab.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+DLR_MEMBERS = ("apgd-dlr", "apgd-t")  # their losses divide by z_π1 − z_π3: no third logit, no loss
+TARGETED_MEMBERS = ("apgd-t", "fab-t")
 VERSIONS = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
@@ -75,7 +95,8 @@ class AutoAttack(Attack):
         self.eot_iter = _int_at_least_one("attack.eot_iter", eot_iter)
         self._members = {name: self._build(name) for name in members}
         self.reset_rng()
-        self._report: dict = {"last_run": []}  # a dict: cache keys (artifacts.keys.describe_object) skip it
+        # a dict: cache keys (artifacts.keys.describe_object) skip it; "noted": class counts already logged
+        self._report: dict = {"last_run": [], "noted": set()}
 
     def _build(self, name: str) -> Attack:
         """A member with the reference version's settings (``_set_version``)."""
@@ -116,12 +137,13 @@ class AutoAttack(Attack):
         out, report = x.clone(), []
         if any(m.norm != self.norm for m in self._members.values()):  # the version's settings depend on the norm
             self._members = {name: self._build(name) for name in self.attacks}
+        skipped = self._skipped_for(logits.shape[1])
         for name, member in self._members.items():
             member.eps, member.bounds = self.eps, self.bounds
             idx = robust.nonzero().squeeze(1)
             t0 = time.perf_counter()
             broken_n = 0
-            if idx.numel():
+            if idx.numel() and name not in skipped:
                 adv = member(model, x.index_select(0, idx), y.index_select(0, idx))
                 with torch.no_grad():
                     z, yi = as_logits(model(adv), y.index_select(0, idx))
@@ -129,10 +151,36 @@ class AutoAttack(Attack):
                 out[idx[broken]] = adv[broken]
                 robust[idx[broken]] = False
                 broken_n = int(broken.sum())
-            report.append({"attack": name, "attacked": int(idx.numel()), "broken": broken_n,
-                           "robust_after": int(robust.sum()), "seconds": time.perf_counter() - t0})
+            row = {"attack": name, "attacked": 0 if name in skipped else int(idx.numel()), "broken": broken_n,
+                   "robust_after": int(robust.sum()), "seconds": time.perf_counter() - t0}
+            report.append({**row, "skipped": skipped[name]} if name in skipped else row)
         self._report["last_run"] = report
         return out
+
+    def _skipped_for(self, n_classes: int) -> dict[str, str]:
+        """{member: why} of the members that cannot run on ``n_classes`` classes (see the module); logs
+        once per class count what changes there (a warning for skipped members, else an info line)."""
+        names = list(self._members)
+        dlr = [m for m in names if m in DLR_MEMBERS] if n_classes < 3 else []
+        if dlr and len(dlr) == len(names):
+            raise ConfigError("attack.attacks", f"{', '.join(dlr)} use the DLR loss, which needs at least 3 classes, and this "
+                                                f"model has {n_classes}; allowed here: {', '.join(m for m in MEMBERS if m not in DLR_MEMBERS)}")
+        why = f"the DLR loss divides by z_π1 − z_π3 and a {n_classes}-class model has no third logit"
+        if n_classes not in self._report.setdefault("noted", set()):
+            self._report["noted"].add(n_classes)
+            notes = []
+            if dlr:
+                log.warning("AutoAttack on %d classes: %s skipped: %s (the reference fails there with an IndexError); "
+                            "running %s", n_classes, ", ".join(dlr), why, ", ".join(m for m in names if m not in dlr))
+            elif n_classes == 3 and "apgd-t" in names:
+                notes.append("APGD-T's targeted DLR has no 4th logit: APGD-T maximises the targeted margin z_t − z_y")
+            capped = [f"{m} {self._members[m].n_target_classes}" for m in names
+                      if m in TARGETED_MEMBERS and m not in dlr and self._members[m].n_target_classes > n_classes - 1]
+            if capped:
+                notes.append(f"{n_classes - 1} target class{'es' if n_classes > 2 else ''} (C − 1) instead of {', '.join(capped)}")
+            if notes:
+                log.info("AutoAttack on %d classes: %s", n_classes, "; ".join(notes))
+        return {m: why for m in dlr}
 
     def __repr__(self) -> str:
         return (f"AutoAttack(eps={self.eps:g}, norm={self.norm!r}, version={self.version!r}, attacks={list(self.attacks)}, "

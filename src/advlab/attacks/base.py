@@ -107,13 +107,14 @@ def per_sample_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.T
 
 def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Targeted DLR −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2): larger = closer to class ``t``
-    (APGD-T maximises it). Fewer than 4 classes: π4 → the last class; 2 classes: the plain margin."""
+    (APGD-T maximises it). Fewer than 4 classes there is no z_π4: the targeted margin z_t − z_y. (z_π3
+    for z_π4 would make the loss of target π3 the constant −1 on every correctly classified point, as
+    z_t − z_y = −(z_π1 − z_π3) there: no gradient, no attack.)"""
     diff = logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.gather(1, y.unsqueeze(1)).squeeze(1)
-    c = logits.shape[1]
-    if c < 3:
+    if logits.shape[1] < 4:
         return diff
     top = logits.sort(dim=1, descending=True).values
-    return diff / (top[:, 0] - 0.5 * (top[:, 2] + top[:, min(3, c - 1)]) + 1e-12)
+    return diff / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
 def success(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:

@@ -3,9 +3,9 @@
 
 First use: each zip is extracted (into a temp folder, then renamed) to ``<data_dir>/cifar10-jpeg/<split>/``,
 read as a ``torchvision.datasets.ImageFolder`` (classes sorted alphabetically = CIFAR-10 label order),
-decoded with ``torchvision.io.decode_jpeg`` into one uint8 tensor per split, and saved as a tensor cache
-``<data_dir>/cifar10-jpeg/cifar10-jpeg-uint8.pt`` (temp file + rename). Later runs load the cache in
-about a second. A file lock makes concurrent runs build it once.
+decoded with ``torchvision.io`` into one uint8 tensor per split, and saved as a tensor cache
+``<data_dir>/cifar10-jpeg/cifar10-jpeg-uint8.pt`` (temp file + rename; ``advlab.data.decoded_images``).
+Later runs load the cache in about a second. A file lock makes concurrent runs build it once.
 """
 from __future__ import annotations
 
@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from filelock import FileLock
 from torchvision.datasets import ImageFolder
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
-from advlab.utils.progress import progress_bar
 
-from advlab.data._io import torch_save_atomic
 from advlab.data.base import ArrayDataModule
+from advlab.data.decoded_images import build_cache_once, decode_rgb, decode_stack, read_cache
 from advlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,14 +71,8 @@ class CIFAR10JPEGDataModule(ArrayDataModule):
         return {s: (self._zip(s).stat().st_size if self._zip(s).is_file() else None) for s in SPLITS}
 
     def _cache_is_current(self) -> bool:
-        if not self.cache_path.is_file():
-            return False
-        try:
-            head = torch.load(self.cache_path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # unreadable / foreign file: rebuild it
-            log.warning("%s: unreadable cache (%s); rebuilding it", self.cache_path, exc)
-            return False
-        if head.get("version") != CACHE_VERSION:
+        head = read_cache(self.cache_path, CACHE_VERSION)
+        if head is None:
             return False
         built_from = head.get("sources", {})
         now = self._sources()
@@ -89,25 +80,22 @@ class CIFAR10JPEGDataModule(ArrayDataModule):
         return all(now[s] is None or built_from.get(s) == now[s] for s in SPLITS)
 
     def _prepare(self) -> None:
-        if self._cache_is_current():
-            return
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / ".build.lock")):
-            if self._cache_is_current():  # another run built it while we waited
-                return
-            for split in SPLITS:
-                self._extract(split)
-            payload: dict[str, Any] = {"version": CACHE_VERSION, "sources": self._sources()}
-            classes = None
-            for split in SPLITS:
-                x, y, names = self._decode_split(split)
-                if classes is not None and names != classes:
-                    raise ValueError(f"{self.root}: train classes {classes} != test classes {names}")
-                classes = names
-                payload[f"x_{split}"], payload[f"y_{split}"] = x, y
-            payload["classes"] = classes
-            torch_save_atomic(payload, self.cache_path)
-            log.info("%s: wrote the tensor cache %s", self.name, self.cache_path)
+        build_cache_once(self.cache_path, self._cache_is_current, self._build_cache)
+
+    def _build_cache(self) -> dict[str, Any]:
+        for split in SPLITS:
+            self._extract(split)
+        payload: dict[str, Any] = {"version": CACHE_VERSION, "sources": self._sources()}
+        classes = None
+        for split in SPLITS:
+            x, y, names = self._decode_split(split)
+            if classes is not None and names != classes:
+                raise ValueError(f"{self.root}: train classes {classes} != test classes {names}")
+            classes = names
+            payload[f"x_{split}"], payload[f"y_{split}"] = x, y
+        payload["classes"] = classes
+        return payload
 
     def _extract(self, split: str) -> None:
         target = self.root / split
@@ -126,30 +114,9 @@ class CIFAR10JPEGDataModule(ArrayDataModule):
 
     def _decode_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         folder = ImageFolder(str(self.root / split))
-        n = len(folder.samples)
-        if n == 0:
-            raise ValueError(f"{self.root / split}: no images")
-        first = self._decode(folder, 0)
-        x = torch.empty((n, *first.shape), dtype=torch.uint8)
-        y = torch.as_tensor(folder.targets, dtype=torch.int64)
-        with progress_bar(total=n, desc=f"decoding CIFAR-10 JPEG {split}", unit="img", mininterval=1.0) as bar:
-            for i in range(n):
-                img = first if i == 0 else self._decode(folder, i)
-                if img.shape != first.shape:
-                    raise ValueError(f"{folder.samples[i][0]}: shape {tuple(img.shape)} != {tuple(first.shape)}")
-                x[i] = img
-                if i % 1000 == 999 or i == n - 1:
-                    bar.update(i + 1 - bar.n)
-        return x, y, list(folder.classes)
-
-    @staticmethod
-    def _decode(folder: ImageFolder, i: int) -> torch.Tensor:
-        path = folder.samples[i][0]
-        try:
-            return decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
-        except RuntimeError:  # not decodable by torchvision's libjpeg: use ImageFolder's own (PIL) loader
-            img = folder.loader(path).convert("RGB")
-            return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3).permute(2, 0, 1)
+        paths = [path for path, _ in folder.samples]
+        x = decode_stack(paths, lambda path: decode_rgb(path, folder.loader), f"decoding CIFAR-10 JPEG {split}")
+        return x, torch.as_tensor(folder.targets, dtype=torch.int64), list(folder.classes)
 
     # ---------------------------------------------------------------- load
     def _load(self):

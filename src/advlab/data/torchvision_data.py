@@ -1,4 +1,4 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision's dataset classes and file formats.
+"""MNIST, Fashion-MNIST and CIFAR-10 (and the pickled-CIFAR base) through torchvision's dataset classes and file formats.
 
 MNIST / Fashion-MNIST: IDX files in torchvision's layout ``<data_dir>/<MNIST|FashionMNIST>/raw/``
 (decompressed, or ``.gz`` next to them: those are decompressed in place on first use).
@@ -16,13 +16,16 @@ sums (torchvision's ``CIFAR10.train_list`` / ``test_list`` / ``meta``), they are
 numpy arrays only (a planted batch is refused, one line naming it, instead of running its code).
 torchvision refuses other files (its integrity check is md5-based); files in the same format but not
 byte-identical to the release are read by the same class without the md5 check, with a warning.
+The safe reading is one mixin, ``SafeCIFARLoading``, parametrised by torchvision's class attributes
+(``base_folder``, ``train_list``, ``test_list``, ``meta``), and the datamodule one base,
+``PickledCIFARDataModule``: CIFAR-100 (``advlab.data.cifar100``) is the same two with its own class.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -138,65 +141,6 @@ class FashionMNISTDataModule(_IDXDataModule):
     tv_class = tvd.FashionMNIST
 
 
-class CIFAR10DataModule(ArrayDataModule):
-    """CIFAR-10 via ``torchvision.datasets.CIFAR10`` (``<data_dir>/cifar-10-batches-py``), (3, 32, 32)."""
-
-    name = "cifar10"
-    original_num_classes = 10
-    planned_input_shape = (3, 32, 32)
-
-    def __init__(self, data_dir: str = "data", download: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.data_dir = str(data_dir)
-        self.download = bool(download)
-
-    @property
-    def batches_dir(self) -> Path:
-        return Path(self.data_dir) / tvd.CIFAR10.base_folder
-
-    def _batch_files(self) -> list[str]:
-        return [name for name, _ in tvd.CIFAR10.train_list + tvd.CIFAR10.test_list]
-
-    def check(self) -> None:
-        super().check()
-        if self.download:
-            return
-        missing = [f for f in self._batch_files() if not (self.batches_dir / f).is_file()]
-        if missing:
-            head = (
-                f"no CIFAR-10 batches under {self.batches_dir}"
-                if len(missing) == len(self._batch_files())
-                else f"CIFAR-10 batches missing under {self.batches_dir}: {', '.join(missing)}"
-            )
-            raise ConfigError(
-                "dataset.data_dir",
-                f"{head}; set dataset.download=true, or use the JPEG copy (CIFAR10JPEGDataModule, dataset.zip_dir)",
-            )
-
-    def official_files(self) -> bool:
-        """Whether the batches are byte-identical to the official release (torchvision's md5 check)."""
-        files = tvd.CIFAR10.train_list + tvd.CIFAR10.test_list + [[tvd.CIFAR10.meta["filename"], tvd.CIFAR10.meta["md5"]]]
-        return all(check_integrity(os.path.join(self.batches_dir, f), md5) for f, md5 in files)
-
-    def _prepare(self) -> None:
-        if self.download:
-            tvd.CIFAR10(root=self.data_dir, train=False, download=True)  # checks md5s, fetches if needed
-
-    def _load(self):
-        self._prepare()
-        official = self.official_files()
-        if not official:
-            log.warning(
-                "%s: the CIFAR-10 batches do not match the official md5 sums, which torchvision's CIFAR10 "
-                "requires; reading them without the md5 check (same layout)",
-                self.batches_dir,
-            )
-        train = SafeCIFAR10(root=self.data_dir, train=True, check_md5=official)
-        test = SafeCIFAR10(root=self.data_dir, train=False, check_md5=official)
-        as_chw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-        return as_chw(train.data), train.targets, as_chw(test.data), test.targets, list(train.classes)
-
-
 def _str_keys(entry):
     """Batches pickled by Python 3 (not the release's Python 2) may have bytes keys."""
     if not isinstance(entry, dict):
@@ -204,22 +148,34 @@ def _str_keys(entry):
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
-    """(data N×3072 uint8, labels) of one pickled CIFAR batch, read with the array-only unpickler."""
+def read_batch(path: Path, label_keys: Sequence[str] = ("labels", "fine_labels"),
+               title: str = "CIFAR-10") -> tuple[np.ndarray, list[int]]:
+    """(data N×3072 uint8, labels) of one pickled CIFAR batch, read with the array-only unpickler;
+    the labels are the first of ``label_keys`` the batch holds (torchvision: labels, else fine_labels)."""
     entry = _str_keys(load_array_pickle(path, key="dataset.data_dir"))
-    labels = entry.get("labels", entry.get("fine_labels")) if isinstance(entry, dict) else None
-    data = entry.get("data") if isinstance(entry, dict) else None
+    entry = entry if isinstance(entry, dict) else {}
+    labels = next((entry[k] for k in label_keys if k in entry), None)
+    data = entry.get("data")
     if not isinstance(data, np.ndarray) or labels is None or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
             or len(data) != len(labels):
         shape = getattr(data, "shape", None)
-        raise ConfigError("dataset.data_dir", f"{path}: not a CIFAR-10 batch (data {shape}, labels {None if labels is None else len(labels)})")
+        raise ConfigError("dataset.data_dir", f"{path}: not a {title} batch (data {shape}, "
+                                              f"{'/'.join(label_keys)} {None if labels is None else len(labels)})")
     return data.astype(np.uint8, copy=False), [int(v) for v in labels]
 
 
-class SafeCIFAR10(tvd.CIFAR10):
-    """torchvision's CIFAR10 (same attributes: data N×32×32×3 uint8, targets, classes) with its
-    unrestricted unpickling replaced by an unpickler that admits numpy arrays only, so a planted batch cannot
-    run code. ``check_md5=False`` also reads batches that are not byte-identical to the release."""
+class SafeCIFARLoading:
+    """Mixed in ahead of torchvision's CIFAR10 / CIFAR100 (whose ``base_folder``, ``train_list``,
+    ``test_list``, ``meta``, ``_check_integrity`` and ``download`` it uses): the same attributes (data
+    N×32×32×3 uint8, targets, classes), with torchvision's unrestricted unpickling replaced by an
+    unpickler that admits numpy arrays only, so a planted batch cannot run code. ``check_md5=False``
+    also reads batches that are not byte-identical to the release."""
+
+    title = "CIFAR-10"
+    #: the batch keys holding the labels, the first present wins (torchvision's order)
+    label_keys: tuple[str, ...] = ("labels", "fine_labels")
+    #: class names when a hand-made copy has no meta file (None: the meta file is required)
+    fallback_classes: Optional[tuple[str, ...]] = None
 
     def __init__(self, root, train: bool = True, transform=None, target_transform=None,
                  download: bool = False, check_md5: bool = True) -> None:
@@ -231,24 +187,114 @@ class SafeCIFAR10(tvd.CIFAR10):
             raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
         data, self.targets = [], []
         for name, _ in self.train_list if train else self.test_list:
-            rows, labels = read_batch(Path(self.root) / self.base_folder / name)
+            rows, labels = read_batch(Path(self.root) / self.base_folder / name, self.label_keys, self.title)
             data.append(rows)
             self.targets.extend(labels)
         self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision
         self._load_meta()
+        bad = sorted({t for t in self.targets if not 0 <= t < len(self.classes)})
+        if bad:
+            raise ConfigError("dataset.data_dir", f"{Path(self.root) / self.base_folder}: labels {bad[:5]} outside "
+                                                  f"0..{len(self.classes) - 1} ({len(self.classes)} class names)")
 
     def _load_meta(self) -> None:
         path = Path(self.root) / self.base_folder / self.meta["filename"]
         if self.check_md5 and not check_integrity(str(path), self.meta["md5"]):
             raise RuntimeError("Dataset metadata file not found or corrupted. You can use download=True to download it")
-        if path.is_file():
-            names = _str_keys(load_array_pickle(path, key="dataset.data_dir"))[self.meta["key"]]
+        if path.is_file() or not self.fallback_classes:
+            meta = _str_keys(load_array_pickle(path, key="dataset.data_dir"))
+            names = meta.get(self.meta["key"]) if isinstance(meta, dict) else None
+            if not isinstance(names, (list, tuple)):
+                raise ConfigError("dataset.data_dir", f"{path}: not a {self.title} meta file (no list {self.meta['key']})")
             self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-        else:  # only without the md5 check: hand-made batches may come without batches.meta
-            self.classes = list(CIFAR10_CLASSES)
+        else:  # only without the md5 check: hand-made batches may come without their meta file
+            self.classes = list(self.fallback_classes)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
+
+
+class SafeCIFAR10(SafeCIFARLoading, tvd.CIFAR10):
+    """torchvision's CIFAR10 read with the array-only unpickler (see ``SafeCIFARLoading``)."""
+
+    fallback_classes = CIFAR10_CLASSES
+
+
+class PickledCIFARDataModule(ArrayDataModule):
+    """A CIFAR datamodule on torchvision's pickled layout (``<data_dir>/<dataset_class.base_folder>``),
+    read by ``dataset_class`` (a torchvision class with ``SafeCIFARLoading`` mixed in), (3, 32, 32)."""
+
+    planned_input_shape = (3, 32, 32)
+    dataset_class: type = SafeCIFAR10  # a SafeCIFARLoading class (torchvision's, made safe)
+    missing_hint = "set dataset.download=true"
+
+    def __init__(self, data_dir: str = "data", download: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_dir = str(data_dir)
+        self.download = bool(download)
+
+    @property
+    def batches_dir(self) -> Path:
+        return Path(self.data_dir) / self.dataset_class.base_folder
+
+    def _batch_files(self) -> list[str]:
+        return [name for name, _ in self.dataset_class.train_list + self.dataset_class.test_list]
+
+    def _required_files(self) -> list[str]:
+        # the meta file gives the class names; only a dataset with built-in names can do without it
+        meta = [] if self.dataset_class.fallback_classes else [self.dataset_class.meta["filename"]]
+        return self._batch_files() + meta
+
+    def _dataset_kwargs(self) -> dict[str, Any]:
+        """What ``dataset_class`` takes besides root / train / check_md5 (CIFAR-100: the label kind)."""
+        return {}
+
+    def check(self) -> None:
+        super().check()
+        if self.download:
+            return
+        required = self._required_files()
+        missing = [f for f in required if not (self.batches_dir / f).is_file()]
+        if missing:
+            head = (
+                f"no {self.dataset_class.title} batches under {self.batches_dir}"
+                if len(missing) == len(required)
+                else f"{self.dataset_class.title} files missing under {self.batches_dir}: {', '.join(missing)}"
+            )
+            raise ConfigError("dataset.data_dir", f"{head}; {self.missing_hint}")
+
+    def official_files(self) -> bool:
+        """Whether the batches are byte-identical to the official release (torchvision's md5 check)."""
+        tv = self.dataset_class
+        files = tv.train_list + tv.test_list + [[tv.meta["filename"], tv.meta["md5"]]]
+        return all(check_integrity(os.path.join(self.batches_dir, f), md5) for f, md5 in files)
+
+    def _prepare(self) -> None:
+        if self.download:  # torchvision checks the md5s and fetches the archive if needed
+            self.dataset_class(root=self.data_dir, train=False, download=True, **self._dataset_kwargs())
+
+    def _load(self):
+        self._prepare()
+        official = self.official_files()
+        if not official:
+            log.warning(
+                "%s: the %s batches do not match the official md5 sums, which torchvision's class requires; "
+                "reading them without the md5 check (same layout)",
+                self.batches_dir, self.dataset_class.title,
+            )
+        train = self.dataset_class(root=self.data_dir, train=True, check_md5=official, **self._dataset_kwargs())
+        test = self.dataset_class(root=self.data_dir, train=False, check_md5=official, **self._dataset_kwargs())
+        as_chw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+        return as_chw(train.data), train.targets, as_chw(test.data), test.targets, list(train.classes)
+
+
+class CIFAR10DataModule(PickledCIFARDataModule):
+    """CIFAR-10 via ``torchvision.datasets.CIFAR10`` (``<data_dir>/cifar-10-batches-py``), (3, 32, 32)."""
+
+    name = "cifar10"
+    original_num_classes = 10
+    dataset_class = SafeCIFAR10
+    missing_hint = "set dataset.download=true, or use the JPEG copy (CIFAR10JPEGDataModule, dataset.zip_dir)"

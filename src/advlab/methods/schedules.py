@@ -40,6 +40,11 @@ def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: flo
               final_div_factor: float = 1.0e4, anneal_strategy: str = "cos", cycle_momentum: bool = False) -> OneCycleLR:
     """torch's OneCycleLR (Smith & Topin) peaking at the optimiser's configured lr."""
     peak = [group["lr"] for group in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr=peak, total_steps=_steps(total_steps), pct_start=_fraction("pct_start", pct_start),
+    steps, pct = _steps(total_steps), _fraction("pct_start", pct_start)
+    # torch divides by each phase's length, pct·T − 1 steps: a run of a few steps (a quick check with
+    # little data) would end in ZeroDivisionError; warm up for at least 1.5 steps where there are 2
+    if steps >= 2:
+        pct = min(max(pct, 1.5 / steps), 1.0 - 0.5 / steps)
+    return OneCycleLR(optimizer, max_lr=peak, total_steps=steps, pct_start=pct,
                       div_factor=div_factor, final_div_factor=final_div_factor, anneal_strategy=anneal_strategy,
                       cycle_momentum=cycle_momentum)

@@ -115,3 +115,22 @@ def logit_lines(eps, logits, labels, r2, path, *, title: str, class_names=None) 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def robustness_bars(header: list[str], rows: list[list], path, *, title: str) -> Path:
+    """Grouped bars: per model, its clean accuracy and each attack's accuracy (advlab.analysis.robustness_table)."""
+    columns = header[1:-1]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) * len(columns) / 2 + 2), 3.8))
+    width = 0.8 / max(1, len(columns))
+    for j, column in enumerate(columns):
+        values = [np.nan if r[1 + j] is None else r[1 + j] for r in rows]
+        bars = ax.bar(np.arange(len(rows)) + (j - (len(columns) - 1) / 2) * width, values, width, color=_color(j), label=column)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(np.arange(len(rows)), [r[0] for r in rows])
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path))
