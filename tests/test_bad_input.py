@@ -7,7 +7,7 @@ from conftest import run_advlab
 
 CASES = [
     (["arch=transformer"], "arch", "allowed: cnn, densenet121, densenet121_cpu, googlenet, googlenet_cpu, mlp"),
-    (["-m", "dataset=digits,imagenet"], "dataset", "allowed: cifar10, cifar10_jpeg, digits"),
+    (["-m", "dataset=digits,stl10"], "dataset", "allowed: cifar10, cifar100, cifar100_c, cifar10_c, cifar10_jpeg, digits"),
     (["trainer.max_epochs=ten"], "trainer.max_epochs", "integer"),
     (["eps.value=-0.5"], "eps.value", ">= 0"),
     (["eps=0.37"], "eps", "any other ε: eps.value=0.37"),  # a number is a value, not a named budget

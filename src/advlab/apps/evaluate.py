@@ -9,8 +9,9 @@ all on the same test points: robust accuracy against ε (FGSM / PGD, L∞ / L2) 
 seeds, DeepFool minimal perturbations (ρ), softmax statistics off the data support, and the logits
 along the FGSM direction with a linearity score; optionally (``masking``) the gradient-masking
 checks. Each is an object of advlab.analysis.protocol built from conf/analysis/<name>.yaml; `analyses`
-chooses which run. Writes metrics.json, CSV tables and plots to the run directory and logs them to
-W&B (offline by default).
+chooses which run. On a corruption set (`dataset=cifar10_c | cifar100_c`) the accuracy per corruption ×
+severity, per corruption and its mean (advlab.analysis.corruption_accuracy) come first, by themselves.
+Writes metrics.json, CSV tables and plots to the run directory and logs them to W&B (offline by default).
 """
 from __future__ import annotations
 
@@ -53,13 +54,15 @@ def _flatten(tree, prefix: str = "") -> dict[str, float]:
 def evaluate(cfg: DictConfig) -> float | None:
     started = time.time()
     validate(cfg)
+    from advlab.analysis.corruption_accuracy import corruption_analyses
     from advlab.artifacts.models import Artifacts
     from advlab.artifacts.model_sources import check_checkpoints, load_models, resolve_entries, validate_specs
 
     out_dir = Path(cfg.paths.output_dir)
     # Everything that can be checked is checked before any work: data, cache, analyses, models.
     datamodule, cache, bounds = data_and_cache(cfg)
-    analyses = [_build(cfg, name, bounds) for name in analysis_names(cfg, CONF_DIR) if name in cfg.analyses]
+    # a corruption set (dataset=cifar10_c, ...): its accuracy per corruption × severity first, then the chosen analyses
+    analyses = corruption_analyses(datamodule) + [_build(cfg, name, bounds) for name in analysis_names(cfg, CONF_DIR) if name in cfg.analyses]
     entries = resolve_entries(cfg)
     run_datamodules = check_checkpoints(entries, cfg, datamodule)
     artifacts = Artifacts(cache, accelerator=cfg.get("accelerator"))

@@ -10,7 +10,9 @@ An entry of the `models` config node is either
   (e.g. seeds) are summarised as mean ± SEM like the seeds of a spec.
 
 Every model must be tested on the same test set: a run whose dataset settings give another test split
-than this evaluation's `dataset` is refused with the settings that differ.
+than this evaluation's `dataset` is refused with the settings that differ. An evaluation-only
+`dataset` (a corruption set) is another set of images by design: there a run must have been trained on
+the same classes (names, order) and input shape.
 """
 from __future__ import annotations
 
@@ -150,7 +152,8 @@ def _differences(theirs: dict, ours: dict) -> str:
 
 
 def check_checkpoints(entries: list[Entry], eval_cfg: DictConfig, datamodule) -> dict:
-    """Before any work: every run must test on this evaluation's test set. Returns the runs' datamodules."""
+    """Before any work: every run must test on this evaluation's test set (on an evaluation-only set: have
+    its classes and inputs). Returns the runs' datamodules."""
     import torch
 
     built: dict = {}
@@ -161,6 +164,9 @@ def check_checkpoints(entries: list[Entry], eval_cfg: DictConfig, datamodule) ->
                 if run_cfg.get(node) is None:
                     raise ConfigError(entry.key, f"{config} has no `{node}` node: not an advlab-train run")
             dm = _test_set_of(run_cfg, datamodule, built)
+            if getattr(datamodule, "evaluation_only", False):  # a corruption set: the run's classes and inputs, not its test set
+                _check_same_classes(entry.key, config, dm, datamodule)
+                continue
             same = (dm.x_test.shape == datamodule.x_test.shape and torch.equal(dm.x_test, datamodule.x_test)
                     and torch.equal(dm.y_test, datamodule.y_test))
             if not same:
@@ -169,6 +175,21 @@ def check_checkpoints(entries: list[Entry], eval_cfg: DictConfig, datamodule) ->
                 raise ConfigError(entry.key, f"{config.parent} was tested on another test set, every model must see the same one: "
                                              f"{_differences(theirs, ours)}")
     return built
+
+
+def _check_same_classes(key: str, config: Path, run_dm, datamodule) -> None:
+    """An evaluation-only set (the corruption sets: other images of a clean set's classes) takes a run
+    trained on data of the same input shape and the same classes, in the same label order."""
+    if tuple(run_dm.input_shape) == tuple(datamodule.input_shape) and run_dm.class_names == datamodule.class_names:
+        return
+
+    def what(dm) -> str:
+        names = dm.class_names
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return f"{dm.name} ({len(names)} classes: {shown}; inputs {tuple(dm.input_shape)})"
+
+    raise ConfigError(key, f"{config.parent} was trained on {what(run_dm)}, this evaluation's dataset is {what(datamodule)}; "
+                           f"allowed: a model trained on the same classes and inputs (for {datamodule.name}: dataset={datamodule.clean})")
 
 
 def checkpoint_state_dict(ckpt: Path) -> dict:

@@ -181,6 +181,7 @@ def check_spec(spec, where: str, datamodule=None) -> None:
     build_attack(spec.get("attack"), f"{where}.attack")
     if spec.get("dataset") is not None:
         datamodule = build_dataset(spec.dataset, f"{where}.dataset")
+    check_trainable(datamodule, where, "this model spec")
     build_arch(spec.get("arch"), f"{where}.arch", datamodule)
     check_trainer(spec.get("trainer") or None, f"{where}.trainer")
 
@@ -200,6 +201,13 @@ def build_dataset(node, where: str = "dataset"):
         return None
     check_keys(node, where)
     return _instantiate(node, where)
+
+
+def check_trainable(datamodule, where: str, what: str) -> None:
+    """An evaluation-only datamodule (`evaluation_only`, the corruption sets) trains nothing: its own
+    `refuse_training` names `where` and what to do instead."""
+    if getattr(datamodule, "evaluation_only", False):
+        datamodule.refuse_training(where, what)
 
 
 def build_arch(node, where: str, datamodule) -> None:
@@ -267,6 +275,8 @@ def check_objects(cfg: DictConfig) -> None:
 
     check_method(cfg.get("method"), "method", cfg.get("attack"), cfg.get("derived"))
     datamodule = build_dataset(cfg.get("dataset")) if cfg.get("dataset") is not None else None
+    if cfg.get("method") is not None:  # advlab-train trains on `dataset`
+        check_trainable(datamodule, "dataset", "advlab-train")
     build_arch(cfg.get("arch"), "arch", datamodule)
     _target_keys(cfg, "optimizer", "optimizer")
     _target_keys(cfg, "scheduler", "scheduler")

@@ -1,5 +1,6 @@
 """Native W&B charts (not only PNGs), so a sweep's or an evaluation's dashboard needs no manual
-panel set-up: robustness curves as line series, source × target matrices as heatmaps."""
+panel set-up: robustness curves as line series, source × target matrices and corruption × severity
+accuracies as heatmaps."""
 from __future__ import annotations
 
 import math
@@ -42,4 +43,23 @@ def matrix_charts(header: list[str], rows: list[list]) -> dict:
         charts[f"charts/{name}"] = wandb.plot_table(
             "wandb/confusion_matrix/v1", table, {"Actual": "source", "Predicted": "target", "nPredictions": "value"},
             {"title": f"{metric} ({panel}): rows source, columns target"})
+    return charts
+
+
+def corruption_charts(header: list[str], rows: list[list]) -> dict:
+    """{"charts/corruption_accuracy_<model>": heatmap corruption × severity of the accuracy (mean over
+    the model's members)} from advlab-eval's corruption-accuracy table."""
+    import wandb
+
+    col = {name: i for i, name in enumerate(header)}
+    cells: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        cells[row[col["model"]]][str(row[col["corruption"]]), f"severity {row[col['severity']]}"].append(float(row[col["accuracy"]]))
+    charts = {}
+    for model, per_set in cells.items():
+        data = [[corruption, severity, sum(v) / len(v)] for (corruption, severity), v in per_set.items()]
+        table = wandb.Table(columns=["corruption", "severity", "accuracy"], data=data)
+        charts[f"charts/corruption_accuracy_{model}"] = wandb.plot_table(
+            "wandb/confusion_matrix/v1", table, {"Actual": "corruption", "Predicted": "severity", "nPredictions": "accuracy"},
+            {"title": f"{model}: accuracy per corruption (rows) × severity (columns)"})
     return charts
