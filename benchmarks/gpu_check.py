@@ -160,8 +160,8 @@ def _drand_overrides(device: torch.device, size: dict, quick: bool) -> tuple[lis
                  f"attack.steps={size['craft_steps']}"]
     if dataset == "digits":  # 8×8 images: a narrower ResNet-9 is plenty
         overrides += ["dataset=digits", f"arch.width={size['width']}"]
-    if device.type == "cuda":
-        overrides += ["trainer.accelerator=gpu", "trainer.precision=bf16-mixed"]
+    if device.type == "cuda":  # `auto` must pick bf16-mixed on a GPU with native bf16 (the run's log says so)
+        overrides += ["trainer.accelerator=gpu", "trainer.precision=auto"]
     return overrides, dataset
 
 
@@ -171,8 +171,11 @@ def drand_section(device: torch.device, size: dict, quick: bool) -> dict:
         run = _advlab_train(overrides, Path(tmp), timeout=600)
     m = run["metrics"]
     keep = ("test/acc", "source/test/acc", "perturb/success_rate", "perturb/delta_l2_mean", "time/total_s")
+    precision = [line[line.index("precision=auto"):] for line in run["log"].splitlines() if "precision=auto ->" in line]
     print(f"  D_rand on {dataset}: {run['wall_s']:.1f} s, test/acc {m['test/acc']:.3f}, success {m['perturb/success_rate']:.3f}")
-    return {"dataset": dataset, "overrides": overrides, "wall_s": run["wall_s"], "metrics": {k: m[k] for k in keep}}
+    print("  " + ("\n  ".join(precision) or "precision: as configured"))
+    return {"dataset": dataset, "overrides": overrides, "wall_s": run["wall_s"], "metrics": {k: m[k] for k in keep},
+            "precision_auto": precision}
 
 
 def _free_port() -> int:
@@ -219,9 +222,11 @@ def raw_ddp_smoke(world: int, steps: int, device_type: str, width: int) -> dict:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_") as tmp:
-        # CPU: fork (no re-import, a second); CUDA cannot be forked once initialised: spawn
+        # fork where it is safe (no re-import, a second); not once this process has used CUDA, whose
+        # autograd threads a forked child cannot take over (the CPU smoke after the GPU sections): spawn
+        spawn = device_type == "cuda" or torch.cuda.is_initialized()
         mp.start_processes(_ddp_worker, args=(world, _free_port(), tmp, steps, device_type, width), nprocs=world,
-                           start_method="spawn" if device_type == "cuda" else "fork")
+                           start_method="spawn" if spawn else "fork")
         ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
     slowest = max(r["seconds"] for r in ranks)
     spread = max(abs(r["weights_sum"] - ranks[0]["weights_sum"]) for r in ranks)
