@@ -253,3 +253,24 @@ def test_the_preflight_names_each_bad_method_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         precheck([*overrides, "eps=digits_linf"])
     assert str(err.value).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize("rel_step_size", [2.0, 2.5])
+def test_fgsm_rs_step_of_two_eps_or_more_lands_on_the_corner_whatever_the_start(rel_step_size):
+    """A step ≥ 2ε from any start in the ε-box ends, after clipping, on ε·sign(∇): FGSM without a random
+    start. On a 2-class linear model the input gradient's sign is sign(w_other − w_y) at every point, so
+    the result is known exactly and equal for every seed and every such step (why the CO sweep's 2.0 and
+    2.5 runs are identical)."""
+    model = nn.Linear(2, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 1.5]], dtype=torch.float64))
+        model.bias.zero_()
+    x = torch.tensor([[0.4, 0.6], [0.5, 0.3]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    eps = 0.05
+    sign = torch.sign(model.weight[1 - y] - model.weight[y]).detach()
+    for seed in (0, 1, 2):
+        attack = PGD(eps=eps, steps=1, rel_step_size=rel_step_size, random_start=True, keep_best=False, seed=seed)
+        assert torch.allclose(attack(model, x, y), x + eps * sign, atol=1e-12)
+    start_matters = PGD(eps=eps, steps=1, rel_step_size=1.25, random_start=True, keep_best=False, seed=0)
+    assert not torch.allclose(start_matters(model, x, y), x + eps * sign)  # below 2ε the start still shows
