@@ -101,9 +101,15 @@ def test_a_small_network_at_16_255_collapses_below_the_default_fall_and_its_pres
     """Reproduces a missed collapse: the network's best PGD accuracy before collapsing is 0.113, so the default
     fall of 0.2 never happens; fast_at_collapse_cifar10_cpu's fall of 0.1 fires at epoch 2 (as the real run
     did) and on none of the healthy runs."""
-    assert _first_collapse(COLLAPSING, 0.1, 0.2, 0.2) is None
-    assert _first_collapse(COLLAPSING, 0.1, 0.1, 0.2) == 2
-    assert all(_first_collapse(run, 0.1, 0.1, 0.2) is None for run in HEALTHY)
+    from advlab.runtime.resolvers import CONF_DIR
+
+    defaults = OmegaConf.load(CONF_DIR / "callbacks" / "overfitting_guard.yaml").overfitting_guard
+    preset = OmegaConf.merge(defaults, OmegaConf.load(CONF_DIR / "experiment" / "fast_at_collapse_cifar10_cpu.yaml").callbacks.overfitting_guard)
+    thresholds = [(node.pgd_acc_max, node.pgd_drop, node.fgsm_gap) for node in (defaults, preset)]
+    assert thresholds == [(0.1, 0.2, 0.2), (0.1, 0.1, 0.2)]
+    assert _first_collapse(COLLAPSING, *thresholds[0]) is None
+    assert _first_collapse(COLLAPSING, *thresholds[1]) == 2
+    assert all(_first_collapse(run, *thresholds[1]) is None for run in HEALTHY)
 
 
 def test_fast_at_at_a_small_eps_does_not_fire(digits, one_torch_thread):
