@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from advlab.analysis.attack_transfer import transfer_metrics, untargeted
+from advlab.analysis.attack_transfer import evaluation_split, transfer_metrics, untargeted
 from advlab.attacks import PGD
 from advlab.report.sweep import load_sweep
 from conftest import run_advlab
@@ -53,6 +53,20 @@ def _wandb_log(run_dir: Path) -> bytes:
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, run_dir
     return next(runs[0].glob("run-*.wandb")).read_bytes()
+
+
+def test_transfer_subset_is_seeded_and_spans_a_split_stored_class_by_class():
+    from types import SimpleNamespace
+
+    y = torch.arange(10).repeat_interleave(100)  # an ImageFolder-like split: class 0 first, then 1, ...
+    data = SimpleNamespace(x_test=torch.arange(1000.0).view(-1, 1), y_test=y)
+    x1, y1 = evaluation_split(data, 300)
+    x2, y2 = evaluation_split(data, 300)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and len(y1) == 300
+    assert torch.equal(y1, y[x1.view(-1).long()])  # images keep their labels
+    assert bool((x1.view(-1).diff() > 0).all())  # in the stored order, no repeats
+    assert torch.bincount(y1, minlength=10).min() >= 15  # every class, not a prefix of the first three
+    assert evaluation_split(data, None)[0] is data.x_test and evaluation_split(data, 5000)[0] is data.x_test
 
 
 def test_transfer_sweep_with_parallel_jobs_trains_each_model_once(advlab_root):
@@ -147,7 +161,8 @@ def test_cross_architecture_perturbation_sweep_gives_matrix_and_scatter(advlab_r
     from conftest import FAST
 
     sweep = advlab_root / "sweep"
-    run = run_advlab(advlab_root, "-m", "method=perturbation", "derived.measure_transfer=true", "derived.transfer_eps=0.5", "arch@source.arch=wide_mlp,mlp",
+    run = run_advlab(advlab_root, "-m", "method=perturbation", "derived.measure_transfer=true", "derived.transfer_eps=0.5",
+                     "derived.transfer_images=37", "arch@source.arch=wide_mlp,mlp",
                      "arch=wide_mlp,mlp", *[o for o in FAST if not o.startswith("arch.")], f"hydra.sweep.dir={sweep}", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     jobs = load_sweep(sweep).jobs
@@ -155,6 +170,7 @@ def test_cross_architecture_perturbation_sweep_gives_matrix_and_scatter(advlab_r
     assert len(metrics) == 4
     for (s, t), m in metrics.items():
         assert m["transfer/same_model"] == float(s == t)
+        assert m["transfer/n"] == 37  # the seeded subset of the test split, not all of it
         if s == t:  # the transfer target is the source itself: white-box numbers
             assert m["transfer/fool_rate"] == m["source/fool_rate"]
     # two models only: each source doubles as the standard model of its architecture

@@ -47,13 +47,27 @@ def craft_adversarial(source, attack, x: torch.Tensor, y: torch.Tensor, *, batch
     return out
 
 
-def adversarial_test_set(artifacts, source, source_key: dict, attack, datamodule, batch_size: int = 512) -> tuple[torch.Tensor, bool]:
-    """(x_adv of the datamodule's test split against `source`, whether it came from the cache)."""
+def evaluation_split(datamodule, images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of the datamodule's test split, or of `images` of its images drawn with a fixed seed
+    (a split stored class by class would give a prefix of few classes), in their stored order."""
+    x, y = datamodule.x_test, datamodule.y_test
+    if images is None or images >= len(y):
+        return x, y
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:images].sort().values
+    return x[keep], y[keep]
+
+
+def adversarial_test_set(artifacts, source, source_key: dict, attack, datamodule, batch_size: int = 512,
+                         images: int | None = None) -> tuple[torch.Tensor, bool]:
+    """(x_adv of `evaluation_split(datamodule, images)` against `source`, whether it came from the cache)."""
     spec = {"source": source_key, "attack": describe_object(attack), "data": datamodule.describe(), "split": "test"}
+    if images is not None:  # only then: the keys of sets crafted on the whole split stay what they were
+        spec["images"] = int(images)
 
     def craft():
-        x_adv = craft_adversarial(source, attack, datamodule.x_test, datamodule.y_test, batch_size=batch_size,
-                                  device=artifacts.device, progress=artifacts.progress)
+        x, y = evaluation_split(datamodule, images)
+        x_adv = craft_adversarial(source, attack, x, y, batch_size=batch_size, device=artifacts.device,
+                                  progress=artifacts.progress)
         return {"x_adv": x_adv}
 
     payload, cached = artifacts.constructed("adversarial", spec, craft, what="adversarial test set")

@@ -145,7 +145,8 @@ class PerturbationDataset:
     `target_rule` in {det, rand, uniform}; `base` in {natural, uniform} (attack natural images or
     U[0,1] noise); `train_on` in {adv, delta} (train on x+δ or on δ alone). `measure_transfer`: also
     measure how the source's untargeted attack (at `transfer_eps`, default the crafting ε) transfers
-    to a standard model of the trained architecture (Ilyas et al. Fig. 3).
+    to a standard model of the trained architecture (Ilyas et al. Fig. 3), on `transfer_images` test
+    images drawn with a fixed seed (default: all of them).
     """
     target_rule: str = "det"
     base: str = "natural"
@@ -154,6 +155,7 @@ class PerturbationDataset:
     batch_size: int = 512
     measure_transfer: bool = False
     transfer_eps: float | None = None
+    transfer_images: int | None = None
 
     source_name = "source model"  # in the log and the cache messages
 
@@ -164,6 +166,7 @@ class PerturbationDataset:
         self.seed = int(self.seed)
         self.batch_size = check_number("derived.batch_size", self.batch_size, 1, integer=True)
         self.transfer_eps = None if self.transfer_eps is None else float(self.transfer_eps)
+        self.transfer_images = check_number("derived.transfer_images", self.transfer_images, 1, integer=True, allow_none=True)
 
     def build(self, source: SourceModel, datamodule, artifacts, *, attack=None, eval_attack=None, arch=None, source_spec=None) -> DerivedData:
         """Craft (or take from the cache) the dataset with `attack`, made targeted; `arch` and
@@ -205,15 +208,16 @@ class PerturbationDataset:
                 "perturb/budget_bound": float(budget), "perturb/delta_linf_mean": float(linf)}
 
     def _transfer_metrics(self, source: SourceModel, attack, datamodule, artifacts, target_spec) -> dict:
-        from advlab.analysis.attack_transfer import adversarial_test_set, evaluate_transfer, untargeted
+        from advlab.analysis.attack_transfer import adversarial_test_set, evaluate_transfer, evaluation_split, untargeted
 
         target, _, target_key = artifacts.model(target_spec, datamodule, name="transfer target model", where="derived.transfer_target")
         attack = untargeted(attack)
         if self.transfer_eps is not None:  # the crafting ε can be far too large to tell architectures apart
             attack.eps = self.transfer_eps
-        x_adv, _ = adversarial_test_set(artifacts, source.model, source.key, attack, datamodule, batch_size=self.batch_size)
-        metrics, _ = evaluate_transfer(source.model, target, datamodule.x_test, x_adv, datamodule.y_test,
-                                       batch_size=self.batch_size, device=artifacts.device)
+        x_adv, _ = adversarial_test_set(artifacts, source.model, source.key, attack, datamodule, batch_size=self.batch_size,
+                                        images=self.transfer_images)
+        x, y = evaluation_split(datamodule, self.transfer_images)
+        metrics, _ = evaluate_transfer(source.model, target, x, x_adv, y, batch_size=self.batch_size, device=artifacts.device)
         metrics["transfer/same_model"] = float(target_key == source.key)
         metrics["transfer/eps"] = float(attack.eps)
         log.info("Transfer of the source's untargeted attack to a standard %s: fool rate %.3f",
