@@ -41,13 +41,15 @@ def test_the_newest_run_of_exactly_the_command_is_read(tmp_path):
     _run_dir(runs / "other", "train", ["experiment=x", "seed=1"], {"test/acc": 0.9}, 3_000)      # another command
     _run_dir(runs / "eval", "eval", ["experiment=x"], {"test/acc": 0.8}, 4_000)                  # another app
     _run_dir(runs / "sweep" / "0", "train", ["experiment=s", "rule=det"], {"test/acc": 0.25}, 1_000)
-    _run_dir(runs / "sweep" / "1", "train", ["experiment=s", "rule=rand"], {"test/acc": 0.75}, 1_000)
+    _run_dir(runs / "sweep" / "1", "train", ["experiment=s", "rule=rand"], {"test/acc": 0.75, "time/total_s": 90,
+                                                                            "time/source_s": 0.03}, 1_000)
     _run_dir(runs / "nested", "eval", ["experiment=e"], {"models": {"at": {"acc": [0.9, 0.4]}, "std": {"acc": [0.9, 0.1]}}}, 1_000)
     (runs / "broken" / ".hydra").mkdir(parents=True)
     (runs / "broken" / "metrics.json").write_text("[1, 2")  # a half-copied run is not a candidate
     claims = _claims(tmp_path, [
         {"claim": "acc", "paper": "60 %", "where": "Table 1", "command": "advlab-train experiment=x", "metric": "test/acc", "unit": "percent"},
         {"claim": "det", "paper": "0.2", "where": "Fig. 2", "command": "advlab-train experiment=s -m", "job": ["rule=det"], "metric": "test/acc"},
+        {"claim": "rand", "paper": "0.6", "where": "Fig. 2", "command": "advlab-train experiment=s -m", "job": ["rule=rand"], "metric": "test/acc"},
         {"claim": "gap", "paper": "higher", "where": "§4", "command": "advlab-eval experiment=e", "metric": ["models", "at", "acc", 1],
          "baseline": ["models", "std", "acc", -1], "unit": "percent"},
         {"claim": "absent", "paper": "1", "where": "§5", "command": "advlab-probe experiment=p", "metric": "x"},
@@ -57,6 +59,7 @@ def test_the_newest_run_of_exactly_the_command_is_read(tmp_path):
     text = out.read_text()
     assert "| acc | 60 % (Table 1) | 62.5 % | 2.0 min | `advlab-train experiment=x` |" in text
     assert "| det | 0.2 (Fig. 2) | 0.250 |  | `advlab-train experiment=s -m` (rule=det) |" in text
+    assert "| rand | 0.6 (Fig. 2) | 0.750 | 1.5 min, source cached |" in text  # not a time from an empty cache
     assert "| gap | higher (§4) | +30.0 pp |" in text
     assert "| absent | 1 (§5) | not measured |" in text
     assert missing == ["A paper: absent"]

@@ -181,6 +181,15 @@ def machine_line() -> str:
     return f"{name}, {os.cpu_count()} cores, " + (", ".join(units) if units else "AVX2 only" if "avx2" in flags else "no AVX2")
 
 
+def wall_time(metrics: dict) -> str:
+    """The run's `time/total_s` in minutes; "source cached" where its source model was a cache hit
+    (`time/source_s` under a second: loading, not training), so the time is not from an empty cache."""
+    if "time/total_s" not in metrics:
+        return ""
+    cached = float(metrics.get("time/source_s", 1e9)) < 1.0
+    return f"{float(metrics['time/total_s']) / 60:.1f} min" + (", source cached" if cached else "")
+
+
 def render(papers: list[Paper], runs: list[Run], machine: str) -> tuple[str, list[str]]:
     """(the Markdown page, the claims no run was found for)."""
     lines = ["# Reproductions: each paper against advlab", "",
@@ -196,7 +205,7 @@ def render(papers: list[Paper], runs: list[Run], machine: str) -> tuple[str, lis
             value = None if run is None else claim_value(claim, run.metrics)
             if value is None:
                 missing.append(f"{paper.title}: {claim.claim}")
-            wall = "" if run is None or "time/total_s" not in run.metrics else f"{float(run.metrics['time/total_s']) / 60:.1f} min"
+            wall = "" if run is None else wall_time(run.metrics)
             job = f" ({', '.join(claim.job)})" if claim.job else ""
             note = f" {claim.note}" if claim.note else ""
             lines.append(f"| {claim.claim}{note} | {claim.paper} ({claim.where}) | {formatted(value, claim.unit, claim.baseline is not None)} | {wall} "
