@@ -80,8 +80,13 @@ def _check_search(root, sweep_dir, n_trials: int, run) -> dict:
     assert run.returncode == 0, run.stderr[-3000:]
     trials = _trials(sweep_dir)
     assert len(trials) == n_trials
-    for t in trials:
+    from advlab.runtime.objective import loggable
+
+    for job, t in zip(sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)), trials):
         m = t["metrics"]
+        # what the trial wrote is listed for its app (advlab.runtime.objective.METRICS, what the pre-flight checks against)
+        listed = set(loggable(OmegaConf.load(job / ".hydra" / "config.yaml"), "train"))
+        assert {k for k, v in m.items() if isinstance(v, (int, float))} - {"test/acc_per_s"} <= listed
         assert m["test/acc_per_s"] == pytest.approx(m["test/acc"] / (m["time/total_s"] - m["time/source_s"]))
         assert 0.5 <= float(t["params"]["eps.value"]) <= 3.0 and int(t["params"]["attack.steps"]) in (5, 10, 20, 30, 50)
     # the first trial trains the source model, the others take it from the cache (not counted either way)
@@ -109,3 +114,32 @@ def test_digits_det_search_of_eight_trials_reports_its_best_trial(advlab_root):
                      f"hydra.sweep.dir={sweep_dir}", timeout=1800)
     results = _check_search(advlab_root, sweep_dir, 8, run)
     print(f"8-trial search: {time.time() - started:.0f} s; best {results['best_params']} -> {results['best_value']:.4f} test/acc per s")
+
+
+def test_an_objective_the_app_never_logs_is_refused_before_any_trial(advlab_root):
+    """A search whose `optimized_metric` no run of the app logs stops before its first trial: exit 2, one
+    line naming the key, the value and the allowed metrics (advlab.runtime.objective.METRICS), no sweep dir."""
+    sweep_dir = advlab_root / "search"
+    run = run_advlab(advlab_root, "hparams_search=lr_weight_decay", "optimized_metric=val/accuracy", *TINY, f"hydra.sweep.dir={sweep_dir}")
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-3000:]
+    assert lines[0].startswith("advlab-train: error: optimized_metric: unknown value 'val/accuracy': advlab-train does not log it")
+    assert "allowed: train/acc, val/acc, test/acc, time/total_s," in lines[0] and "perturb/success_rate" in lines[0]
+    assert not sweep_dir.exists() and not (advlab_root / "run").exists()
+
+
+def test_the_objectives_allowed_follow_what_the_run_chooses():
+    from advlab.preflight.jobs import precheck
+    from advlab.runtime.objective import loggable
+
+    precheck(["hparams_search=lr_weight_decay", "optimized_metric=perturb/success_rate_per_s"], "train")  # a valid one composes
+    precheck(["hparams_search=lr_weight_decay", "callbacks=mi", "optimized_metric=mi/clean/kde_upper/fc1/I_XT"], "train")
+    precheck(["optimized_metric=transfer/fool_rate"], "transfer")
+    with pytest.raises(ConfigError, match=r"^optimized_metric: unknown value 'test/agreement': advlab-train does not log it with this config; "
+                                          r"allowed: train/acc, val/acc, test/acc, time/total_s, or any of them followed by _per_s$"):
+        precheck(["hparams_search=lr_weight_decay", "method=standard", "optimized_metric=test/agreement"], "train")
+    with pytest.raises(ConfigError, match=r"^optimized_metric: unknown value 'test/acc': advlab-transfer does not log it"):
+        precheck(["optimized_metric=test/acc"], "transfer")
+    assert "test/adv_acc" in loggable(_compose("method=standard", "attack@eval_attack=pgd_linf"), "train")
+    assert "guard/collapsed" in loggable(_compose("method=fast_adversarial", "callbacks=overfitting_guard"), "train")
+

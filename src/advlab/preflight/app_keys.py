@@ -8,6 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from advlab.attack_losses import LOSSES as ATTACK_LOSSES
 from advlab.errors import ConfigError, check_number
+from advlab.runtime.objective import check_optimized_metric
 from advlab.runtime.resolvers import CONF_DIR, group_options
 
 
@@ -156,6 +157,7 @@ def validate(cfg: DictConfig) -> None:
         _validate_eval(cfg)
     if _get(cfg, "probe") is not None:
         _validate_probe(cfg)
+    check_optimized_metric(cfg)  # a search's objective: a metric the run logs (advlab.runtime.objective.METRICS)
 
 
 def _validate_probe(cfg: DictConfig) -> None:
