@@ -60,9 +60,10 @@ def test_preflight_refuses_before_anything_is_written(advlab_root, overrides, ke
     assert not (advlab_root / "cache").exists()
 
 
-def test_transfer_batch_size_is_refused_before_any_source_model(advlab_root):
-    run = run_advlab(advlab_root, "batch_size=0", "logger=csv", module="advlab.apps.transfer")
-    _one_error_line(run, "advlab-transfer", "batch_size", "integer >= 1")
+@pytest.mark.parametrize("key", ["transfer.batch_size", "batch_size"])  # the new form, and the old one (one release)
+def test_transfer_batch_size_is_refused_before_any_source_model(advlab_root, key):
+    run = run_advlab(advlab_root, f"{key}=0", "logger=csv", module="advlab.apps.transfer")
+    _one_error_line(run, "advlab-transfer", key, "integer >= 1")
 
 
 def test_malformed_yaml_of_a_config_dir_names_its_file_and_line(advlab_root, tmp_path):

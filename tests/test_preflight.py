@@ -48,13 +48,15 @@ CASES = {
         (["off_support.kinds=[pink]"], "off_support.kinds", "allowed: uniform, gaussian"),
         (["+robustness.attacks.pgd_linf.stepz=1"], "robustness.attacks.pgd_linf.stepz", "allowed: eps, norm, steps"),
         (["robustness.attacks.pgd_linf.steps=0"], "robustness.attacks.pgd_linf.steps", ">= 1, got 0"),
-        (["batch_size=0"], "batch_size", ">= 1, got 0"),
+        (["batch_size=0"], "batch_size", ">= 1, got 0"),  # the old form of eval.batch_size (one release)
+        (["eval.batch_size=0"], "eval.batch_size", ">= 1, got 0"),
         ([*NT_MODEL, "+models.NT.method.foo=1"], "models.NT.method.foo", "allowed: label_smoothing"),
         ([*NT_MODEL, "+models.NT.foo=1"], "models.NT.foo", "allowed: method, optimizer"),
         (["+bar=1"], "bar", "unknown top-level key"),
     ],
     "transfer": [
-        (["batch_size=0"], "batch_size", ">= 1, got 0"),
+        (["batch_size=0"], "batch_size", ">= 1, got 0"),  # the old form of transfer.batch_size (one release)
+        (["transfer.batch_size=0"], "transfer.batch_size", ">= 1, got 0"),
         (["+target.arch.widht=2"], "target.arch.widht", "allowed: width"),
         (["+source.method.target_rule=rand"], "source.method.target_rule", "allowed: label_smoothing"),
         (["+target.trainer.devics=1"], "target.trainer.devics", "devices"),
@@ -94,3 +96,25 @@ def test_config_dir_presets_are_checked_too(tmp_path):
 def test_good_trainer_devices_pass():
     for devices in ("auto", "-1", "1", "[0]", "'0,1'"):
         precheck([f"trainer.devices={devices}"], "train")
+
+
+@pytest.mark.parametrize("app, default", [("eval", 256), ("transfer", 512)])
+def test_the_apps_batch_is_at_its_node_and_the_old_top_level_key_works_one_release(app, default, caplog):
+    """advlab-eval's and advlab-transfer's batch: `eval.batch_size` / `transfer.batch_size`; the top-level
+    `batch_size` is its old form, for one release, named by one line (advlab.errors.moved_keys)."""
+    import logging
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from advlab.runtime.lifecycle import app_batch_size
+    from advlab.runtime.resolvers import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        configs = {o: compose(app, overrides=[o] if o else []) for o in ("", f"{app}.batch_size=64", "batch_size=32")}
+    with caplog.at_level(logging.WARNING, logger="advlab.runtime.lifecycle"):
+        assert [app_batch_size(cfg) for cfg in configs.values()] == [default, 64, 32]
+    assert [r.getMessage() for r in caplog.records] == [f"batch_size is deprecated: use {app}.batch_size=32"]
+    for overrides in ([f"{app}.batch_size=64"], ["batch_size=32"]):
+        precheck(overrides, app)  # both forms pass the pre-flight

@@ -183,3 +183,17 @@ def test_cross_architecture_perturbation_sweep_gives_matrix_and_scatter(advlab_r
     md = (report / "report.md").read_text()
     assert "## Transfer rate vs perturbation-learning accuracy" in md
     assert (report / "ilyas_scatter.png").stat().st_size > 5000
+
+
+def test_the_batch_is_transfer_batch_size_and_the_old_top_level_key_works_one_release(advlab_root):
+    """advlab-transfer's batch is `transfer.batch_size`; the top-level `batch_size` it was before still
+    works for one release, with one line naming the new form (advlab.errors.moved_keys)."""
+    quick = ["source.max_epochs=1", "target.max_epochs=1", "attack.steps=2", "dataset.max_train=300", "logger=csv"]
+    new = run_advlab(advlab_root, *quick, "transfer.batch_size=100", module="advlab.apps.transfer", run_dir=advlab_root / "new")
+    assert new.returncode == 0, new.log[-3000:]
+    assert "deprecated" not in new.log
+    old = run_advlab(advlab_root, *quick, "batch_size=100", module="advlab.apps.transfer", run_dir=advlab_root / "old")
+    assert old.returncode == 0, old.log[-3000:]
+    lines = [ln for ln in old.log.splitlines() if "deprecated" in ln]
+    assert len(lines) == 1 and lines[0].endswith("batch_size is deprecated: use transfer.batch_size=100"), lines
+    assert old.metrics["transfer/target_acc"] == new.metrics["transfer/target_acc"]

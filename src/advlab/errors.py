@@ -1,5 +1,6 @@
-"""The one error type for bad user input (reported as a single line, before any work starts) and the
-one number checker every constructor and the pre-flight use."""
+"""The one error type for bad user input (reported as a single line, before any work starts), the
+one number checker every constructor and the pre-flight use, and the one way a moved key keeps working
+for a release (`moved_keys`: its value taken to its new place, with one line naming the new form)."""
 from __future__ import annotations
 
 import math
@@ -42,3 +43,15 @@ def check_number(key: str, value, minimum: float | None = None, *, integer: bool
         bound = f" {'>' if strict else '>='} {minimum}" if minimum is not None else ""
         raise ConfigError(key, f"must be {'null or ' if allow_none else ''}{kind}{bound}, got {value!r}")
     return int(value) if integer else float(value)
+
+
+def moved_keys(values, moves: dict[str, str], old_node: str, new_node: str) -> tuple[dict, list[str]]:
+    """Keys that moved (one release): of `values` (a mapping of the old node's keys), those named in
+    `moves` (old key -> new key) and set (not None). Returns ({new key: value}, one deprecation line per
+    key: `<old_node>.<old> is deprecated: use <new_node>.<new>=<value>`); an empty node is the top level."""
+    def dotted(node: str, key: str) -> str:
+        return f"{node}.{key}" if node else key
+
+    moved = {old: value for old, value in values.items() if old in moves and value is not None}
+    notes = [f"{dotted(old_node, old)} is deprecated: use {dotted(new_node, moves[old])}={value}" for old, value in moved.items()]
+    return {moves[old]: value for old, value in moved.items()}, notes

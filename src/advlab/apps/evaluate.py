@@ -30,7 +30,7 @@ from advlab.preflight.app_keys import validate
 from advlab.runtime.resolvers import CONF_DIR
 from advlab.errors import ConfigError
 from advlab.utils.io import write_json
-from advlab.runtime.lifecycle import data_and_cache, finish_loggers, start_loggers
+from advlab.runtime.lifecycle import app_batch_size, data_and_cache, finish_loggers, start_loggers
 from advlab.runtime.task_wrapper import task_wrapper
 
 # torch, Lightning and the analyses are imported inside the task, so that bad input is reported at once.
@@ -125,7 +125,7 @@ def _test_points(cfg: DictConfig, models: list, datamodule, device):
     from advlab.analysis.protocol import Points
     from advlab.models.base import predict
 
-    batch = int(cfg.batch_size)
+    batch = app_batch_size(cfg)  # eval.batch_size
     x_test, y_test = datamodule.x_test, datamodule.y_test
     predictions = {id(m): predict(m.model, x_test, batch, device) for m in models}
     common = torch.stack([pred == y_test for pred in predictions.values()]).all(dim=0)

@@ -21,7 +21,7 @@ from advlab.runtime.hydra_app import run_hydra_app
 from advlab.preflight.app_keys import validate
 from advlab.runtime.resolvers import CONF_DIR
 from advlab.errors import ConfigError
-from advlab.runtime.lifecycle import data_and_cache, finish_run, start_loggers
+from advlab.runtime.lifecycle import app_batch_size, data_and_cache, finish_run, start_loggers
 from advlab.runtime.task_wrapper import task_wrapper
 
 log = logging.getLogger("advlab.apps.transfer")
@@ -61,6 +61,7 @@ def transfer(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     datamodule, cache, bounds = data_and_cache(cfg)
     attack = instantiate(cfg.attack, bounds=bounds)
+    batch = app_batch_size(cfg)  # transfer.batch_size (crafting and evaluation)
     if attack.targeted:
         raise ConfigError("attack.targeted", "attack transfer uses untargeted attacks; allowed: false")
     source_data = _training_data(cfg.source, datamodule, "source")
@@ -71,9 +72,8 @@ def transfer(cfg: DictConfig) -> float | None:
     source_spec, target_spec = (OmegaConf.create(_spec(s)) for s in (cfg.source, cfg.target))
     source, source_metrics, source_key = spec_model(artifacts, source_spec, source_data, name="source model", where="source")
     target, target_metrics, target_key = spec_model(artifacts, target_spec, target_data, name="target model", where="target")
-    x_adv, _ = adversarial_test_set(artifacts, source, source_key, attack, datamodule, batch_size=int(cfg.batch_size))
-    metrics, preds = evaluate_transfer(source, target, datamodule.x_test, x_adv, datamodule.y_test,
-                                       batch_size=int(cfg.batch_size), device=artifacts.device)
+    x_adv, _ = adversarial_test_set(artifacts, source, source_key, attack, datamodule, batch_size=batch)
+    metrics, preds = evaluate_transfer(source, target, datamodule.x_test, x_adv, datamodule.y_test, batch_size=batch, device=artifacts.device)
     metrics["transfer/same_model"] = float(source_key == target_key)
     metrics["time/total_s"] = round(time.time() - started, 2)
     log.info("Transfer %s (%s, eps=%g): source adv acc %.4f, target clean %.4f -> %.4f, fool rate %.4f",

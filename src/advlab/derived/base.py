@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torchmetrics import MeanMetric
 
-from advlab.errors import ConfigError
+from advlab.errors import ConfigError, moved_keys
 
 
 @dataclass
@@ -73,16 +73,15 @@ def split_method(method_node, derived_node=None, where: str = "method"):
         return method_node, derived_node, []
     plain = OmegaConf.to_container(method_node, resolve=True)  # copies taken out of the run's config: resolved
     training = OmegaConf.create({k: v for k, v in plain.items() if k not in old})
-    moved = {k: v for k, v in plain.items() if k in old and k != "derived" and v is not None}
-    notes = [f"{where}.{k} is deprecated: use derived.{MOVED_TO_DERIVED[k]}={v}" for k, v in moved.items()]
+    moved, notes = moved_keys(plain, MOVED_TO_DERIVED, where, "derived")
     derived = OmegaConf.to_container(derived_node, resolve=True) if derived_node is not None else None
     if plain.get("derived"):  # the old form of a derived method: its builder's class path in the method node
         notes.append(f"{where}.derived is deprecated: choose the dataset with derived=<option> (conf/derived/)")
         derived = {"_target_": plain["derived"], **(derived or {})}
     if moved and derived is None:
-        key = next(iter(moved))
+        key = next(k for k, v in plain.items() if k in MOVED_TO_DERIVED and v is not None)
         raise ConfigError(f"{where}.{key}", f"a derived dataset's option, and no dataset is chosen: choose one with derived=<option> "
                                             f"(conf/derived/), then set derived.{MOVED_TO_DERIVED[key]}")
     if derived is not None:
-        derived = OmegaConf.create({**derived, **{MOVED_TO_DERIVED[k]: v for k, v in moved.items()}})
+        derived = OmegaConf.create({**derived, **moved})
     return training, derived, notes

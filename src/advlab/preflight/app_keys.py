@@ -143,7 +143,9 @@ def validate(cfg: DictConfig) -> None:
     """Type and range checks of the keys users set most; raises ConfigError."""
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
-    _number(cfg, "batch_size", minimum=1, integer=True)  # advlab-eval's and advlab-transfer's own batch
+    # advlab-eval's and advlab-transfer's own batch; the top-level `batch_size` is its old form (one release)
+    for key in ("eval.batch_size", "transfer.batch_size", "batch_size"):
+        _number(cfg, key, minimum=1, integer=True)
     for spec in ("source", "target"):
         _model_spec(cfg, spec)
     if _get(cfg, "derived.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec

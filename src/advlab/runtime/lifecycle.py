@@ -59,6 +59,19 @@ def data_and_cache(cfg: DictConfig):
     return datamodule, cache, bounds
 
 
+def app_batch_size(cfg: DictConfig) -> int:
+    """advlab-eval's and advlab-transfer's own batch, at their node (`eval.batch_size`,
+    `transfer.batch_size`). The top-level `batch_size` it was before still works for one release, with
+    one line naming the new form (advlab.errors.moved_keys)."""
+    from advlab.errors import moved_keys
+
+    node = str(cfg.task_name)
+    moved, notes = moved_keys({"batch_size": cfg.get("batch_size")}, {"batch_size": "batch_size"}, "", node)
+    for line in notes:
+        log.warning(line)
+    return int(moved.get("batch_size", OmegaConf.select(cfg, f"{node}.batch_size")))
+
+
 def resolve_hardware(cfg: DictConfig) -> None:
     """Once per run, before anything reads them (Trainers, cache keys, config_resolved.yaml, W&B):
     `precision: auto` resolved for this machine, and torch's threads fitted to the cores this
