@@ -170,9 +170,9 @@ def test_l1_projection_lands_in_the_ball_and_the_box_and_is_the_closest():
 
 
 def test_large_eps_is_for_l1_only():
-    with pytest.raises(ConfigError, match=r"^attack.large_eps: .*allowed: false"):
+    with pytest.raises(ConfigError, match=r"^large_eps: .*allowed: false"):
         APGD(0.1, norm="linf", large_eps=True)
-    with pytest.raises(ConfigError, match=r"^attack.norm: .*allowed: linf, l2, l1"):
+    with pytest.raises(ConfigError, match=r"^norm: .*allowed: linf, l2, l1"):
         APGD(0.1, norm="l0")
 
 

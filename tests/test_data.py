@@ -186,13 +186,13 @@ def test_bad_config_values_raise_config_error_naming_the_key():
     with pytest.raises(ConfigError) as e:
         DigitsDataModule(classes=[1, 12]).setup()
     assert e.value.key == "dataset.classes" and "0..9" in str(e.value)
-    with pytest.raises(ConfigError, match="dataset.classes"):
+    with pytest.raises(ConfigError, match="^classes: "):
         DigitsDataModule(classes=[1, 1])
-    with pytest.raises(ConfigError, match="dataset.val_fraction"):
+    with pytest.raises(ConfigError, match="^val_fraction: "):
         DigitsDataModule(val_fraction=1.0)
-    with pytest.raises(ConfigError, match="dataset.max_train"):
+    with pytest.raises(ConfigError, match="^max_train: "):
         DigitsDataModule(max_train=0)
-    with pytest.raises(ConfigError, match="dataset.batch_size"):
+    with pytest.raises(ConfigError, match="^batch_size: "):
         DigitsDataModule(batch_size=-3)
 
 
@@ -385,7 +385,7 @@ def test_augment_applies_to_training_batches_only_in_a_real_trainer():
 
 
 def test_augment_on_vector_data_is_a_config_error():
-    with pytest.raises(ConfigError, match="dataset.augment"):
+    with pytest.raises(ConfigError, match="^augment: "):
         SyntheticDataModule(augment=True)
 
 
@@ -484,9 +484,9 @@ def test_synthetic_teacher_labels_are_learnable_random_labels_are_not():
 def test_synthetic_bad_kind_or_labels():
     with pytest.raises(ConfigError) as e:
         SyntheticDataModule(kind="laplace")
-    assert e.value.key == "dataset.kind"
+    assert e.value.key == "kind"
     assert "gaussian, shifted_gaussian, uniform" in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="dataset.labels"):
+    with pytest.raises(ConfigError, match="^labels: "):
         SyntheticDataModule(labels="noisy")
     a = SyntheticDataModule(kind="uniform", dim=3).describe()
     assert a["kind"] == "uniform" and a["dim"] == 3 and a["labels"] == "teacher" and a["name"] == "synthetic"

@@ -96,13 +96,13 @@ def test_misclassified_points_stay_and_eps_bounds_the_attack():
 
 
 def test_arguments_are_checked():
-    with pytest.raises(ConfigError, match="attack.norm"):
+    with pytest.raises(ConfigError, match="^norm: "):
         DeepFool(norm="l1")
-    with pytest.raises(ConfigError, match="deepfool.targeted"):
+    with pytest.raises(ConfigError, match="^targeted: "):
         DeepFool(targeted=True)
-    with pytest.raises(ConfigError, match="deepfool.steps"):
+    with pytest.raises(ConfigError, match="^steps: "):
         DeepFool(steps=0)
-    with pytest.raises(ConfigError, match="deepfool.overshoot"):
+    with pytest.raises(ConfigError, match="^overshoot: "):
         DeepFool(overshoot=-0.1)
 
 

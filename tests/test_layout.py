@@ -79,3 +79,31 @@ def test_an_interpolated_value_is_named_by_the_key_the_user_sets():
     node = OmegaConf.create({"eps": "${eps.value}", "steps": 0})
     assert at_origin(ConfigError("attack.eps", "bad"), node, "attack").key == "eps.value"
     assert at_origin(ConfigError("attack.steps", "bad"), node, "attack").key == "attack.steps"
+    # a constructor names its bare parameter; the pre-flight puts it under the node it was set at
+    assert str(ConfigError("steps", "bad").under("eval_attack", "attack")) == "eval_attack.steps: bad"
+    assert str(ConfigError("steps", "bad").under("source.attack", "attack")) == "source.attack.steps: bad"
+
+
+# the node path a constructor of each package would hard-code if it named its own node
+OWN_NODES = {"attacks": ("attack.", "deepfool."), "methods": ("method.",), "derived": ("derived.",), "models": ("arch.",),
+             "data": ("dataset.",), "callbacks": ("callbacks.",),
+             "analysis": ("deepfool.", "linearity.", "masking.", "off_support.", "robustness.")}
+
+
+def test_constructors_name_their_bare_parameters():
+    """No `__init__` / `__post_init__` raises (or checks a number) under a node path of its own: the
+    pre-flight re-roots a bare parameter at the node the user set (ConfigError.under)."""
+    import ast
+
+    found = []
+    for package, prefixes in OWN_NODES.items():
+        for path in sorted((REPO / "src" / "advlab" / package).glob("*.py")):
+            for fn in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(fn, ast.FunctionDef) or fn.name not in ("__init__", "__post_init__"):
+                    continue
+                for call in ast.walk(fn):
+                    if isinstance(call, ast.Call) and call.args and isinstance(call.args[0], (ast.Constant, ast.JoinedStr)):
+                        first = call.args[0].value if isinstance(call.args[0], ast.Constant) else getattr(call.args[0].values[0], "value", "")
+                        if isinstance(first, str) and first.startswith(prefixes):
+                            found.append(f"{path.name}:{call.lineno} {first}")
+    assert found == ["torchvision_data.py:197 dataset.data_dir"]  # a CIFAR reader's labels, read at run time (not a config node's constructor)

@@ -170,7 +170,7 @@ def test_rollback_restores_the_last_good_epochs_weights_and_optimizer_state_exac
 def test_bad_settings_name_the_key_and_the_allowed_values(key, value, message):
     with pytest.raises(ConfigError) as err:
         _guard(**{key: value})
-    assert str(err.value).startswith(f"callbacks.overfitting_guard.{key}: {message}")
+    assert str(err.value).startswith(f"{key}: {message}")  # the constructor names its parameter
 
 
 def test_a_bad_threshold_from_the_command_line_is_one_line_and_exit_2(tmp_path):

@@ -220,11 +220,11 @@ def test_the_old_method_keys_work_one_release_with_a_line_naming_the_new_form():
 def test_builder_options_are_checked_when_built():
     from advlab.derived import PerturbationDataset, RobustDataset
 
-    with pytest.raises(ConfigError, match="derived.batch_size"):
+    with pytest.raises(ConfigError, match="^batch_size: "):
         PerturbationDataset(batch_size=0)
-    with pytest.raises(ConfigError, match="derived.target_rule: unknown value 'nope'; allowed: det, rand, uniform"):
+    with pytest.raises(ConfigError, match="^target_rule: unknown value 'nope'; allowed: det, rand, uniform"):
         PerturbationDataset(target_rule="nope")
-    with pytest.raises(ConfigError, match="derived.step_size"):
+    with pytest.raises(ConfigError, match="^step_size: "):
         RobustDataset(step_size=0)
 
 

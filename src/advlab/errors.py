@@ -17,12 +17,13 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}")
 
     def under(self, node: str, owner: str = "") -> ConfigError:
-        """This error at config node `node`: a key named as at its owner's node (`attack.steps` with
-        owner `attack`) is re-rooted there (`eval_attack.steps`); a bare parameter (`steps`) is prefixed."""
+        """This error at config node `node`: a bare parameter (`steps`, as constructors name it) is
+        prefixed (`eval_attack.steps`); a key named as at its owner's node (`attack.steps` with owner
+        `attack`) is re-rooted there; any other dotted key (`eps.value`) names a key of its own."""
         key = self.key
         if owner and (key == owner or key.startswith(owner + ".")):
             key = node + key[len(owner):]
-        elif not owner and node and not key.startswith(node + ".") and key != node:
+        elif node and key != node and not key.startswith(node + ".") and (not owner or "." not in key):
             key = f"{node}.{key}"
         return ConfigError(key, self.message)
 

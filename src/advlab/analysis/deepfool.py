@@ -68,7 +68,7 @@ class DeepFoolAnalysis(Analysis):
             return
         bad = [norm for norm in norms if norm not in ("l2", "linf")]
         if bad:
-            raise ConfigError("deepfool.norms", f"unknown value {bad[0]!r}; allowed: l2, linf")
+            raise ConfigError("norms", f"unknown value {bad[0]!r}; allowed: l2, linf")
         self.attacks = {norm: DeepFool(norm=norm, steps=steps, overshoot=overshoot, candidates=candidates,
                                        refine_steps=refine_steps, bounds=bounds) for norm in norms}
         self.samples: list[list] = []  # deepfool_samples.csv, filled by `run`

@@ -229,7 +229,7 @@ def estimator_at(where: str, estimators, noise_var, bin_size, renyi_alpha, renyi
     try:
         return InformationEstimator(list(estimators), noise_var, bin_size, renyi_alpha, renyi_sigma)
     except ConfigError as err:
-        raise ConfigError(f"{where}.{err.key}", str(err).split(": ", 1)[1]) from None
+        raise err.under(where) from None
 
 
 def estimator_from(node, where: str) -> InformationEstimator:

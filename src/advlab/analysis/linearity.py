@@ -80,11 +80,11 @@ class Linearity(Analysis):
         from advlab.errors import check_number
 
         if loss not in LOSSES:
-            raise ConfigError("linearity.loss", f"unknown value {loss!r}; allowed: {', '.join(LOSSES)}")
-        self.eps_max = check_number("linearity.eps_max", eps_max, 0, strict=True)
-        self.points = check_number("linearity.points", points, 3, integer=True)
-        self.n = check_number("linearity.n", n, 1, integer=True)
-        self.examples, self.loss = check_number("linearity.examples", examples, 0, integer=True), str(loss)
+            raise ConfigError("loss", f"unknown value {loss!r}; allowed: {', '.join(LOSSES)}")
+        self.eps_max = check_number("eps_max", eps_max, 0, strict=True)
+        self.points = check_number("points", points, 3, integer=True)
+        self.n = check_number("n", n, 1, integer=True)
+        self.examples, self.loss = check_number("examples", examples, 0, integer=True), str(loss)
         self.traces: dict[str, tuple] = {}  # model name -> (eps, logits, labels, r2, member) of the plot
 
     def run(self, member, points: Points) -> dict:

@@ -127,12 +127,12 @@ class Masking(Analysis):
         from advlab.errors import check_number
 
         if norm not in ("linf", "l2"):
-            raise ConfigError("masking.norm", f"unknown value {norm!r}; allowed: linf, l2")
+            raise ConfigError("norm", f"unknown value {norm!r}; allowed: linf, l2")
         if large_eps is not None:
-            check_number("masking.large_eps", large_eps, 0, strict=True)
-        self.eps, self.norm, self.bounds, self.seed = check_number("masking.eps", eps, 0, strict=True), str(norm), bounds, int(seed)
-        self.n = check_number("masking.n", n, 1, integer=True)
-        self.options = {key: check_number(f"masking.{key}", value, 1, integer=True)
+            check_number("large_eps", large_eps, 0, strict=True)
+        self.eps, self.norm, self.bounds, self.seed = check_number("eps", eps, 0, strict=True), str(norm), bounds, int(seed)
+        self.n = check_number("n", n, 1, integer=True)
+        self.options = {key: check_number(key, value, 1, integer=True)
                         for key, value in (("steps", steps), ("n_target_classes", n_target_classes), ("queries", queries))}
         self.options["large_eps"] = large_eps
 

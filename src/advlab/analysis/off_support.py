@@ -94,8 +94,8 @@ class OffSupport(Analysis):
 
         bad = [k for k in kinds if k not in NOISE_KINDS]
         if bad:
-            raise ConfigError("off_support.kinds", f"unknown value {bad[0]!r}; allowed: {', '.join(NOISE_KINDS)}")
-        self.kinds, self.n, self.dataset, self.seed = list(kinds), check_number("off_support.n", n, 1, integer=True), dataset, int(seed)
+            raise ConfigError("kinds", f"unknown value {bad[0]!r}; allowed: {', '.join(NOISE_KINDS)}")
+        self.kinds, self.n, self.dataset, self.seed = list(kinds), check_number("n", n, 1, integer=True), dataset, int(seed)
         self.inputs: dict[str, torch.Tensor] = {}
 
     def prepare(self, datamodule) -> None:

@@ -25,7 +25,7 @@ class RobustAccuracy(Analysis):
     def __init__(self, run, eps, losses, cumulative: bool, attacks, diagnostics: bool = False, robustbench_eps=None,
                  bounds=None):
         if diagnostics not in (True, False):
-            raise ConfigError("robustness.diagnostics", f"must be a boolean, got {diagnostics!r}; allowed: true, false")
+            raise ConfigError("diagnostics", f"must be a boolean, got {diagnostics!r}; allowed: true, false")
         self.diagnostics = bool(diagnostics)
         self.attacks = {name: instantiate(attacks[name], bounds=bounds) for name in run}
         self.eps_grids = {norm: [float(e) for e in grid] for norm, grid in eps.items()}

@@ -57,13 +57,13 @@ class APGD(Attack):
                  random_start: bool = True, eot_iter: int = 1, targeted: bool = False, bounds=(0.0, 1.0),
                  seed: int = 0, large_eps: bool = False):
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
-        self.steps = _int_at_least_one("attack.steps", steps)
-        self.restarts = _int_at_least_one("attack.restarts", restarts)
-        self.eot_iter = _int_at_least_one("attack.eot_iter", eot_iter)
-        self.random_start = _bool("attack.random_start", random_start)
-        self.large_eps = _bool("attack.large_eps", large_eps)
+        self.steps = _int_at_least_one("steps", steps)
+        self.restarts = _int_at_least_one("restarts", restarts)
+        self.eot_iter = _int_at_least_one("eot_iter", eot_iter)
+        self.random_start = _bool("random_start", random_start)
+        self.large_eps = _bool("large_eps", large_eps)
         if self.large_eps and self.norm != "l1":
-            raise ConfigError("attack.large_eps", f"the 3ε/2ε/ε schedule is for norm l1, got norm {self.norm!r}; allowed: false")
+            raise ConfigError("large_eps", f"the 3ε/2ε/ε schedule is for norm l1, got norm {self.norm!r}; allowed: false")
 
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._restarts(model, x, _Goal(partial(_loss_goal, self.loss, self.targeted), y))
@@ -234,10 +234,10 @@ class APGDT(APGD):
                  restarts: int = 1, random_start: bool = True, eot_iter: int = 1, bounds=(0.0, 1.0), seed: int = 0,
                  loss: str = "dlr", targeted: bool = False, large_eps: bool = False):
         if loss != "dlr":
-            raise ConfigError("attack.loss", f"APGD-T uses the targeted DLR loss, got {loss!r}; allowed: dlr")
+            raise ConfigError("loss", f"APGD-T uses the targeted DLR loss, got {loss!r}; allowed: dlr")
         super().__init__(eps=eps, norm=norm, steps=steps, loss="dlr", restarts=restarts, random_start=random_start,
                          eot_iter=eot_iter, targeted=targeted, bounds=bounds, seed=seed, large_eps=large_eps)
-        self.n_target_classes = _int_at_least_one("attack.n_target_classes", n_target_classes)
+        self.n_target_classes = _int_at_least_one("n_target_classes", n_target_classes)
 
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

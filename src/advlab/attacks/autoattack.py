@@ -80,19 +80,19 @@ class AutoAttack(Attack):
                  n_target_classes: int | None = None, square_queries: int = 5000, apgd_steps: int = 100, fab_steps: int = 100,
                  eot_iter: int = 20, bounds=(0.0, 1.0), seed: int = 0, targeted: bool = False, loss: str = "ce"):
         if version not in VERSIONS:
-            raise ConfigError("attack.version", f"unknown version {version!r}; allowed: {', '.join(VERSIONS)}")
+            raise ConfigError("version", f"unknown version {version!r}; allowed: {', '.join(VERSIONS)}")
         members = tuple(VERSIONS[version] if attacks is None else attacks)
         bad = [m for m in members if m not in MEMBERS]
         if bad or not members:
-            raise ConfigError("attack.attacks", f"unknown members {bad or members!r}; allowed: {', '.join(MEMBERS)}")
+            raise ConfigError("attacks", f"unknown members {bad or members!r}; allowed: {', '.join(MEMBERS)}")
         self._members = {}
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
         self.version, self.attacks = version, members
-        self.n_target_classes = None if n_target_classes is None else _int_at_least_one("attack.n_target_classes", n_target_classes)
-        self.square_queries = _int_at_least_one("attack.square_queries", square_queries)
-        self.apgd_steps = _int_at_least_one("attack.apgd_steps", apgd_steps)
-        self.fab_steps = _int_at_least_one("attack.fab_steps", fab_steps)
-        self.eot_iter = _int_at_least_one("attack.eot_iter", eot_iter)
+        self.n_target_classes = None if n_target_classes is None else _int_at_least_one("n_target_classes", n_target_classes)
+        self.square_queries = _int_at_least_one("square_queries", square_queries)
+        self.apgd_steps = _int_at_least_one("apgd_steps", apgd_steps)
+        self.fab_steps = _int_at_least_one("fab_steps", fab_steps)
+        self.eot_iter = _int_at_least_one("eot_iter", eot_iter)
         self._members = {name: self._build(name) for name in members}
         self.reset_rng()
         # a dict: cache keys (artifacts.keys.describe_object) skip it; "noted": class counts already logged

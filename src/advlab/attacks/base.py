@@ -151,7 +151,7 @@ def check_norm(norm, allowed=NORMS, owner: str = "") -> str:
     name = _NORM_ALIASES.get(key)
     if name not in allowed:
         what = "unknown norm" if name is None else f"{owner or 'this attack'} does not support norm"
-        raise ConfigError("attack.norm", f"{what} {norm!r}; allowed: {', '.join(allowed)}")
+        raise ConfigError("norm", f"{what} {norm!r}; allowed: {', '.join(allowed)}")
     return name
 
 
@@ -171,7 +171,7 @@ def parse_number(value):
 
 
 def check_eps(eps) -> float:
-    return check_number("attack.eps", parse_number(eps), 0)
+    return check_number("eps", parse_number(eps), 0)
 
 
 def optional_eps() -> property:
@@ -191,9 +191,9 @@ def check_bounds(bounds):
     try:
         lo, hi = bounds
     except (TypeError, ValueError):
-        raise ConfigError("attack.bounds", f"must be null or a pair [lo, hi] with lo < hi, got {bounds!r}") from None
+        raise ConfigError("bounds", f"must be null or a pair [lo, hi] with lo < hi, got {bounds!r}") from None
     if not (_is_real(lo) and _is_real(hi)) or not float(lo) < float(hi):
-        raise ConfigError("attack.bounds", f"must be null or a pair [lo, hi] with lo < hi, got {bounds!r}")
+        raise ConfigError("bounds", f"must be null or a pair [lo, hi] with lo < hi, got {bounds!r}")
     return (float(lo), float(hi))
 
 
@@ -241,9 +241,9 @@ class Attack:
     @targeted.setter
     def targeted(self, value) -> None:
         if not isinstance(value, (bool, int)) or value not in (0, 1):
-            raise ConfigError("attack.targeted", f"must be a boolean, got {value!r}; allowed: true, false")
+            raise ConfigError("targeted", f"must be a boolean, got {value!r}; allowed: true, false")
         if value and self.untargeted_only:
-            raise ConfigError("attack.targeted", f"{type(self).__name__} takes true labels and picks its own targets "
+            raise ConfigError("targeted", f"{type(self).__name__} takes true labels and picks its own targets "
                                                  "(or none); allowed: false")
         self._targeted = bool(value)
 
@@ -262,7 +262,7 @@ class Attack:
     @loss.setter
     def loss(self, value) -> None:
         if value not in LOSSES:
-            raise ConfigError("attack.loss", f"unknown loss {value!r}; allowed: {', '.join(LOSSES)}")
+            raise ConfigError("loss", f"unknown loss {value!r}; allowed: {', '.join(LOSSES)}")
         self._loss = value
 
     @property
@@ -272,7 +272,7 @@ class Attack:
     @seed.setter
     def seed(self, value) -> None:
         if not _is_int(value):
-            raise ConfigError("attack.seed", f"must be an integer, got {value!r}")
+            raise ConfigError("seed", f"must be an integer, got {value!r}")
         self._seed = int(value)
         self.reset_rng()
 

@@ -62,12 +62,12 @@ class CarliniWagnerL2(MinimalNormAttack):
                  binary_search_steps: int = 9, steps: int = 10000, lr: float = 1e-2, abort_early: bool = True,
                  targeted: bool = False, bounds=(0.0, 1.0), seed: int = 0, loss: str = "ce"):
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
-        self.confidence = check_number("attack.confidence", confidence, 0)
-        self.initial_const = check_number("attack.initial_const", initial_const, 0, strict=True)
-        self.binary_search_steps = _int_at_least_one("attack.binary_search_steps", binary_search_steps)
-        self.steps = _int_at_least_one("attack.steps", steps)
-        self.lr = check_number("attack.lr", lr, 0, strict=True)
-        self.abort_early = _boolean("attack.abort_early", abort_early)
+        self.confidence = check_number("confidence", confidence, 0)
+        self.initial_const = check_number("initial_const", initial_const, 0, strict=True)
+        self.binary_search_steps = _int_at_least_one("binary_search_steps", binary_search_steps)
+        self.steps = _int_at_least_one("steps", steps)
+        self.lr = check_number("lr", lr, 0, strict=True)
+        self.abort_early = _boolean("abort_early", abort_early)
 
     def _to_image(self, w: torch.Tensor) -> torch.Tensor:
         if self.bounds is None:

@@ -63,13 +63,13 @@ class DeepFool(Attack):
                  refine_steps: int = 20, eps: float | None = None, bounds=(0.0, 1.0), seed: int = 0, targeted: bool = False):
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss="ce")
         if not _is_int(steps) or int(steps) < 1:
-            raise ConfigError("deepfool.steps", f"must be an integer >= 1, got {steps!r}")
+            raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
         if not _is_real(overshoot) or not 0 <= float(overshoot) < float("inf"):
-            raise ConfigError("deepfool.overshoot", f"must be a finite number >= 0, got {overshoot!r}")
+            raise ConfigError("overshoot", f"must be a finite number >= 0, got {overshoot!r}")
         if candidates is not None and (not _is_int(candidates) or int(candidates) < 1):
-            raise ConfigError("deepfool.candidates", f"must be null or an integer >= 1, got {candidates!r}")
+            raise ConfigError("candidates", f"must be null or an integer >= 1, got {candidates!r}")
         if not _is_int(refine_steps) or int(refine_steps) < 0:
-            raise ConfigError("deepfool.refine_steps", f"must be an integer >= 0, got {refine_steps!r}")
+            raise ConfigError("refine_steps", f"must be an integer >= 0, got {refine_steps!r}")
         self.steps, self.overshoot = int(steps), float(overshoot)
         self.candidates = None if candidates is None else int(candidates)
         self.refine_steps = int(refine_steps)
@@ -84,7 +84,7 @@ class DeepFool(Attack):
     @targeted.setter
     def targeted(self, value) -> None:
         if value:
-            raise ConfigError("deepfool.targeted", "DeepFool is untargeted; allowed: false")
+            raise ConfigError("targeted", "DeepFool is untargeted; allowed: false")
         self._targeted = False
 
     def __repr__(self) -> str:

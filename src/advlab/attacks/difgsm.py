@@ -70,10 +70,10 @@ class DIFGSM(MIFGSM):
         super().__init__(eps=eps, norm=norm, steps=steps, decay=decay, step_size=step_size, rel_step_size=rel_step_size,
                          random_start=random_start, restarts=restarts, keep_best=keep_best, targeted=targeted,
                          bounds=bounds, seed=seed, loss=loss, stop_on_success=stop_on_success)
-        self.resize_rate = check_number("attack.resize_rate", resize_rate, 0, strict=True)
+        self.resize_rate = check_number("resize_rate", resize_rate, 0, strict=True)
         if self.resize_rate == 1:
-            raise ConfigError("attack.resize_rate", "must differ from 1 (1 would never resize); allowed: > 0, e.g. 0.9 or 1.1")
-        self.diversity_prob = _probability("attack.diversity_prob", diversity_prob)
+            raise ConfigError("resize_rate", "must differ from 1 (1 would never resize); allowed: > 0, e.g. 0.9 or 1.1")
+        self.diversity_prob = _probability("diversity_prob", diversity_prob)
 
     # ------------------------------------------------------------------------------------------
     def diverse(self, x: torch.Tensor) -> torch.Tensor:

@@ -68,13 +68,13 @@ class FAB(Attack):
                  eta: float = 1.05, beta: float = 0.9, bounds=(0.0, 1.0), seed: int = 0, targeted: bool = False,
                  loss: str = "ce"):
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
-        self.steps = _int_at_least_one("attack.steps", steps)
-        self.restarts = _int_at_least_one("attack.restarts", restarts)
-        self.alpha_max = _positive_or_none("attack.alpha_max", alpha_max)
-        self.eta = _positive_or_none("attack.eta", eta)
-        self.beta = _positive_or_none("attack.beta", beta)
+        self.steps = _int_at_least_one("steps", steps)
+        self.restarts = _int_at_least_one("restarts", restarts)
+        self.alpha_max = _positive_or_none("alpha_max", alpha_max)
+        self.eta = _positive_or_none("eta", eta)
+        self.beta = _positive_or_none("beta", beta)
         if None in (self.alpha_max, self.eta, self.beta) or self.alpha_max > 1 or self.beta >= 1:
-            raise ConfigError("attack.alpha_max", "alpha_max in (0, 1], eta > 0 and beta in (0, 1) are required")
+            raise ConfigError("alpha_max", "alpha_max in (0, 1], eta > 0 and beta in (0, 1) are required")
 
     def _runs(self, n_classes: int) -> list[tuple[int | None, int]]:
         """(target rank or None, restart index) of each run, in order."""
@@ -211,7 +211,7 @@ class FABT(FAB):
                  targeted: bool = False, loss: str = "ce"):
         super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta,
                          bounds=bounds, seed=seed, targeted=targeted, loss=loss)
-        self.n_target_classes = _int_at_least_one("attack.n_target_classes", n_target_classes)
+        self.n_target_classes = _int_at_least_one("n_target_classes", n_target_classes)
 
     def _runs(self, n_classes: int) -> list[tuple[int | None, int]]:
         last = min(self.n_target_classes, n_classes - 1) + 1

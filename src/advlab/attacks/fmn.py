@@ -64,14 +64,14 @@ class FMN(MinimalNormAttack):
                  alpha_final: float | None = None, gamma_init: float = 0.05, gamma_final: float = 0.001,
                  targeted: bool = False, bounds=(0.0, 1.0), seed: int = 0, loss: str = "ce"):
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
-        self.steps = _int_at_least_one("attack.steps", steps)
-        self.alpha_init = check_number("attack.alpha_init", alpha_init, 0, strict=True)
-        final = check_number("attack.alpha_final", alpha_final, 0, strict=True, allow_none=True)
+        self.steps = _int_at_least_one("steps", steps)
+        self.alpha_init = check_number("alpha_init", alpha_init, 0, strict=True)
+        final = check_number("alpha_final", alpha_final, 0, strict=True, allow_none=True)
         self.alpha_final = self.alpha_init / 100 if final is None else final
-        self.gamma_init = check_number("attack.gamma_init", gamma_init, 0, strict=True)
-        self.gamma_final = check_number("attack.gamma_final", gamma_final, 0, strict=True)
+        self.gamma_init = check_number("gamma_init", gamma_init, 0, strict=True)
+        self.gamma_final = check_number("gamma_final", gamma_final, 0, strict=True)
         if not self.gamma_final <= self.gamma_init < 1:
-            raise ConfigError("attack.gamma_init", f"need 0 < gamma_final <= gamma_init < 1, got gamma_init={gamma_init!r}, "
+            raise ConfigError("gamma_init", f"need 0 < gamma_final <= gamma_init < 1, got gamma_init={gamma_init!r}, "
                                                    f"gamma_final={gamma_final!r}")
 
     def _schedule(self, k: int) -> tuple[float, float]:

@@ -67,14 +67,14 @@ class PGD(Attack):
                  keep_best: bool = True, targeted: bool = False, bounds=(0.0, 1.0), seed: int = 0,
                  loss: str = "ce", stop_on_success: bool = False):
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
-        self.steps = _int_at_least_one("attack.steps", steps)
-        self.step_size = _positive_or_none("attack.step_size", step_size)
-        self.rel_step_size = _positive_or_none("attack.rel_step_size", rel_step_size)
+        self.steps = _int_at_least_one("steps", steps)
+        self.step_size = _positive_or_none("step_size", step_size)
+        self.rel_step_size = _positive_or_none("rel_step_size", rel_step_size)
         if self.step_size is not None and self.rel_step_size is not None:
-            raise ConfigError("attack.step_size", "give at most one of step_size, rel_step_size (the other must be null)")
-        self.restarts = _int_at_least_one("attack.restarts", restarts)
-        self.random_start = _boolean("attack.random_start", random_start)
-        self.keep_best = _boolean("attack.keep_best", keep_best)
+            raise ConfigError("step_size", "give at most one of step_size, rel_step_size (the other must be null)")
+        self.restarts = _int_at_least_one("restarts", restarts)
+        self.random_start = _boolean("random_start", random_start)
+        self.keep_best = _boolean("keep_best", keep_best)
         self.stop_on_success = stop_on_success
         self._decay: float | None = None  # momentum (MIFGSM)
 
@@ -87,7 +87,7 @@ class PGD(Attack):
     def stop_on_success(self, value) -> None:
         # stored only when on: the cache keys of crafted sets (artifacts.keys.describe_object: the attack's
         # attributes) stay those of attacks built before this option existed
-        if _boolean("attack.stop_on_success", value):
+        if _boolean("stop_on_success", value):
             self.__dict__["_stop_on_success"] = True
         else:
             self.__dict__.pop("_stop_on_success", None)
@@ -381,12 +381,12 @@ class MIFGSM(PGD):
                  restarts: int = 1, keep_best: bool = False, targeted: bool = False, bounds=(0.0, 1.0),
                  seed: int = 0, loss: str = "ce", stop_on_success: bool = False):
         if step_size is None and rel_step_size is None:
-            rel_step_size = 1.0 / _int_at_least_one("attack.steps", steps)
+            rel_step_size = 1.0 / _int_at_least_one("steps", steps)
         super().__init__(eps=eps, norm=norm, steps=steps, step_size=step_size, rel_step_size=rel_step_size,
                          random_start=random_start, restarts=restarts, keep_best=keep_best, targeted=targeted,
                          bounds=bounds, seed=seed, loss=loss, stop_on_success=stop_on_success)
         if not _is_real(decay) or not float(decay) >= 0 or decay == float("inf"):
-            raise ConfigError("attack.decay", f"must be a finite number >= 0, got {decay!r}")
+            raise ConfigError("decay", f"must be a finite number >= 0, got {decay!r}")
         self._decay = float(decay)
 
     @property

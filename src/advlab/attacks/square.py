@@ -110,14 +110,14 @@ class Square(Attack):
                  restarts: int = 1, targeted: bool = False, bounds=(0.0, 1.0), seed: int = 0, loss: str = "margin",
                  rescale_schedule: bool = False):
         super().__init__(eps=eps, norm=norm, targeted=targeted, bounds=bounds, seed=seed, loss=loss)
-        self.n_queries = _int_at_least_one("attack.n_queries", n_queries)
-        self.restarts = _int_at_least_one("attack.restarts", restarts)
-        p = _positive_or_none("attack.p_init", p_init)
+        self.n_queries = _int_at_least_one("n_queries", n_queries)
+        self.restarts = _int_at_least_one("restarts", restarts)
+        p = _positive_or_none("p_init", p_init)
         if p is None or p > 1:
-            raise ConfigError("attack.p_init", f"must be in (0, 1], got {p_init!r}")
+            raise ConfigError("p_init", f"must be in (0, 1], got {p_init!r}")
         self.p_init = p
         if not isinstance(rescale_schedule, bool):
-            raise ConfigError("attack.rescale_schedule", f"must be a boolean, got {rescale_schedule!r}; "
+            raise ConfigError("rescale_schedule", f"must be a boolean, got {rescale_schedule!r}; "
                                                          "allowed: true, false")
         self.rescale_schedule = rescale_schedule
 

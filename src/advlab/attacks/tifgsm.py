@@ -74,11 +74,11 @@ class TIFGSM(DIFGSM):
                          keep_best=keep_best, targeted=targeted, bounds=bounds, seed=seed, loss=loss,
                          stop_on_success=stop_on_success)
         if kernel_name not in KERNELS:
-            raise ConfigError("attack.kernel_name", f"unknown kernel {kernel_name!r}; allowed: {', '.join(KERNELS)}")
+            raise ConfigError("kernel_name", f"unknown kernel {kernel_name!r}; allowed: {', '.join(KERNELS)}")
         if not _is_int(len_kernel) or int(len_kernel) < 1:
-            raise ConfigError("attack.len_kernel", f"must be an integer >= 1, got {len_kernel!r}")
+            raise ConfigError("len_kernel", f"must be an integer >= 1, got {len_kernel!r}")
         if not _is_real(nsig) or not 0 < float(nsig) < float("inf"):
-            raise ConfigError("attack.nsig", f"must be a finite number > 0, got {nsig!r}")
+            raise ConfigError("nsig", f"must be a finite number > 0, got {nsig!r}")
         self.kernel_name, self.len_kernel, self.nsig = kernel_name, int(len_kernel), float(nsig)
 
     def smooth(self, g: torch.Tensor) -> torch.Tensor:

@@ -52,13 +52,13 @@ class VMIFGSM(MIFGSM):
                  beta: float = 1.5, step_size: float | None = None, rel_step_size: float | None = None,
                  random_start: bool = False, restarts: int = 1, keep_best: bool = False, targeted: bool = False,
                  bounds=(0.0, 1.0), seed: int = 0, loss: str = "ce", stop_on_success: bool = False):
-        if _boolean("attack.stop_on_success", stop_on_success):
-            raise ConfigError("attack.stop_on_success", "VMIFGSM keeps a variance term per point of the batch; allowed: false")
+        if _boolean("stop_on_success", stop_on_success):
+            raise ConfigError("stop_on_success", "VMIFGSM keeps a variance term per point of the batch; allowed: false")
         super().__init__(eps=eps, norm=norm, steps=steps, decay=decay, step_size=step_size, rel_step_size=rel_step_size,
                          random_start=random_start, restarts=restarts, keep_best=keep_best, targeted=targeted,
                          bounds=bounds, seed=seed, loss=loss)
-        self.neighbors = _int_at_least_one("attack.neighbors", neighbors)
-        self.beta = check_number("attack.beta", beta, 0)
+        self.neighbors = _int_at_least_one("neighbors", neighbors)
+        self.beta = check_number("beta", beta, 0)
 
     @property
     def stop_on_success(self) -> bool:
@@ -67,7 +67,7 @@ class VMIFGSM(MIFGSM):
     @stop_on_success.setter
     def stop_on_success(self, value) -> None:
         # never on: an evaluation's early stopping (attacks.pgd.early_stopping) runs every point to the end
-        _boolean("attack.stop_on_success", value)
+        _boolean("stop_on_success", value)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, view, need_score: bool):
         # the variance term lives for one run, outside the attributes (they are the cache key of crafted sets)

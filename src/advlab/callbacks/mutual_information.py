@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from advlab.analysis.activations import layer_outputs, resolve_layers
-from advlab.analysis.information import ESTIMATORS, estimator_at
+from advlab.analysis.information import ESTIMATORS, InformationEstimator
 from advlab.errors import ConfigError
 from advlab.utils.io import write_json, write_text
 
@@ -66,12 +66,12 @@ class MutualInformation(pl.Callback):
         super().__init__()
         epochs = list(epochs) if epochs is not None else []
         if not epochs or any(isinstance(e, bool) or not isinstance(e, int) for e in epochs):
-            raise ConfigError("callbacks.mutual_information.epochs", f"must be a non-empty list of epoch indices, got {epochs!r}")
+            raise ConfigError("epochs", f"must be a non-empty list of epoch indices, got {epochs!r}")
         if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
-            raise ConfigError("callbacks.mutual_information.n_points", f"must be an integer >= 2, got {n_points!r}")
+            raise ConfigError("n_points", f"must be an integer >= 2, got {n_points!r}")
         if split not in SPLITS:
-            raise ConfigError("callbacks.mutual_information.split", f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-        self.estimator = estimator_at("callbacks.mutual_information", estimators, noise_var, bin_size, renyi_alpha, renyi_sigma)
+            raise ConfigError("split", f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        self.estimator = InformationEstimator(list(estimators), noise_var, bin_size, renyi_alpha, renyi_sigma)
         self.epochs = epochs
         self.n_points, self.split, self.seed = int(n_points), split, int(seed)
         self.layer_names = list(layers) if layers else None

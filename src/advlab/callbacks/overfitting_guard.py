@@ -35,13 +35,12 @@ log = logging.getLogger(__name__)
 
 ACTIONS = ("stop", "rollback", "record")
 SPLITS = ("val", "test", "train")
-KEY = "callbacks.overfitting_guard"
 
 
 def _fraction(name: str, value) -> float:
-    value = check_number(f"{KEY}.{name}", value)
+    value = check_number(name, value)
     if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{KEY}.{name}", f"must be in [0, 1], got {value!r}")
+        raise ConfigError(name, f"must be in [0, 1], got {value!r}")
     return value
 
 
@@ -69,14 +68,14 @@ class OverfittingGuard(pl.Callback):
                  pgd_acc_max: float = 0.1, pgd_drop: float = 0.2, fgsm_gap: float = 0.2, action: str = "rollback", seed: int = 0):
         super().__init__()
         if action not in ACTIONS:
-            raise ConfigError(f"{KEY}.action", f"unknown action {action!r}; allowed: {', '.join(ACTIONS)}")
+            raise ConfigError("action", f"unknown action {action!r}; allowed: {', '.join(ACTIONS)}")
         if split not in SPLITS:
-            raise ConfigError(f"{KEY}.split", f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+            raise ConfigError("split", f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
         for name, node in (("pgd", pgd), ("fgsm", fgsm)):
             if node is None:
-                raise ConfigError(f"{KEY}.{name}", "needs an attack node (conf/attack/), e.g. /attack@callbacks.overfitting_guard.pgd: pgd_linf")
-        self.n_points = check_number(f"{KEY}.n_points", n_points, 1, integer=True)
-        self.eps = check_number(f"{KEY}.eps", eps, 0, allow_none=True)
+                raise ConfigError(name, "needs an attack node (conf/attack/), e.g. /attack@callbacks.overfitting_guard.pgd: pgd_linf")
+        self.n_points = check_number("n_points", n_points, 1, integer=True)
+        self.eps = check_number("eps", eps, 0, allow_none=True)
         self.pgd_acc_max, self.pgd_drop, self.fgsm_gap = (_fraction(k, v) for k, v in
                                                           (("pgd_acc_max", pgd_acc_max), ("pgd_drop", pgd_drop), ("fgsm_gap", fgsm_gap)))
         self.action, self.split, self.seed = action, split, int(seed)

@@ -72,18 +72,18 @@ class ArrayDataModule(pl.LightningDataModule):
         center: bool = False,
     ) -> None:
         super().__init__()
-        self.batch_size = check_number("dataset.batch_size", batch_size, 1, integer=True)
-        self.eval_batch_size = check_number("dataset.eval_batch_size", eval_batch_size, 1, integer=True)
-        self.val_fraction = check_fraction("dataset.val_fraction", val_fraction, allow_zero=True)
+        self.batch_size = check_number("batch_size", batch_size, 1, integer=True)
+        self.eval_batch_size = check_number("eval_batch_size", eval_batch_size, 1, integer=True)
+        self.val_fraction = check_fraction("val_fraction", val_fraction, allow_zero=True)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ConfigError("dataset.seed", f"must be an integer, got {seed!r}")
+            raise ConfigError("seed", f"must be an integer, got {seed!r}")
         self.seed = int(seed)
         self.classes = self._check_classes(classes)
         if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
-            raise ConfigError("dataset.num_workers", f"must be an integer >= 0, got {num_workers!r}")
+            raise ConfigError("num_workers", f"must be an integer >= 0, got {num_workers!r}")
         self.num_workers = int(num_workers)
         self.augment = bool(augment)
-        self.max_train = check_number("dataset.max_train", max_train, 1, integer=True, allow_none=True)
+        self.max_train = check_number("max_train", max_train, 1, integer=True, allow_none=True)
         self.center = bool(center)
 
         self._bounds: Optional[tuple[float, float]] = self.default_bounds
@@ -361,11 +361,11 @@ class ArrayDataModule(pl.LightningDataModule):
             or not items
             or any(isinstance(c, bool) or not isinstance(c, numbers.Integral) for c in items)
         ):
-            raise ConfigError("dataset.classes", f"must be null or a non-empty list of label ints, e.g. [1, 2]; got {classes!r}")
+            raise ConfigError("classes", f"must be null or a non-empty list of label ints, e.g. [1, 2]; got {classes!r}")
         if len(set(items)) != len(items):
-            raise ConfigError("dataset.classes", f"lists a class twice: {items}")
+            raise ConfigError("classes", f"lists a class twice: {items}")
         if len(items) < 2:  # a classifier of one class learns nothing (and its attacks have no other class)
-            raise ConfigError("dataset.classes", f"needs at least 2 classes, e.g. [1, 2]; got {items}")
+            raise ConfigError("classes", f"needs at least 2 classes, e.g. [1, 2]; got {items}")
         return [int(c) for c in items]
 
     def _check_class_range(self, n: int) -> None:

@@ -50,7 +50,7 @@ class CIFAR100DataModule(PickledCIFARDataModule):
     def __init__(self, data_dir: str = "data", download: bool = False, label: str = "fine", **kwargs: Any) -> None:
         super().__init__(data_dir=data_dir, download=download, **kwargs)
         if not isinstance(label, str) or label not in LABEL_KINDS:
-            raise ConfigError("dataset.label", f"must be fine (100 classes) or coarse (20 superclasses), got {label!r}; "
+            raise ConfigError("label", f"must be fine (100 classes) or coarse (20 superclasses), got {label!r}; "
                                                "allowed: fine, coarse")
         self.label = label
         self.original_num_classes = LABEL_KINDS[label]  # what check() holds `classes` to, planned_shape() reports

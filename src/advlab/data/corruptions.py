@@ -102,9 +102,9 @@ class CorruptionDataModule(ArrayDataModule):
                  classes: Optional[Sequence[int]] = None, num_workers: int = 0) -> None:
         super().__init__(eval_batch_size=eval_batch_size, val_fraction=0.0, classes=classes, num_workers=num_workers)
         self.data_dir = str(data_dir)
-        self.corruptions = [str(c) for c in _choices("dataset.corruptions", corruptions, CORRUPTIONS, "[fog, snow]")]
-        self.severities = sorted(int(s) for s in _choices("dataset.severities", severities, SEVERITIES, "[1, 5]"))
-        self.n_examples = check_number("dataset.n_examples", n_examples, 1, integer=True)
+        self.corruptions = [str(c) for c in _choices("corruptions", corruptions, CORRUPTIONS, "[fog, snow]")]
+        self.severities = sorted(int(s) for s in _choices("severities", severities, SEVERITIES, "[1, 5]"))
+        self.n_examples = check_number("n_examples", n_examples, 1, integer=True)
         self.test_groups = [(c, s) for c in self.corruptions for s in self.severities]
         self.test_group: Optional[torch.Tensor] = None
         self._per_severity: Optional[int] = None

@@ -22,7 +22,7 @@ class DigitsDataModule(ArrayDataModule):
 
     def __init__(self, test_fraction: float = 0.2, data_dir: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.test_fraction = check_fraction("dataset.test_fraction", test_fraction, allow_zero=False)
+        self.test_fraction = check_fraction("test_fraction", test_fraction, allow_zero=False)
         self.data_dir = data_dir
 
     def _describe_extra(self) -> dict[str, Any]:

@@ -119,23 +119,23 @@ class ImageFolderDataModule(ArrayDataModule):
         super().__init__(**kwargs)
         for key, value in (("root", root), ("train_dir", train_dir), ("val_dir", val_dir), ("cache_dir", cache_dir)):
             if not isinstance(value, (str, os.PathLike)) or not str(value):
-                raise ConfigError(f"dataset.{key}", f"must be a folder path, got {value!r}")
+                raise ConfigError(key, f"must be a folder path, got {value!r}")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ConfigError("dataset.name", f"must be a short name of letters, digits, _ . - (it names the cache file), got {name!r}")
+            raise ConfigError("name", f"must be a short name of letters, digits, _ . - (it names the cache file), got {name!r}")
         if val_layout not in VAL_LAYOUTS:
-            raise ConfigError("dataset.val_layout", f"unknown layout {val_layout!r}; allowed: {', '.join(VAL_LAYOUTS)} "
+            raise ConfigError("val_layout", f"unknown layout {val_layout!r}; allowed: {', '.join(VAL_LAYOUTS)} "
                                                     f"(annotations: Tiny-ImageNet's <val_dir>/images + {ANNOTATIONS_FILE})")
         self.root, self.train_dir, self.val_dir, self.cache_dir = str(root), str(train_dir), str(val_dir), str(cache_dir)
         self.name, self.val_layout = name, val_layout
-        self.resolution = check_number("dataset.resolution", resolution, 1, integer=True)
-        self.resize = check_number("dataset.resize", resize, self.resolution, integer=True, allow_none=True)
+        self.resolution = check_number("resolution", resolution, 1, integer=True)
+        self.resize = check_number("resize", resize, self.resolution, integer=True, allow_none=True)
         self.class_subset = parse_subset(class_subset)
         self.class_groups = parse_groups(class_groups)
         if self.class_subset is not None and self.class_groups is not None:
-            raise ConfigError("dataset.class_groups", "set class_subset or class_groups, not both (a group of one folder keeps it alone)")
-        self.max_per_class = check_number("dataset.max_per_class", max_per_class, 1, integer=True, allow_none=True)
-        self.max_test_per_class = check_number("dataset.max_test_per_class", max_test_per_class, 1, integer=True, allow_none=True)
-        self.subset_seed = check_number("dataset.subset_seed", subset_seed, 0, integer=True)
+            raise ConfigError("class_groups", "set class_subset or class_groups, not both (a group of one folder keeps it alone)")
+        self.max_per_class = check_number("max_per_class", max_per_class, 1, integer=True, allow_none=True)
+        self.max_test_per_class = check_number("max_test_per_class", max_test_per_class, 1, integer=True, allow_none=True)
+        self.subset_seed = check_number("subset_seed", subset_seed, 0, integer=True)
         self.planned_input_shape = (3, self.resolution, self.resolution)
         self.augment_padding = max(4, self.resolution // 8)  # CIFAR's 4 px at 32 px, the same share of larger images
         self._plan: Optional[FolderPlan] = None

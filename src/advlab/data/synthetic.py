@@ -44,29 +44,29 @@ class SyntheticDataModule(ArrayDataModule):
         **kwargs: Any,
     ) -> None:
         if kind not in KINDS:
-            raise ConfigError("dataset.kind", f"unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+            raise ConfigError("kind", f"unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
         if labels not in LABELS:
-            raise ConfigError("dataset.labels", f"unknown labels {labels!r}; allowed: {', '.join(LABELS)}")
+            raise ConfigError("labels", f"unknown labels {labels!r}; allowed: {', '.join(LABELS)}")
         if kwargs.get("augment"):
-            raise ConfigError("dataset.augment", "random crop/flip needs image data; synthetic data is vector data, set it to false")
+            raise ConfigError("augment", "random crop/flip needs image data; synthetic data is vector data, set it to false")
         super().__init__(**kwargs)
         self.kind = kind
         self.labels = labels
-        self.dim = check_number("dataset.dim", dim, 1, integer=True)
+        self.dim = check_number("dim", dim, 1, integer=True)
         self.planned_input_shape = (self.dim,)
-        self.n_train = check_number("dataset.n_train", n_train, 1, integer=True)
-        self.n_test = check_number("dataset.n_test", n_test, 1, integer=True)
-        n_classes = check_number("dataset.num_classes", num_classes, 1, integer=True)
+        self.n_train = check_number("n_train", n_train, 1, integer=True)
+        self.n_test = check_number("n_test", n_test, 1, integer=True)
+        n_classes = check_number("num_classes", num_classes, 1, integer=True)
         if n_classes < 2:
-            raise ConfigError("dataset.num_classes", f"must be at least 2, got {num_classes!r}")
+            raise ConfigError("num_classes", f"must be at least 2, got {num_classes!r}")
         self.n_generated_classes = n_classes
         self.original_num_classes = n_classes
         try:
             self.shift = float(shift)
         except (TypeError, ValueError):
-            raise ConfigError("dataset.shift", f"must be a number, got {shift!r}") from None
+            raise ConfigError("shift", f"must be a number, got {shift!r}") from None
         if not math.isfinite(self.shift):
-            raise ConfigError("dataset.shift", f"must be finite, got {shift!r}")
+            raise ConfigError("shift", f"must be finite, got {shift!r}")
         self._bounds = (0.0, 1.0) if kind == "uniform" else None
         self.teacher: Optional[torch.Tensor] = None
         self.class_means: Optional[torch.Tensor] = None

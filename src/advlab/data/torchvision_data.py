@@ -64,7 +64,7 @@ class _IDXDataModule(ArrayDataModule):
         self.data_dir = str(data_dir)
         self.download = bool(download)
         self.official_split = bool(official_split)
-        self.test_fraction = check_fraction("dataset.test_fraction", test_fraction, allow_zero=False)
+        self.test_fraction = check_fraction("test_fraction", test_fraction, allow_zero=False)
 
     @property
     def raw_dir(self) -> Path:

@@ -162,11 +162,11 @@ class PerturbationDataset:
     def __post_init__(self):
         for key, allowed in (("target_rule", TARGET_RULES), ("base", BASES), ("train_on", TRAIN_ON)):
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"derived.{key}", f"unknown value {getattr(self, key)!r}; allowed: {', '.join(allowed)}")
+                raise ConfigError(key, f"unknown value {getattr(self, key)!r}; allowed: {', '.join(allowed)}")
         self.seed = int(self.seed)
-        self.batch_size = check_number("derived.batch_size", self.batch_size, 1, integer=True)
+        self.batch_size = check_number("batch_size", self.batch_size, 1, integer=True)
         self.transfer_eps = None if self.transfer_eps is None else float(self.transfer_eps)
-        self.transfer_images = check_number("derived.transfer_images", self.transfer_images, 1, integer=True, allow_none=True)
+        self.transfer_images = check_number("transfer_images", self.transfer_images, 1, integer=True, allow_none=True)
 
     def build(self, source: SourceModel, datamodule, artifacts, *, attack=None, eval_attack=None, arch=None, source_spec=None) -> DerivedData:
         """Craft (or take from the cache) the dataset with `attack`, made targeted; `arch` and

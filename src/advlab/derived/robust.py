@@ -45,10 +45,10 @@ class RobustDataset:
     source_name = "representation model"  # in the log and the cache messages
 
     def __post_init__(self):
-        self.steps = check_number("derived.steps", self.steps, 1, integer=True)
-        self.step_size = check_number("derived.step_size", self.step_size, 0, strict=True)
+        self.steps = check_number("steps", self.steps, 1, integer=True)
+        self.step_size = check_number("step_size", self.step_size, 0, strict=True)
         self.seed = int(self.seed)
-        self.batch_size = check_number("derived.batch_size", self.batch_size, 1, integer=True)
+        self.batch_size = check_number("batch_size", self.batch_size, 1, integer=True)
 
     def build(self, source: SourceModel, datamodule, artifacts, *, attack=None, eval_attack=None, arch=None, source_spec=None) -> DerivedData:
         """Construct (or take from the cache) the dataset; `eval_attack` also measures the source's robustness."""

@@ -31,10 +31,10 @@ class AdversarialTraining(ClassifierModule):
         if attack is None:
             raise ConfigError("attack", "method=adversarial needs an attack; choose one of the attack group's options")
         if not 0.0 <= float(adv_ratio) <= 1.0:
-            raise ConfigError("method.adv_ratio", f"must be in [0, 1], got {adv_ratio}")
+            raise ConfigError("adv_ratio", f"must be in [0, 1], got {adv_ratio}")
         self.attack = attack
         self.adv_ratio = float(adv_ratio)
-        self.eps_warmup_epochs = check_number("method.eps_warmup_epochs", eps_warmup_epochs, 0, integer=True)
+        self.eps_warmup_epochs = check_number("eps_warmup_epochs", eps_warmup_epochs, 0, integer=True)
         self.full_eps = None  # the attack's configured ε, read when a fit starts (the warm-up lowers it)
 
     def on_train_epoch_start(self) -> None:

@@ -52,14 +52,14 @@ class ClassifierModule(pl.LightningModule):
                 self.hparams[key] = OmegaConf.to_container(value, resolve=True)
         self.optimizer_spec = optimizer  # a callable or a `_partial_` node: built when Lightning asks for it
         self.hparams["optimizer"] = optimizer_config(optimizer)  # what rebuilds it on loading
-        self.label_smoothing = check_number("method.label_smoothing", label_smoothing, 0.0)
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, 0.0)
         if self.label_smoothing >= 1.0:
-            raise ConfigError("method.label_smoothing", f"must be in [0, 1), got {label_smoothing!r}")
+            raise ConfigError("label_smoothing", f"must be in [0, 1), got {label_smoothing!r}")
         if channels_last not in (True, False):
-            raise ConfigError("method.channels_last", f"must be a boolean, got {channels_last!r}; allowed: true, false")
+            raise ConfigError("channels_last", f"must be a boolean, got {channels_last!r}; allowed: true, false")
         self.channels_last = bool(channels_last)
         if compile not in (True, False):
-            raise ConfigError("method.compile", f"must be a boolean, got {compile!r}; allowed: true, false")
+            raise ConfigError("compile", f"must be a boolean, got {compile!r}; allowed: true, false")
         # a list, not an attribute: a compiled module would register as a submodule (its weights twice
         # in the state dict, under `_orig_mod.`); built at the first training step
         self._compiled = [] if compile else None

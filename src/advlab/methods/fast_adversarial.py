@@ -47,9 +47,9 @@ class FastAdversarialTraining(AdversarialTraining):
                  eps_warmup_epochs: int = 0, label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False):
         super().__init__(model, optimizer, scheduler, eval_attack, attack, adv_ratio=1.0, eps_warmup_epochs=eps_warmup_epochs,
                          label_smoothing=label_smoothing, channels_last=channels_last, compile=compile)
-        self.grad_align = check_number("method.grad_align", grad_align, 0)
+        self.grad_align = check_number("grad_align", grad_align, 0)
         if self.grad_align and isinstance(attack, Attack) and attack.norm != "linf":
-            raise ConfigError("method.grad_align", f"GradAlign's random points fill the L∞ box; needs attack.norm=linf, got {attack.norm!r}")
+            raise ConfigError("grad_align", f"GradAlign's random points fill the L∞ box; needs attack.norm=linf, got {attack.norm!r}")
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loss, logits = super().training_loss(x, y)

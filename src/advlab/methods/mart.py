@@ -43,7 +43,7 @@ class MART(AdversarialTraining):
                  eps_warmup_epochs: int = 0, label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False):
         super().__init__(model, optimizer, scheduler, eval_attack, attack, adv_ratio=1.0, eps_warmup_epochs=eps_warmup_epochs,
                          label_smoothing=label_smoothing, channels_last=channels_last, compile=compile)
-        self.lam = check_number("method.lam", lam, 0)
+        self.lam = check_number("lam", lam, 0)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv = self.attack(self.model, x, y)

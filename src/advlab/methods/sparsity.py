@@ -64,13 +64,13 @@ class SparsityTraining(ClassifierModule):
         # explicit arguments, no **kwargs: Lightning's load_from_checkpoint then passes only these
         super().__init__(model, optimizer, scheduler, eval_attack, label_smoothing=label_smoothing, channels_last=channels_last,
                          compile=compile)
-        self.sigma_u = check_number("method.sigma_u", sigma_u, 0)
-        self.n_unlabeled = check_number("method.n_unlabeled", n_unlabeled, 0, integer=True)
-        self.sigma_n = check_number("method.sigma_n", sigma_n, 0, strict=True)
-        self.n_neighbors = check_number("method.n_neighbors", n_neighbors, 1, integer=True)
-        self.lam = check_number("method.lam", lam, 0)
-        self.adv_ratio = check_number("method.adv_ratio", adv_ratio, 0)
-        self.adv_eps = check_number("method.adv_eps", adv_eps, 0)
+        self.sigma_u = check_number("sigma_u", sigma_u, 0)
+        self.n_unlabeled = check_number("n_unlabeled", n_unlabeled, 0, integer=True)
+        self.sigma_n = check_number("sigma_n", sigma_n, 0, strict=True)
+        self.n_neighbors = check_number("n_neighbors", n_neighbors, 1, integer=True)
+        self.lam = check_number("lam", lam, 0)
+        self.adv_ratio = check_number("adv_ratio", adv_ratio, 0)
+        self.adv_eps = check_number("adv_eps", adv_eps, 0)
         # the FGSM adversarial-training option composes the FGSM attack; bounds follow the data (setup)
         self.adv_attack = FGSM(eps=self.adv_eps, norm="linf") if self.adv_ratio > 0 else None
 

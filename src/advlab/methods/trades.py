@@ -50,7 +50,7 @@ class TRADES(AdversarialTraining):
                  eps_warmup_epochs: int = 0, label_smoothing: float = 0.0, channels_last: bool = False, compile: bool = False):
         super().__init__(model, optimizer, scheduler, eval_attack, attack, adv_ratio=1.0, eps_warmup_epochs=eps_warmup_epochs,
                          label_smoothing=label_smoothing, channels_last=channels_last, compile=compile)
-        self.beta = check_number("method.beta", beta, 0)
+        self.beta = check_number("beta", beta, 0)
 
     def adversarial_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """x': the attack on KL(f(x) ‖ f(·)), the clean distribution taken in eval mode (as the authors')."""

@@ -17,8 +17,13 @@ def build_model(arch_cfg, datamodule) -> Classifier:
     """Instantiate an `arch` config (a `_partial_` target) for a set-up datamodule's shape and classes."""
     from hydra.utils import instantiate
 
+    from advlab.errors import ConfigError
+
     factory = instantiate(arch_cfg)
-    return factory(input_shape=datamodule.input_shape, num_classes=datamodule.num_classes, mean=datamodule.mean, std=datamodule.std)
+    try:
+        return factory(input_shape=datamodule.input_shape, num_classes=datamodule.num_classes, mean=datamodule.mean, std=datamodule.std)
+    except ConfigError as err:  # knobs the pre-flight could not check (a shape known only once the data is read)
+        raise err.under("arch", "arch") from None
 
 
 def build_from_record(record: dict) -> Classifier:

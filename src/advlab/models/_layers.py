@@ -35,11 +35,11 @@ def image_channels(model, name: str) -> int:
 
 def positive(key: str, value, integer: bool = True):
     """An architecture's size knob (`arch.<key>`): an integer (or a number) > 0 (advlab.errors.check_number)."""
-    return check_number(f"arch.{key}", value, 0, integer=integer, strict=True)
+    return check_number(key, value, 0, integer=integer, strict=True)
 
 
 def probability(key: str, value) -> float:
     """A dropout rate: a number in [0, 1), else ConfigError naming `arch.<key>`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"arch.{key}", f"expected a number in [0, 1), got {value!r}")
+        raise ConfigError(key, f"expected a number in [0, 1), got {value!r}")
     return float(value)

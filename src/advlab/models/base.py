@@ -21,7 +21,7 @@ class Classifier(nn.Module):
     def __init__(self, input_shape, num_classes: int, normalize: str = "standardize", mean=None, std=None):
         super().__init__()
         if normalize not in NORMALIZE_MODES:
-            raise ConfigError("arch.normalize", f"unknown mode {normalize!r}; allowed: {', '.join(NORMALIZE_MODES)}")
+            raise ConfigError("normalize", f"unknown mode {normalize!r}; allowed: {', '.join(NORMALIZE_MODES)}")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
         self.normalize = normalize

@@ -15,13 +15,13 @@ class CNN(Classifier):
         c, h, w = self.input_shape
         hidden, blocks = positive("hidden", hidden), []
         if isinstance(channels, (str, int)) or not len(channels):
-            raise ConfigError("arch.channels", f"expected a non-empty list of channel counts, got {channels!r}")
+            raise ConfigError("channels", f"expected a non-empty list of channel counts, got {channels!r}")
         for i, out in enumerate(channels):
             out = positive(f"channels[{i}]", out)
             blocks += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.Conv2d(out, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
             c, h, w = out, h // 2, w // 2
         if h < 1 or w < 1:
-            raise ConfigError("arch.channels", f"{len(channels)} pooling blocks are too many for {self.input_shape[1:]} inputs")
+            raise ConfigError("channels", f"{len(channels)} pooling blocks are too many for {self.input_shape[1:]} inputs")
         self.body = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, self.num_classes))
 

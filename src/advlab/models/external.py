@@ -54,7 +54,7 @@ class TorchvisionClassifier(Classifier):
                                       f"{self.input_shape}; allowed: image datasets")
         builders = torchvision_builders()
         if builder not in builders:
-            raise ConfigError("arch.builder", f"unknown builder {builder!r}; allowed: {', '.join(builders)}")
+            raise ConfigError("builder", f"unknown builder {builder!r}; allowed: {', '.join(builders)}")
         from torchvision import models
 
         self.builder = builder

@@ -58,7 +58,7 @@ class ResNet(Classifier):
     def __init__(self, input_shape, num_classes, depth: int = 18, width: int = 64, **kw):
         super().__init__(input_shape, num_classes, **kw)
         if isinstance(depth, bool) or depth not in _DEPTHS:
-            raise ConfigError("arch.depth", f"unknown ResNet depth {depth}; allowed: {', '.join(map(str, _DEPTHS))}")
+            raise ConfigError("depth", f"unknown ResNet depth {depth}; allowed: {', '.join(map(str, _DEPTHS))}")
         image_channels(self, "resnet")
         block, counts = _DEPTHS[int(depth)]
         w = positive("width", width)

@@ -200,7 +200,10 @@ def build_dataset(node, where: str = "dataset"):
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         return None
     check_keys(node, where)
-    return _instantiate(node, where)
+    try:
+        return _instantiate(node, where)
+    except ConfigError as err:  # the constructor names its parameter: here, the node the user set it at
+        raise err.under(where, "dataset") from None
 
 
 def check_trainable(datamodule, where: str, what: str) -> None:
@@ -249,7 +252,10 @@ def build_callback(node, where: str) -> None:
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         return
     check_keys(node, where)
-    _instantiate(node, where)
+    try:
+        _instantiate(node, where)
+    except ConfigError as err:
+        raise err.under(where) from None
     for key, child in node.items():
         if OmegaConf.is_dict(child) and str(child.get("_target_", "")).startswith("advlab.attacks."):
             build_attack(child, f"{where}.{key}")
@@ -265,7 +271,10 @@ def build_callbacks(node, where: str = "callbacks") -> None:
 def build_analysis(node, where: str) -> None:
     """An advlab-eval analysis (conf/analysis/): its constructor checks its settings."""
     check_keys(node, where, exclude=("bounds",))
-    _instantiate(node, where, _recursive_=False, bounds=(0.0, 1.0))  # as advlab.apps.evaluate builds it
+    try:
+        _instantiate(node, where, _recursive_=False, bounds=(0.0, 1.0))  # as advlab.apps.evaluate builds it
+    except ConfigError as err:
+        raise err.under(where) from None
 
 
 def check_objects(cfg: DictConfig) -> None:
@@ -298,3 +307,4 @@ def check_objects(cfg: DictConfig) -> None:
             build_attack(node, f"robustness.attacks.{name}")
         for name in analysis_names(cfg, CONF_DIR):
             build_analysis(cfg[name], name)
+        build_dataset(OmegaConf.select(cfg, "off_support.dataset"), "off_support.dataset")  # another dataset's images, resized
