@@ -28,6 +28,7 @@ PREFLIGHT_CASES = [
     (["trainer.devices=0"], "trainer.devices", "got 0"),
     (["method=perturbation", "derived.batch_size=0"], "derived.batch_size", "integer >= 1"),
     (["dataset.classes=[1]"], "dataset.classes", "at least 2 classes"),
+    (["trainer.precision=bf32"], "trainer.precision", "allowed: auto, 64, 32, 16"),  # once, before any data (Lightning's list)
 ]
 
 

@@ -38,6 +38,8 @@ CASES = {
         ([*ADV_SOURCE, "+source.attack.stepz=1"], "source.attack.stepz", "allowed: eps, norm, steps"),
         ([*ADV_SOURCE, "source.attack.steps=0"], "source.attack.steps", ">= 1, got 0"),
         (["seed=-1"], "seed", ">= 0"),
+        (["trainer.precision=bf32"], "trainer.precision", "allowed: auto, 64, 32, 16, transformer-engine"),  # Lightning's list
+        (["+source.trainer.precision=fp8"], "source.trainer.precision", "bf16-mixed"),
     ],
     "eval": [
         (["+deepfool.stepz=3"], "deepfool.stepz", "allowed: norms, steps, overshoot"),
@@ -57,6 +59,8 @@ CASES = {
     "transfer": [
         (["batch_size=0"], "batch_size", ">= 1, got 0"),  # the old form of transfer.batch_size (one release)
         (["transfer.batch_size=0"], "transfer.batch_size", ">= 1, got 0"),
+        # a datamodule names its parameter; the pre-flight, the node it was set at (not `dataset.batch_size`)
+        (["dataset@source.dataset=digits", "source.dataset.batch_size=0"], "source.dataset.batch_size", ">= 1, got 0"),
         (["+target.arch.widht=2"], "target.arch.widht", "allowed: width"),
         (["+source.method.target_rule=rand"], "source.method.target_rule", "allowed: label_smoothing"),
         (["+target.trainer.devics=1"], "target.trainer.devics", "devices"),

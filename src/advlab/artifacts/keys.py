@@ -44,16 +44,12 @@ def default_training() -> dict:
 def spec_trainer(run_trainer, spec) -> dict:
     """The training settings of a model spec: the run's trainer settings, then the spec's own
     `trainer` node, then its `max_epochs` (placement keys left out: the artifact cache sets them);
-    `precision: auto` resolved for the run's accelerator."""
+    `precision: auto` is resolved before (advlab.utils.hardware: a run's up front, Artifacts' for Python callers)."""
     merged = {"_target_": "pytorch_lightning.Trainer"}
     for node in (run_trainer, spec.get("trainer")):
         # only these keys are resolved: placement keys may point into the Hydra job (`${paths.output_dir}`)
         merged.update({str(k): plain(node[k]) for k in (node or {}) if k not in PLACEMENT_KEYS})
     merged["max_epochs"] = int(spec.max_epochs)
-    if str(merged.get("precision")) == "auto":  # a run resolves it up front (runtime.lifecycle.resolve_hardware); callers from Python here
-        from advlab.utils.hardware import resolve_precision
-
-        merged["precision"] = resolve_precision("auto", (run_trainer or {}).get("accelerator")).value
     return merged
 
 
@@ -98,14 +94,6 @@ def describe_object(obj: Any) -> dict:
         if isinstance(value, simple) or (isinstance(value, (tuple, list)) and all(isinstance(v, simple) for v in value)):
             desc[name] = list(value) if isinstance(value, tuple) else value
     return desc
-
-
-def runs_in_bf16(trainer, device_type: str) -> bool:
-    """trainer.precision=bf16-mixed (or bf16-true, or `auto` resolved to bf16-mixed on this device): the
-    run trains in bf16, and its attacks and constructions run under bf16 autocast too."""
-    from advlab.utils.hardware import resolve_precision
-
-    return str(resolve_precision((trainer or {}).get("precision", "32-true"), device_type).value).startswith("bf16")
 
 
 def constructed_key(spec: dict, bf16: bool) -> dict:

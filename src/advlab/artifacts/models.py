@@ -19,13 +19,14 @@ import torch
 from omegaconf import OmegaConf
 
 from advlab.artifacts.cache import ArtifactCache, partial_dir, spec_key
-from advlab.artifacts.keys import constructed_key, model_key, runs_in_bf16, spec_trainer
+from advlab.artifacts.keys import constructed_key, model_key, spec_trainer
 from advlab.callbacks.progress import progress_bar
 from advlab.errors import ConfigError
 from advlab.methods.base import is_adversarial
 from advlab.methods.fit import FIT_METRICS, build_classifier, fit_classifier
 from advlab.models import build_model
 from advlab.utils import signals
+from advlab.utils.hardware import at_precision, trains_in_bf16
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ class Artifacts:
 
     def __init__(self, cache: ArtifactCache, trainer=None, accelerator: str | None = None, progress: bool = True):
         self.cache = cache
-        self.trainer = trainer if trainer is not None else {}
-        self.accelerator = accelerator if accelerator is not None else self.trainer.get("accelerator", "auto")
+        trainer = trainer if trainer is not None else {}
+        self.accelerator = accelerator if accelerator is not None else trainer.get("accelerator", "auto")
+        self.trainer = at_precision(trainer, self.accelerator)  # `auto` (a run's is resolved already: runtime.lifecycle)
         self.device = pick_device(self.accelerator)
         self.progress = progress
         # {spec node: {"metrics", "history", "trainer"}} of every model this run took from the cache or trained
@@ -67,8 +69,8 @@ class Artifacts:
 
     @property
     def bf16(self) -> bool:
-        """Whether the run trains in bf16 (artifacts.keys.runs_in_bf16): constructions then run under bf16 autocast."""
-        return runs_in_bf16(self.trainer, self.device.type)
+        """Whether the run trains in bf16 (advlab.utils.hardware.trains_in_bf16): constructions then run under bf16 autocast."""
+        return trains_in_bf16(self.trainer, self.device.type)
 
     def constructed(self, kind: str, spec: dict, construct, what: str):
         """A derived dataset / adversarial set (`construct()`), taken from the cache or built with the run's
@@ -97,7 +99,13 @@ class Artifacts:
         check_keys(method, f"{where}.method", exclude=METHOD_OBJECTS)
         if is_adversarial(method) and not spec.get("attack"):
             raise ConfigError(f"{where}.attack", f"an adversarial spec needs an attack: add attack@{where}.attack=pgd_linf (or another attack option)")
-        return model_key(spec, datamodule, self.trainer)
+        return model_key(self._at_precision(spec), datamodule, self.trainer)
+
+    def _at_precision(self, spec):
+        """`spec` with its own trainer node's `precision: auto` resolved (a run's is resolved up front)."""
+        own = spec.get("trainer")
+        resolved = at_precision(own, self.accelerator)
+        return spec if resolved is own else OmegaConf.merge(spec, {"trainer": resolved})
 
     def model(self, spec, datamodule, name: str = "source model", where: str = "source"):
         """Return (eval-mode model on self.device, its metrics dict, its cache key spec)."""
@@ -130,7 +138,7 @@ class Artifacts:
         """The Trainer config a spec's model is fitted with: its training settings, on this run's device,
         without logs or checkpoints (the cache keeps the weights; `_fit` adds the resumable ones)."""
         cuda = self.device.type == "cuda"
-        return {**spec_trainer(self.trainer, spec), "accelerator": "gpu" if cuda else "cpu", "devices": [self.device.index] if cuda else 1,
+        return {**spec_trainer(self.trainer, self._at_precision(spec)), "accelerator": "gpu" if cuda else "cpu", "devices": [self.device.index] if cuda else 1,
                 "logger": False, "enable_checkpointing": False, "enable_model_summary": False, "enable_progress_bar": self.progress,
                 "inference_mode": False, "num_sanity_val_steps": 0}
 

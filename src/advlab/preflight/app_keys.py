@@ -37,14 +37,6 @@ def _choice(cfg, key, allowed: Iterable[str]):
 POINTS = ("all", "common_correct")
 
 
-def _arch_node(cfg, node: str) -> None:
-    """`arch`, or a model spec's `arch`, is a node (its knobs: its constructor, built in the pre-flight)."""
-    value = _get(cfg, node)
-    if value is not None and not OmegaConf.is_dict(value):
-        raise ConfigError(node, f"expected an architecture node, got {value!r}; choose one with arch@{node}=<option>, "
-                                f"allowed: {', '.join(group_options('arch'))}")
-
-
 def _list(cfg, key: str, allowed=None, *, numbers=False, ascending=False, nonempty=True) -> list:
     value = _get(cfg, key)
     if value is None:
@@ -84,7 +76,6 @@ def _model_spec(cfg, key: str) -> None:
         raise ConfigError(f"{key}.method", f"unknown value {method!r}; allowed: a method node, chosen with the spec: spec@{key}={specs}")
     _number(cfg, f"{key}.max_epochs", minimum=1, integer=True)
     _number(cfg, f"{key}.optimizer.lr", minimum=0, strict_min=True)
-    _arch_node(cfg, f"{key}.arch")
 
 
 def _validate_robustness(cfg: DictConfig) -> None:
@@ -151,7 +142,6 @@ def validate(cfg: DictConfig) -> None:
     if _get(cfg, "derived.measure_transfer") and _get(cfg, "source.method") == "external":  # its target is trained from the source's spec
         raise ConfigError("derived.measure_transfer", "needs a trained source spec, not spec@source=external; allowed: false")
     _number(cfg, "optimizer.lr", minimum=0, strict_min=True)
-    _arch_node(cfg, "arch")
     offline = _get(cfg, "logger.offline")
     if offline is not None and not isinstance(offline, bool):
         raise ConfigError("logger.offline", f"expected true or false, got {offline!r}")

@@ -125,8 +125,11 @@ def check_trainer(node, where: str) -> None:
     Lightning would refuse only once a model is built."""
     if node is None:
         return
+    from advlab.utils.hardware import check_precision
+
     target = node.get("_target_", TRAINER)
     check_keys(OmegaConf.merge({"_target_": target}, node), where)
+    check_precision(node.get("precision"), f"{where}.precision")  # the values Lightning takes, and `auto`
     accelerator = node.get("accelerator")
     if accelerator is not None and accelerator not in ACCELERATORS:
         raise ConfigError(f"{where}.accelerator", f"unknown value {accelerator!r}; allowed: {', '.join(ACCELERATORS)}")
@@ -214,8 +217,14 @@ def check_trainable(datamodule, where: str, what: str) -> None:
 
 
 def build_arch(node, where: str, datamodule) -> None:
-    """An architecture, built for the data's shape and classes (its constructor checks its knobs) where
-    the datamodule knows them before loading; otherwise only its keys are matched."""
+    """An architecture (`arch`, a model spec's `<spec>.arch`: the one check of an arch node): a node, built
+    for the data's shape and classes (its constructor checks its knobs) where the datamodule knows them
+    before loading; otherwise only its keys are matched."""
+    if node is not None and not OmegaConf.is_dict(node):
+        from advlab.runtime.resolvers import group_options
+
+        raise ConfigError(where, f"expected an architecture node, got {node!r}; choose one with arch@{where}=<option>, "
+                                 f"allowed: {', '.join(group_options('arch'))}")
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         return
     check_keys(node, where, exclude=PASSED_BY_CODE)

@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from advlab.utils.hardware import resolve_precisions
 from advlab.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -78,35 +79,6 @@ def resolve_hardware(cfg: DictConfig) -> None:
     process may use (advlab.utils.hardware says how each is found)."""
     resolve_precisions(cfg)
     fit_threads(cfg)
-
-
-# trainer nodes whose `precision` a run trains with: the run's and its model specs' own
-PRECISION_NODES = ("trainer", "source.trainer", "target.trainer")
-
-
-def resolve_precisions(cfg: DictConfig) -> None:
-    """Each `precision: auto` (the run's trainer, a model spec's own trainer node) replaced by what it
-    resolves to here, with a line saying which and why; an explicit bf16 where it is emulated: one
-    warning line. The config then holds only values Lightning knows."""
-    from omegaconf import open_dict
-
-    from advlab.utils.hardware import resolve_precision
-
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None) or cfg.get("accelerator")
-    models = cfg.get("models")
-    nodes = [*PRECISION_NODES, *(f"models.{name}.trainer" for name in (models if OmegaConf.is_dict(models) else {}))]
-    warned = False
-    for node in nodes:
-        value = OmegaConf.select(cfg, f"{node}.precision", default=None, throw_on_missing=False)
-        if value is None:
-            continue
-        resolved = resolve_precision(value, accelerator, f"{node}.precision")
-        if resolved.value != value:
-            with open_dict(cfg):
-                OmegaConf.update(cfg, f"{node}.precision", resolved.value, merge=False)
-        if resolved.line and not (resolved.warning and warned):
-            log.log(logging.WARNING if resolved.warning else logging.INFO, resolved.line)
-            warned = warned or resolved.warning
 
 
 def _multirun_launcher():

@@ -1,8 +1,10 @@
 """What this machine offers a run: whether bf16 is native where it computes (so that
 `trainer.precision=auto` takes the bf16 fast path only where it is fast) and how many cores this
-process may use (torch's threads).
+process may use (torch's threads). The one place of `trainer.precision`'s rules: the values allowed
+(`check_precision`, the pre-flight's), `auto` resolved in every trainer node of a run
+(`resolve_precisions`), and whether a run trains, and so crafts, in bf16 (`trains_in_bf16`).
 
-A leaf module: nothing from the rest of advlab. Each probe (`cpu_info`, `cuda_bf16`, `affinity_cores`,
+A leaf module: nothing from the rest of advlab but its error type. Each probe (`cpu_info`, `cuda_bf16`, `affinity_cores`,
 `cgroup_quota`) is a module-level function, so tests can stub one and see the decisions follow.
 """
 from __future__ import annotations
@@ -124,6 +126,69 @@ def resolve_precision(value, accelerator=None, key: str = "trainer.precision") -
         return Precision(value, f"{key}={text} on {found}: bf16 is emulated here and slow: {EMULATED_BF16}; "
                                 f"{key}=auto picks 32-true on such CPUs", True)
     return Precision(value, None, False)
+
+
+# trainer nodes whose `precision` a run trains with: the run's and its model specs' own
+PRECISION_NODES = ("trainer", "source.trainer", "target.trainer")
+
+
+def check_precision(value, key: str = "trainer.precision") -> None:
+    """A precision Lightning takes (its own list: 32-true, bf16-mixed, 16, ...) or advlab's `auto`; else
+    a ConfigError naming `key` and the allowed values."""
+    from typing import get_args
+
+    from lightning_fabric.plugins.precision.precision import _PRECISION_INPUT
+
+    from advlab.errors import ConfigError
+
+    allowed = list(dict.fromkeys(["auto"] + [str(v) for part in get_args(_PRECISION_INPUT) for v in get_args(part)]))
+    if value is not None and str(value) not in allowed:
+        raise ConfigError(key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
+
+
+def resolve_precisions(cfg) -> None:
+    """Each `precision: auto` of a run's config (its trainer, a model spec's own trainer node) replaced
+    by what it resolves to here, with a line saying which and why; an explicit bf16 where it is
+    emulated: one warning line. The config then holds only values Lightning knows."""
+    import logging
+
+    from omegaconf import OmegaConf, open_dict
+
+    log = logging.getLogger(__name__)
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None) or cfg.get("accelerator")
+    models = cfg.get("models")
+    nodes = [*PRECISION_NODES, *(f"models.{name}.trainer" for name in (models if OmegaConf.is_dict(models) else {}))]
+    warned = False
+    for node in nodes:
+        value = OmegaConf.select(cfg, f"{node}.precision", default=None, throw_on_missing=False)
+        if value is None:
+            continue
+        resolved = resolve_precision(value, accelerator, f"{node}.precision")
+        if resolved.value != value:
+            with open_dict(cfg):
+                OmegaConf.update(cfg, f"{node}.precision", resolved.value, merge=False)
+        if resolved.line and not (resolved.warning and warned):
+            log.log(logging.WARNING if resolved.warning else logging.INFO, resolved.line)
+            warned = warned or resolved.warning
+
+
+def trains_in_bf16(trainer, device_type: str) -> bool:
+    """trainer.precision=bf16-mixed (or bf16-true, or `auto` resolved to bf16-mixed on this device): the
+    run trains in bf16, and its attacks and constructions run under bf16 autocast too."""
+    return str(resolve_precision((trainer or {}).get("precision", "32-true"), device_type).value).startswith("bf16")
+
+
+def at_precision(node, accelerator):
+    """A trainer node (a dict or a config node) with `precision: auto` resolved for `accelerator`; any other
+    node as it is. A run resolves its nodes up front (`resolve_precisions`); models built from Python here."""
+    if node is None or str(node.get("precision")) != "auto":
+        return node
+    value = resolve_precision("auto", accelerator).value
+    if isinstance(node, dict):
+        return {**node, "precision": value}
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(node, {"precision": value})
 
 
 # -- cores ------------------------------------------------------------------------------------------
