@@ -116,8 +116,8 @@ def build_classifier(arch, data, mean, std, key: str) -> Classifier:
         extra = {"num_classes": int(data.num_classes)} if "num_classes" in names and "num_classes" not in arch else {}
     try:
         model = instantiate(arch, _partial_=True)(**extra)
-    except ConfigError:
-        raise
+    except ConfigError as err:  # an advlab Classifier names its parameter: here, at the node `key`
+        raise err.under(key, "arch") from None
     except Exception as err:  # a constructor's TypeError (unknown keys), ValueError, ...
         raise ConfigError(key, f"building {arch['_target_']} failed: {_one_line(err)}") from None
     if not isinstance(model, nn.Module):
