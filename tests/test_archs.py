@@ -90,9 +90,9 @@ def test_width_knob_grows_the_parameter_count(name):
 def test_vector_inputs_and_bad_sizes_are_config_errors():
     with pytest.raises(ConfigError, match="^arch:"):
         ResNet9((64,), 10)
-    with pytest.raises(ConfigError, match=r"^arch\.width:"):
+    with pytest.raises(ConfigError, match=r"^width:"):  # the constructor names its parameter; the pre-flight, the node (arch.width)
         VGG((1, 8, 8), 10, width=0)
-    with pytest.raises(ConfigError, match=r"^arch\.width_mult:"):
+    with pytest.raises(ConfigError, match=r"^width_mult:"):
         MobileNetV2((1, 8, 8), 10, width_mult=-1.0)
 
 

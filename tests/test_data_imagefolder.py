@@ -183,13 +183,13 @@ def test_tiny_imagenet_annotated_validation_layout(tmp_path):
         datamodule(root, tmp_path, val_layout="annotations").setup()
 
 
-BUILD_ERRORS = [  # refused by the constructor
-    ({"resolution": 0}, "dataset.resolution", "integer >= 1"),
-    ({"resolution": 2.5}, "dataset.resolution", "integer >= 1"),
-    ({"resolution": "64px"}, "dataset.resolution", "integer >= 1"),
-    ({"resize": 4}, "dataset.resize", ">= 8"),
-    ({"val_layout": "flat"}, "dataset.val_layout", "allowed: folders, annotations"),
-    ({"class_subset": ["ant"], "class_groups": {"a": ["ant"], "b": ["bee"]}}, "dataset.class_groups", "not both"),
+BUILD_ERRORS = [  # refused by the constructor: its bare parameter (the pre-flight puts it under `dataset`, or a spec's dataset node)
+    ({"resolution": 0}, "resolution", "integer >= 1"),
+    ({"resolution": 2.5}, "resolution", "integer >= 1"),
+    ({"resolution": "64px"}, "resolution", "integer >= 1"),
+    ({"resize": 4}, "resize", ">= 8"),
+    ({"val_layout": "flat"}, "val_layout", "allowed: folders, annotations"),
+    ({"class_subset": ["ant"], "class_groups": {"a": ["ant"], "b": ["bee"]}}, "class_groups", "not both"),
     ({"class_subset": [-1]}, "dataset.class_subset", "allowed: class folder names"),
     ({"class_groups": {"a": [[3, 1]]}}, "dataset.class_groups.a", "[first, last]"),
     ({"class_groups": ["ant", "bee"]}, "dataset.class_groups", "mapping class name"),
