@@ -129,14 +129,16 @@ def test_missing_or_foreign_files_are_one_line_naming_the_folder(tmp_path):
         CIFAR10CDataModule(data_dir=str(tmp_path), corruptions=["fog"], n_examples=2).check()
 
 
-BAD = [  # the constructor's checks, as Hydra passes the values (`dataset.corruptions=fog` is a string)
-    ({"corruptions": ["fog", "smog"]}, "dataset.corruptions", "unknown value 'smog'; allowed: gaussian_noise, shot_noise"),
-    ({"corruptions": "fog"}, "dataset.corruptions", "expected a list, e.g. [fog, snow]"),
-    ({"corruptions": ["fog", "fog"]}, "dataset.corruptions", "lists a value twice"),
-    ({"severities": [1, 6]}, "dataset.severities", "unknown value 6; allowed: 1, 2, 3, 4, 5"),
-    ({"severities": [True]}, "dataset.severities", "unknown value True; allowed: 1, 2, 3, 4, 5"),
-    ({"severities": []}, "dataset.severities", "must not be empty; allowed: 1, 2, 3, 4, 5"),
-    ({"n_examples": 0}, "dataset.n_examples", ">= 1"),
+# the constructor's checks, as Hydra passes the values (`dataset.corruptions=fog` is a string); it names its bare
+# parameters (the pre-flight names the node: below)
+BAD = [
+    ({"corruptions": ["fog", "smog"]}, "corruptions", "unknown value 'smog'; allowed: gaussian_noise, shot_noise"),
+    ({"corruptions": "fog"}, "corruptions", "expected a list, e.g. [fog, snow]"),
+    ({"corruptions": ["fog", "fog"]}, "corruptions", "lists a value twice"),
+    ({"severities": [1, 6]}, "severities", "unknown value 6; allowed: 1, 2, 3, 4, 5"),
+    ({"severities": [True]}, "severities", "unknown value True; allowed: 1, 2, 3, 4, 5"),
+    ({"severities": []}, "severities", "must not be empty; allowed: 1, 2, 3, 4, 5"),
+    ({"n_examples": 0}, "n_examples", ">= 1"),
 ]
 
 

@@ -103,7 +103,7 @@ def test_cifar100_coarse_labels_are_the_20_superclasses(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,key,text", [
-    ({"label": "medium"}, "dataset.label", "allowed: fine, coarse"),
+    ({"label": "medium"}, "label", "allowed: fine, coarse"),  # the constructor's bare parameter (check()'s below name dataset.*)
     ({"classes": [3, 100]}, "dataset.classes", "[100] not in the labels 0..99"),
     ({"label": "coarse", "classes": [0, 20]}, "dataset.classes", "[20] not in the labels 0..19"),
 ])
