@@ -150,7 +150,7 @@ def test_fgsm_rs_is_wongs_step_of_one_and_a_quarter_eps_from_a_uniform_start():
 
 
 def test_grad_align_needs_an_linf_attack():
-    with pytest.raises(ConfigError, match=r"^method\.grad_align: GradAlign's random points fill the L∞ box; needs attack\.norm=linf, got 'l2'"):
+    with pytest.raises(ConfigError, match=r"^grad_align: GradAlign's random points fill the L∞ box; needs attack\.norm=linf, got 'l2'"):
         FastAdversarialTraining(_linear(), OPT, attack=PGD(eps=0.5, norm="l2"), grad_align=0.2)
 
 

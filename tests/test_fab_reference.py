@@ -269,9 +269,9 @@ def test_fab_restarts_against_reference(norm, gated_problem):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", [FAB, FABT])
 def test_bad_norm_and_settings(cls):
-    with pytest.raises(ConfigError, match=r"attack\.norm.*allowed: linf, l2, l1"):
+    with pytest.raises(ConfigError, match=r"^norm: .*allowed: linf, l2, l1"):
         cls(0.1, norm="l0")
-    with pytest.raises(ConfigError, match=r"attack\.restarts"):
+    with pytest.raises(ConfigError, match=r"^restarts: "):
         cls(0.1, restarts=0)
     assert cls(0.1, norm="l1").norm == "l1" and cls.fixed_losses and cls.untargeted_only
 

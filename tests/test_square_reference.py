@@ -132,9 +132,9 @@ def test_rescale_option_config_and_norms():
     assert Square(0.1).rescale_schedule is False  # AutoAttack's setting is the default, also from the YAML
     assert attack_from_conf("square").rescale_schedule is False
     assert attack_from_conf("square", rescale_schedule=True, norm="l1").rescale_schedule is True
-    with pytest.raises(ConfigError, match=r"attack\.rescale_schedule"):
+    with pytest.raises(ConfigError, match=r"^rescale_schedule: "):
         Square(0.1, rescale_schedule="yes")
-    with pytest.raises(ConfigError, match=r"attack\.norm.*linf, l2, l1"):
+    with pytest.raises(ConfigError, match=r"^norm: .*linf, l2, l1"):
         Square(0.1, norm="l0")
 
 
