@@ -23,7 +23,7 @@ def _eval_cfg(*overrides):
 def test_the_analyses_are_the_yaml_files_and_each_builds_its_class():
     cfg = _eval_cfg()
     names = analysis_names(cfg, CONF_DIR)
-    assert names == ["robustness", "deepfool", "off_support", "linearity", "masking"]
+    assert names == ["robustness", "deepfool", "off_support", "adversarial_error", "linearity", "masking"]
     assert sorted(names) == sorted(p.stem for p in (CONF_DIR / "analysis").glob("*.yaml"))
     built = {name: _build(cfg, name, [0.0, 1.0]) for name in names}
     assert {name: a.key for name, a in built.items()} == {name: name for name in names}
