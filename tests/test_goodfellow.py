@@ -94,11 +94,11 @@ def test_the_two_weights_differ_from_the_batch_fraction():
 
 
 @pytest.mark.parametrize("kwargs, key, words", [
-    ({"adv_ratio": 0.3, "clean_weight": 1.0, "adv_weight": 0.3}, "method.adv_ratio", "use one of the two"),
-    ({"clean_weight": 0.5}, "method.adv_weight", "set both or neither"),
-    ({"adv_weight": 0.5}, "method.clean_weight", "set both or neither"),
-    ({"clean_weight": -1.0, "adv_weight": 1.0}, "method.clean_weight", "must be a finite number >= 0, got -1.0"),
-    ({"clean_weight": 0.0, "adv_weight": 0.0}, "method.adv_weight", "must be > 0")])
+    ({"adv_ratio": 0.3, "clean_weight": 1.0, "adv_weight": 0.3}, "adv_ratio", "use one of the two"),
+    ({"clean_weight": 0.5}, "adv_weight", "set both or neither"),
+    ({"adv_weight": 0.5}, "clean_weight", "set both or neither"),
+    ({"clean_weight": -1.0, "adv_weight": 1.0}, "clean_weight", "must be a finite number >= 0, got -1.0"),
+    ({"clean_weight": 0.0, "adv_weight": 0.0}, "adv_weight", "must be > 0")])
 def test_bad_weights_are_one_error_naming_the_key(kwargs, key, words):
     with pytest.raises(ConfigError) as err:
         AdversarialTraining(_linear(), OPT, attack=FGSM(eps=0.25), **kwargs)
