@@ -1,4 +1,14 @@
-"""Layer outputs captured with forward hooks (removed again afterwards), by module name."""
+"""Layer outputs captured with forward hooks (removed again afterwards), by module name.
+
+Which layers an information-plane analysis watches when none are named (`hook_point`):
+
+* `post_activation` (advlab's default): the outputs of pooling layers, residual blocks, hidden ReLUs
+  after Linear layers and the logits (`default_layers`);
+* `pre_activation` (Zhang et al. 2022): the output of every `Conv2d` and `Linear` module, before any
+  activation or pooling (`pre_activation_layers`; their `modules_to_hook = (nn.Conv2d, nn.Linear)`).
+  ReLU and max-pooling only shrink distances between representations, so the KDE I(X;T) measured
+  after them can only be lower.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +21,17 @@ from advlab.attacks.base import eval_mode
 from advlab.errors import ConfigError
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+HOOK_POINTS = ("post_activation", "pre_activation")
+
+
+def check_hook_point(key: str, hook_point, layers) -> str:
+    """`hook_point` must be one of HOOK_POINTS; it picks the layers when none are named, so naming
+    layers and asking for `pre_activation` at once is a ConfigError (`key`: the config key)."""
+    if hook_point not in HOOK_POINTS:
+        raise ConfigError(key, f"unknown hook point {hook_point!r}; allowed: {', '.join(HOOK_POINTS)}")
+    if layers and hook_point != "post_activation":
+        raise ConfigError(key, f"{hook_point} picks the layers itself; set layers: null, or name the layers and drop hook_point")
+    return hook_point
 
 
 def default_layers(model: nn.Module) -> list[str]:
@@ -37,10 +58,17 @@ def default_layers(model: nn.Module) -> list[str]:
     return picked
 
 
-def resolve_layers(model: nn.Module, names: Sequence[str] | None) -> list[str]:
-    """`names` checked against the model's modules (ConfigError naming the allowed ones), or the defaults."""
+def pre_activation_layers(model: nn.Module) -> list[str]:
+    """Every Conv2d and Linear module (in registration order, which is the forward order of advlab's
+    architectures): the layers Zhang et al. hook."""
+    return [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str] | None, hook_point: str = "post_activation") -> list[str]:
+    """`names` checked against the model's modules (ConfigError naming the allowed ones), or the
+    layers of `hook_point` (post_activation: `default_layers`, pre_activation: `pre_activation_layers`)."""
     if not names:
-        return default_layers(model)
+        return pre_activation_layers(model) if hook_point == "pre_activation" else default_layers(model)
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules or name == "":

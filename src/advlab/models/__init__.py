@@ -3,13 +3,14 @@ from advlab.models.base import Classifier, predict
 from advlab.models.cnn import CNN
 from advlab.models.densenet import DenseNet
 from advlab.models.googlenet import GoogLeNet
+from advlab.models.lenet import LeNet
 from advlab.models.mlp import MLP, WideMLP
 from advlab.models.mobilenet import MobileNetV2
 from advlab.models.resnet import ResNet
 from advlab.models.resnet9 import ResNet9
 from advlab.models.vgg import VGG
 
-__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "ResNet9", "VGG", "DenseNet", "GoogLeNet", "MobileNetV2",
+__all__ = ["Classifier", "CNN", "MLP", "WideMLP", "ResNet", "ResNet9", "VGG", "DenseNet", "GoogLeNet", "LeNet", "MobileNetV2",
            "build_model", "build_from_record", "predict"]
 
 
