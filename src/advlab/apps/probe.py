@@ -111,7 +111,8 @@ def probe(cfg: DictConfig) -> None:
         inputs = {"clean": x}
         if attack is not None:
             inputs["adversarial"] = torch.cat([attack(model, x[i : i + batch].to(device), y[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
-        layers = resolve_layers(model, (cfg.probe.get("mi") or {}).get("layers")) if estimator is not None else []
+        mi_cfg = cfg.probe.get("mi") or {}
+        layers = resolve_layers(model, mi_cfg.get("layers"), mi_cfg.get("hook_point", "post_activation")) if estimator is not None else []
         res, rows = _probe_model(name, model, inputs, y, levels, estimator, layers, batch, device, metrics)
         results[name] = res
         if rows:

@@ -308,9 +308,11 @@ def check_objects(cfg: DictConfig) -> None:
         check_spec(models[name], f"models.{name}", datamodule)
     build_callbacks(cfg.get("callbacks"))
     if OmegaConf.select(cfg, "probe.mi") is not None:
+        from advlab.analysis.activations import check_hook_point
         from advlab.analysis.information import estimator_from
 
         estimator_from(cfg.probe.mi, "probe.mi")
+        check_hook_point("probe.mi.hook_point", cfg.probe.mi.get("hook_point", "post_activation"), cfg.probe.mi.get("layers"))
     if cfg.get("task_name") == "eval":
         for name, node in (OmegaConf.select(cfg, "robustness.attacks") or {}).items():
             build_attack(node, f"robustness.attacks.{name}")
