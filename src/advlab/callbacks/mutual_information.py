@@ -225,7 +225,7 @@ class MutualInformation(pl.Callback):
             for lg in trainer.loggers:
                 lg.log_metrics({**values, "epoch": float(epoch)}, step=trainer.global_step)
         self.write_history()
-        log.info("Mutual information %s epoch %d: %d values in %.2f s", "after" if self.timing == "end" else "before",
+        log.info("Mutual information %s epoch %d: %d values in %.2f s", "at" if self.timing == "end" else "before",
                  epoch, len(values), self.call_seconds[-1])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
