@@ -39,6 +39,8 @@ def test_the_newest_run_of_exactly_the_command_is_read(tmp_path):
     _run_dir(runs / "old", "train", ["experiment=x"], {"test/acc": 0.5, "time/total_s": 60}, 1_000)
     _run_dir(runs / "new", "train", ["experiment=x"], {"test/acc": 0.625, "time/total_s": 120}, 2_000)
     _run_dir(runs / "other", "train", ["experiment=x", "seed=1"], {"test/acc": 0.9}, 3_000)      # another command
+    _run_dir(runs / "csv", "train", ["experiment=x", "logger=csv", "hydra.run.dir=/x"],  # the newest, same science
+             {"test/acc": 0.75, "time/total_s": 30}, 2_500)
     _run_dir(runs / "eval", "eval", ["experiment=x"], {"test/acc": 0.8}, 4_000)                  # another app
     _run_dir(runs / "sweep" / "0", "train", ["experiment=s", "rule=det"], {"test/acc": 0.25}, 1_000)
     _run_dir(runs / "sweep" / "1", "train", ["experiment=s", "rule=rand"], {"test/acc": 0.75, "time/total_s": 90,
@@ -57,7 +59,7 @@ def test_the_newest_run_of_exactly_the_command_is_read(tmp_path):
     out = tmp_path / "page.md"
     missing = write_reproductions(claims, [runs], out, machine="test CPU")
     text = out.read_text()
-    assert "| acc | 60 % (Table 1) | 62.5 % | 2.0 min | `advlab-train experiment=x` |" in text
+    assert "| acc | 60 % (Table 1) | 75.0 % | 0.5 min | `advlab-train experiment=x` |" in text
     assert "| det | 0.2 (Fig. 2) | 0.250 |  | `advlab-train experiment=s -m` (rule=det) |" in text
     assert "| rand | 0.6 (Fig. 2) | 0.750 | 1.5 min, source cached |" in text  # not a time from an empty cache
     assert "| gap | higher (§4) | +30.0 pp |" in text

@@ -129,10 +129,19 @@ def _run(path: Path) -> Run | None:
     return Run(app, {str(o) for o in overrides}, metrics, path, (path / "metrics.json").stat().st_mtime)
 
 
+# overrides that say where a run writes and how it is launched, not what it computes
+BOOKKEEPING = ("logger=", "hydra/launcher=", "hydra.", "run_name=")
+
+
+def science(overrides: set[str]) -> set[str]:
+    return {o for o in overrides if not o.lstrip("+~").startswith(BOOKKEEPING)}
+
+
 def match(claim: Claim, runs: list[Run]) -> Run | None:
-    """The newest run of exactly the claim's command (and job)."""
-    wanted = claim.overrides()
-    found = [r for r in runs if r.app == claim.app and r.overrides == wanted]
+    """The newest run of exactly the claim's command (and job), up to where it logged and how it
+    was launched (`logger=csv`, `hydra/launcher=joblib_local`, `hydra.run.dir=…`)."""
+    wanted = science(claim.overrides())
+    found = [r for r in runs if r.app == claim.app and science(r.overrides) == wanted]
     return max(found, key=lambda r: r.mtime, default=None)
 
 
