@@ -730,3 +730,24 @@ def test_center_subtracts_the_training_mean_image_and_unbounds():
     assert centred.bounds is None and plain.bounds == (0.0, 1.0)
     assert centred.x_train.mean(0).abs().max() < 1e-5
     assert centred.describe()["center"] is True
+
+
+def test_center_constant_subtracts_one_number_from_every_pixel():
+    """Kumano et al.'s two-layer code subtracts MNIST's scalar mean 0.1307 (FMNIST 0.2860) from every pixel
+    (s-kumano/perturbation-learning, utils/datasets.py: `data -= dataset_cls.mean[0]`), not a mean image."""
+    from advlab.data import DigitsDataModule
+
+    plain, shifted = DigitsDataModule(seed=0), DigitsDataModule(seed=0, center_constant=0.1307)
+    plain.setup(), shifted.setup()
+    for split in ("x_train", "x_val", "x_test"):
+        assert torch.equal(getattr(shifted, split), getattr(plain, split) - torch.tensor(0.1307))
+    # a white pixel is 1 - 0.1307, a black one -0.1307: the same shift everywhere, not the mean image
+    assert float(shifted.x_train.max()) == pytest.approx(0.8693, abs=1e-6)
+    assert float(shifted.x_train.min()) == pytest.approx(-0.1307, abs=1e-6)
+    assert shifted.bounds is None  # as the authors', the perturbations are never clipped
+    assert shifted.describe()["center_constant"] == 0.1307 and shifted.describe()["center"] is False
+    assert "center_constant" not in plain.describe()  # default: the cache keys of earlier data stay
+    with pytest.raises(ConfigError, match="dataset.center_constant: give at most one centring"):
+        DigitsDataModule(center=True, center_constant=0.1307)
+    with pytest.raises(ConfigError, match="dataset.center_constant: must be null or a finite number"):
+        DigitsDataModule(center_constant="mean")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -53,3 +53,31 @@ def as_float_images(x: Any, what: str) -> torch.Tensor:
 
 def as_labels(y: Any) -> torch.Tensor:
     return torch.as_tensor(y).to(torch.int64).reshape(-1).contiguous()
+
+
+def centring_shift(x_train: torch.Tensor, center: bool, constant: Optional[float]) -> Optional[torch.Tensor]:
+    """What every split is shifted by (subtracted): the training mean image (``center``), the number
+    ``constant`` (a 0-d tensor), or None for no centring."""
+    if center:
+        return x_train.mean(0, keepdim=True)
+    if constant is not None:
+        return torch.tensor(float(constant), dtype=x_train.dtype)
+    return None
+
+
+def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, std) of images (N, C, H, W), or of all values of vector data (N, D), as (1,);
+    a std of zero spread is 1."""
+    if len(x) == 0:
+        c = x.shape[1] if x.dim() == 4 else 1
+        return torch.zeros(c), torch.ones(c)
+    if x.dim() == 4:  # one channel at a time: no full-size temporary
+        pairs = [torch.var_mean(x[:, c], correction=0) for c in range(x.shape[1])]
+        var = torch.stack([v for v, _ in pairs])
+        mean = torch.stack([m for _, m in pairs])
+    else:
+        var, mean = torch.var_mean(x, correction=0)
+        var, mean = var.reshape(1), mean.reshape(1)
+    std = var.sqrt()
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return mean.float(), std.float()

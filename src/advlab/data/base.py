@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from advlab.data.arrays import as_float_images, as_labels, check_fraction, stratified_split
+from advlab.data.arrays import as_float_images, as_labels, centring_shift, channel_statistics, check_fraction, stratified_split
 from advlab.data.augment import crop_flip, random_crop_flip
 from advlab.data.loader import BatchTensorDataset, make_loader
 from advlab.errors import ConfigError, check_number
@@ -70,6 +70,7 @@ class ArrayDataModule(pl.LightningDataModule):
         augment: bool = False,
         max_train: Optional[int] = None,
         center: bool = False,
+        center_constant: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.batch_size = check_number("batch_size", batch_size, 1, integer=True)
@@ -85,6 +86,11 @@ class ArrayDataModule(pl.LightningDataModule):
         self.augment = bool(augment)
         self.max_train = check_number("max_train", max_train, 1, integer=True, allow_none=True)
         self.center = bool(center)
+        # a number subtracted from every pixel (Kumano et al.'s code: MNIST's 0.1307); the per-pixel mean image is `center`
+        self.center_constant = check_number("dataset.center_constant", center_constant, allow_none=True)
+        if self.center and self.center_constant is not None:
+            raise ConfigError("dataset.center_constant", "give at most one centring: center=true (the training mean image) "
+                                                         "or center_constant (a number); the other must be false / null")
 
         self._bounds: Optional[tuple[float, float]] = self.default_bounds
         self._loaded = False
@@ -135,6 +141,8 @@ class ArrayDataModule(pl.LightningDataModule):
             "augment": self.augment,
             "center": self.center,
         }
+        if self.center_constant is not None:  # left out at its default: the keys of earlier data stay
+            d["center_constant"] = self.center_constant
         d.update(self._describe_extra())
         if self._train_tag is not None:
             d["train"] = self._train_tag
@@ -226,16 +234,15 @@ class ArrayDataModule(pl.LightningDataModule):
         else:  # val_fraction == 0: the test split doubles as the validation split
             self.x_val, self.y_val = x_te, y_te
         self.x_test, self.y_test = x_te, y_te
-        if self.center:
-            # Mean-subtracted inputs (Kumano et al.): the data space itself is centred on the training
-            # mean image, so it is unbounded and attacks there are not clipped.
-            self.pixel_mean = self.x_train.mean(0, keepdim=True)
-            self.x_train = self.x_train - self.pixel_mean
-            self.x_test = self.x_test - self.pixel_mean
-            self.x_val = self.x_test if not n_val else self.x_val - self.pixel_mean
+        shift = centring_shift(self.x_train, self.center, self.center_constant)
+        if shift is not None:
+            # Kumano et al.: the data space itself is centred (on the training mean image, or by a constant),
+            # so it is unbounded and attacks there are not clipped.
+            self.pixel_mean, self.x_train, self.x_test = shift, self.x_train - shift, self.x_test - shift
+            self.x_val = self.x_test if not n_val else self.x_val - shift
             self._bounds = None
         self._class_names = names
-        self._mean, self._std = self._statistics(self.x_train)
+        self._mean, self._std = channel_statistics(self.x_train)
         self._make_datasets()
         self._loaded = True
         log.info(
@@ -379,19 +386,3 @@ class ArrayDataModule(pl.LightningDataModule):
         new = lut[y]
         keep = new >= 0
         return x[keep], new[keep]
-
-    @staticmethod
-    def _statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(x) == 0:
-            c = x.shape[1] if x.dim() == 4 else 1
-            return torch.zeros(c), torch.ones(c)
-        if x.dim() == 4:  # one channel at a time: no full-size temporary
-            pairs = [torch.var_mean(x[:, c], correction=0) for c in range(x.shape[1])]
-            var = torch.stack([v for v, _ in pairs])
-            mean = torch.stack([m for _, m in pairs])
-        else:
-            var, mean = torch.var_mean(x, correction=0)
-            var, mean = var.reshape(1), mean.reshape(1)
-        std = var.sqrt()
-        std = torch.where(std > 1e-12, std, torch.ones_like(std))
-        return mean.float(), std.float()

@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from advlab.data.arrays import as_float_images
+from advlab.data.arrays import as_float_images, channel_statistics
 from advlab.data.base import ArrayDataModule
 from advlab.data.torchvision_data import CIFAR10_CLASSES
 from advlab.errors import ConfigError, check_number
@@ -210,7 +210,7 @@ class CorruptionDataModule(ArrayDataModule):
         # evaluation only: the other splits are the test split (the same tensors; training batches are refused)
         self.x_train, self.y_train, self.x_val, self.y_val = self.x_test, self.y_test, self.x_test, self.y_test
         self._class_names = names
-        self._mean, self._std = self._statistics(self.x_test)
+        self._mean, self._std = channel_statistics(self.x_test)
         self._make_datasets()
         self._loaded = True
         log.info("%s: %d corruptions × severities %s × %d images = %d test images (memory-mapped from %s), %d classes",

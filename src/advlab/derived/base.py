@@ -54,6 +54,24 @@ class SourceAgreement(pl.Callback):
         pl_module.log("test/agreement", self.agreement.compute())  # synced over DDP ranks by torchmetrics
 
 
+class NaturalTrainAccuracy(pl.Callback):
+    """`test/natural_train_acc`: the trained model's accuracy on the clean TRAINING inputs `x` with their true
+    labels `y` (the source's training set). Kumano et al. (NeurIPS'24) report this one as g's accuracy
+    (s-kumano/perturbation-learning, train.py: `adv_acc_for_natural = i.test(adv_classifier, data, labels)` on
+    the training data); advlab's `test/acc` is on the held-out test split."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+        self.x, self.y, self.batch_size = x, y, int(batch_size)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(self.x), self.batch_size):
+                pred = pl_module.model(self.x[i : i + self.batch_size].to(pl_module.device)).argmax(1).cpu()
+                correct += int((pred == self.y[i : i + self.batch_size]).sum())
+        pl_module.log("test/natural_train_acc", correct / max(len(self.x), 1))  # every rank: the same whole set
+
+
 # Keys that sat in the method node before derived datasets had their own config group (`derived=`):
 # they still work for one release, each with a one-line deprecation naming its new form. old → new
 MOVED_TO_DERIVED = {"target_rule": "target_rule", "base": "base", "train_on": "train_on", "craft_seed": "seed",

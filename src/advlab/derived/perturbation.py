@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from advlab.artifacts.keys import describe_object
 from advlab.artifacts.cache import spec_key
-from advlab.derived.base import DerivedData, SourceAgreement, SourceModel
+from advlab.derived.base import DerivedData, NaturalTrainAccuracy, SourceAgreement, SourceModel
 from advlab.derived.resume import CraftProgress
 from advlab.errors import ConfigError
 from advlab.errors import check_number
@@ -146,7 +146,9 @@ class PerturbationDataset:
     U[0,1] noise); `train_on` in {adv, delta} (train on x+δ or on δ alone). `measure_transfer`: also
     measure how the source's untargeted attack (at `transfer_eps`, default the crafting ε) transfers
     to a standard model of the trained architecture (Ilyas et al. Fig. 3), on `transfer_images` test
-    images drawn with a fixed seed (default: all of them).
+    images drawn with a fixed seed (default: all of them). `measure_train_acc`: also report the trained model's
+    accuracy on the clean training inputs with their true labels (`test/natural_train_acc`, Kumano et al.
+    NeurIPS'24's accuracy).
     """
     target_rule: str = "det"
     base: str = "natural"
@@ -156,6 +158,7 @@ class PerturbationDataset:
     measure_transfer: bool = False
     transfer_eps: float | None = None
     transfer_images: int | None = None
+    measure_train_acc: bool = False
 
     source_name = "source model"  # in the log and the cache messages
 
@@ -167,6 +170,8 @@ class PerturbationDataset:
         self.batch_size = check_number("batch_size", self.batch_size, 1, integer=True)
         self.transfer_eps = None if self.transfer_eps is None else float(self.transfer_eps)
         self.transfer_images = check_number("transfer_images", self.transfer_images, 1, integer=True, allow_none=True)
+        if self.measure_train_acc not in (True, False):
+            raise ConfigError("measure_train_acc", f"must be a boolean, got {self.measure_train_acc!r}; allowed: true, false")
 
     def build(self, source: SourceModel, datamodule, artifacts, *, attack=None, eval_attack=None, arch=None, source_spec=None) -> DerivedData:
         """Craft (or take from the cache) the dataset with `attack`, made targeted; `arch` and
@@ -192,8 +197,11 @@ class PerturbationDataset:
                  len(payload["y"]), payload["success_rate"], source.metrics["test/acc"])
         fit_datamodule = datamodule.with_train(payload["x"], payload["y"], tag=f"perturbation-{spec_key(spec)}",
                                                check_bounds=self.train_on != "delta")
+        callbacks = [SourceAgreement(source.model)]
+        if self.measure_train_acc:  # the clean training split, before it is replaced by the crafted one
+            callbacks.append(NaturalTrainAccuracy(datamodule.x_train, datamodule.y_train, datamodule.eval_batch_size))
         return DerivedData(fit_datamodule, metrics, figures=lambda out_dir: self._figures(source.model, payload, datamodule, out_dir),
-                           callbacks=[SourceAgreement(source.model)])
+                           callbacks=callbacks)
 
     def _dataset_metrics(self, payload, attack) -> dict[str, float]:
         """perturb/*: success rate, norms of δ, weak_attack (1.0 / 0.0) and budget_bound; a warning naming the knobs."""

@@ -14,6 +14,19 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from advlab.errors import ConfigError, check_number
 
+# the training losses a method takes (`method.loss`): cross-entropy, or Kumano et al.'s identity loss of binary tasks
+TRAINING_LOSSES = ("ce", "identity")
+
+
+def identity_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Kumano et al.'s (NeurIPS'24) identity loss −y·f per sample, y = ±1 (class index 1 → +1, 0 → −1), of a binary
+    model's score f = z₁ − z₀ (a Kumano WideMLP's logits are (−f/2, f/2): its scalar readout). Unbounded below;
+    its gradient in f is −y whatever f (s-kumano/perturbation-learning, train.py: `identity`)."""
+    if logits.dim() != 2 or logits.shape[1] != 2:
+        raise ValueError(f"the identity loss needs the logits of 2 classes, got shape {tuple(logits.shape)}")
+    sign = 2.0 * y.to(logits.dtype) - 1.0
+    return -sign * (logits[:, 1] - logits[:, 0])
+
 
 def optimizer_config(optimizer):
     """A plain `_partial_` config of an optimizer (what rebuilds it from a checkpoint's hyperparameters):
@@ -35,6 +48,8 @@ class ClassifierModule(pl.LightningModule):
     node itself; `scheduler`: a config node instantiated in `configure_optimizers` (its `interval` and
     `total_steps: null` are known only there); `eval_attack` (an Attack or None) adds `test/adv_acc`;
     `attack`: the run's attack, unused by clean training (advlab-train and model specs hand it to every method).
+    `loss`: the training loss, "ce" (cross-entropy, with `label_smoothing`) or "identity" (`identity_loss`, −y·f,
+    binary tasks only: Kumano et al.'s main panels).
     """
 
     # Whether this method trains on attacked inputs (it needs an `attack`): what advlab asks of a
@@ -42,7 +57,8 @@ class ClassifierModule(pl.LightningModule):
     adversarial: bool = False
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None, eval_attack=None,
-                 label_smoothing: float = 0.0, channels_last: bool = False, attack=None, compile: bool = False):
+                 label_smoothing: float = 0.0, channels_last: bool = False, attack=None, compile: bool = False,
+                 loss: str = "ce"):
         super().__init__()
         # Every init argument but the objects, as plain values (checkpoints load with weights_only=True);
         # `record_configs` adds how to rebuild the objects, so `load_from_checkpoint(path)` needs nothing else.
@@ -58,6 +74,7 @@ class ClassifierModule(pl.LightningModule):
         if channels_last not in (True, False):
             raise ConfigError("channels_last", f"must be a boolean, got {channels_last!r}; allowed: true, false")
         self.channels_last = bool(channels_last)
+        self.loss_kind = _check_loss(loss, model, self.label_smoothing)
         if compile not in (True, False):
             raise ConfigError("compile", f"must be a boolean, got {compile!r}; allowed: true, false")
         # a list, not an attribute: a compiled module would register as a submodule (its weights twice
@@ -137,7 +154,9 @@ class ClassifierModule(pl.LightningModule):
         return self._compiled[0](x)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of every method: cross-entropy, with `label_smoothing`."""
+        """The training loss of every method: cross-entropy, with `label_smoothing`; or the identity loss (`loss`)."""
+        if self.loss_kind == "identity":
+            return identity_loss(logits, y).mean()
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,8 +216,22 @@ class ClassifierModule(pl.LightningModule):
             raise ConfigError("method.scheduler.interval", f"unknown value {interval!r}; allowed: epoch, step")
         if "total_steps" in cfg and cfg["total_steps"] is None:
             cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        # `monitor`: the logged metric a ReduceLROnPlateau steps on (conf/scheduler/plateau.yaml: the epoch's training loss)
+        monitor = cfg.pop("monitor", None)
         scheduler = instantiate(cfg, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        lr_scheduler = {"scheduler": scheduler, "interval": interval, **({"monitor": monitor} if monitor else {})}
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+
+
+def _check_loss(loss, model, label_smoothing: float) -> str:
+    """`method.loss`, checked against the model's classes and the label smoothing."""
+    if loss not in TRAINING_LOSSES:
+        raise ConfigError("method.loss", f"unknown loss {loss!r}; allowed: {', '.join(TRAINING_LOSSES)}")
+    if loss == "identity" and getattr(model, "num_classes", 2) != 2:
+        raise ConfigError("method.loss", f"identity (−y·f) needs a binary task, the model has {model.num_classes} classes; allowed: ce")
+    if loss == "identity" and label_smoothing:
+        raise ConfigError("method.label_smoothing", "smooths cross-entropy only; with method.loss=identity it must be 0")
+    return loss
 
 
 class StandardTraining(ClassifierModule):

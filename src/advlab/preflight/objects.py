@@ -192,8 +192,8 @@ def check_spec(spec, where: str, datamodule=None) -> None:
 def _target_keys(cfg, key: str, where: str, exclude=PASSED_BY_CODE) -> None:
     node = cfg.get(key) if OmegaConf.is_dict(cfg) else None
     if OmegaConf.is_dict(node) and "_target_" in node:
-        # a scheduler's `interval` is Lightning's (ClassifierModule.configure_optimizers), not the scheduler's
-        node = OmegaConf.masked_copy(node, [k for k in node if k != "interval"]) if key == "scheduler" else node
+        # a scheduler's `interval` and `monitor` are Lightning's (ClassifierModule.configure_optimizers), not the scheduler's
+        node = OmegaConf.masked_copy(node, [k for k in node if k not in ("interval", "monitor")]) if key == "scheduler" else node
         check_keys(node, where, exclude=exclude)
 
 

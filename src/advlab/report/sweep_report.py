@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from advlab.report.best_of import best_of_table
 from advlab.report.sweep import Sweep, axis_of, cells, display_key, is_number, load_sweep, mean_std
 from advlab.utils.io import check_writable, write_text
 
@@ -257,6 +258,11 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, wandb
         tables[name] = (header, rows)
         md += [f"## {name.replace('_', ' ').capitalize()}", ""] + lines
     md += ilyas_scatter(sweep, out, plots)
+    b_header, b_rows, b_md = best_of_table(sweep, [m for m in _metric_names(sweep) if any(h in m for h in SUMMARY_HINTS)])
+    if b_rows:  # the sweep names the keys to take the best over (`report_best_of`)
+        report.files["best_of"] = _write_csv(out / "best_of.csv", b_header, b_rows)
+        tables["best_of"] = (b_header, b_rows)
+        md += b_md
     s_header, s_rows, s_md = summary_table(sweep)
     report.files["summary"] = _write_csv(out / "summary.csv", s_header, s_rows)
     tables["summary"] = (s_header, s_rows)
