@@ -103,3 +103,15 @@ def test_the_yaml_is_their_mnist_setting_and_checks_its_keys():
     assert attack.random_start is False and attack.keep_best is True and attack.norm == "linf"
     with pytest.raises(ConfigError, match="attack.norm"):
         KumanoPGD(eps=0.3, norm="l1")
+
+
+def test_their_convnet_has_their_shapes_and_parameter_count():
+    from advlab.models.kumano_convnet import KumanoConvNet
+
+    net = KumanoConvNet((1, 28, 28), 10, normalize="none")
+    # conv 1·16·9+16, 16·128·9+128, 128·128·9+128, 128·256·9+256, 256·256·9+256; linear 256·10+10
+    assert sum(p.numel() for p in net.parameters()) == 160 + 18_560 + 147_584 + 295_168 + 590_080 + 2_570 == 1_054_122
+    x = torch.rand(3, 1, 28, 28)
+    assert net.penultimate(x).shape == (3, 256) and net(x).shape == (3, 10)
+    h = F.relu(net.conv4(F.relu(net.conv2(F.relu(net.conv1(x))))))
+    assert h.shape[-2:] == (9, 9)  # their avg_pool2d(x, 9) is the mean over the whole map
