@@ -42,7 +42,7 @@ def test_identity_loss_is_minus_y_f_and_its_gradient_the_closed_form():
     f, pre, _ = _closed_form(model, x)
     s = 2.0 * y.double() - 1.0  # class index 1 → +1, 0 → −1
     loss = module.loss(module.model(x), y)
-    assert float(loss) == pytest.approx(float((-s * f).mean()), rel=1e-12)
+    assert float(loss.detach()) == pytest.approx(float((-s * f).mean()), rel=1e-12)
     loss.backward()
     # ∂/∂w_k mean_i(−s_i f(x_i)) = −(1/N) Σ_i s_i a_k 1[w_k·x_i + b_k > 0] x_i; ∂/∂b_k the same without x_i
     a = model.readout_weight.detach()[:, 0]
@@ -63,6 +63,7 @@ def test_identity_loss_gradient_in_f_ignores_f_unlike_the_logistic_loss():
     (g_identity,) = torch.autograd.grad(module.loss(logits, y), f)
     s = 2.0 * y.float() - 1.0
     assert torch.allclose(g_identity, -s / 5)
+    logits = torch.stack([-f / 2, f / 2], dim=1)
     (g_ce,) = torch.autograd.grad(_module(_two_layer()).loss(logits, y), f)
     assert torch.allclose(g_ce, -s * torch.sigmoid(-s * f) / 5, atol=1e-7)
 
@@ -159,7 +160,7 @@ def _grid_sweep(root, values):
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({
         "hydra": {"overrides": {"task": ["seed=0,1"]}, "sweeper": {"params": {"source.optimizer.lr": "0.01,0.001",
                                                                                   "optimizer.lr": "0.01,0.001"}}},
-        "task_name": "train", "report_best_of": ["source.optimizer.lr", "optimizer.lr"]}))
+        "task_name": "train", "report_best_of": ["source.optimizer.lr", "optimizer.lr"]}, sort_keys=False))  # Hydra's order
     num = 0
     for lr_f in ("0.01", "0.001"):
         for lr_g in ("0.01", "0.001"):

@@ -115,3 +115,5 @@ def test_their_convnet_has_their_shapes_and_parameter_count():
     assert net.penultimate(x).shape == (3, 256) and net(x).shape == (3, 10)
     h = F.relu(net.conv4(F.relu(net.conv2(F.relu(net.conv1(x))))))
     assert h.shape[-2:] == (9, 9)  # their avg_pool2d(x, 9) is the mean over the whole map
+    with pytest.raises(ConfigError, match="at least 11×11"):
+        KumanoConvNet((1, 8, 8), 10)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from advlab.errors import ConfigError
 from advlab.models._layers import image_channels
 from advlab.models.base import Classifier
 
@@ -18,6 +19,9 @@ class KumanoConvNet(Classifier):
     def __init__(self, input_shape, num_classes, **kw):
         super().__init__(input_shape, num_classes, **kw)
         c = image_channels(self, "kumano_convnet")
+        if min(self.input_shape[1:]) < 11:  # unpadded 3×3 convolutions: 11 px → 5 after the stride-2 one → 1 at the end
+            raise ConfigError("arch", f"kumano_convnet needs inputs of at least 11×11 (theirs: 28×28), got {self.input_shape}; "
+                                      "use arch=cnn")
         self.conv1 = nn.Conv2d(c, 16, kernel_size=3, stride=2)
         self.conv2 = nn.Conv2d(16, 128, kernel_size=3)
         self.conv3 = nn.Conv2d(128, 128, kernel_size=3, padding=1)

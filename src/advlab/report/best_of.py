@@ -14,14 +14,14 @@ KEY = "report_best_of"
 
 
 def best_of_keys(sweep: Sweep) -> list[str]:
-    """The swept keys of `report_best_of` (as the overrides name them), in the sweep's order; [] when unset."""
+    """The swept keys of `report_best_of` (as the overrides name them), in its order; [] when unset."""
     wanted = sweep.config.get(KEY)
     if wanted is None:
         return []
     if not isinstance(wanted, (list, tuple)) or not all(isinstance(k, str) for k in wanted):
         raise ConfigError(KEY, f"must be a list of swept keys, e.g. [optimizer.lr], got {wanted!r}")
-    names = {display_key(k) for k in wanted}
-    return [k for k in sweep.varying if display_key(k) in names]
+    swept = {display_key(k): k for k in sweep.varying}
+    return [swept[display_key(k)] for k in wanted if display_key(k) in swept]
 
 
 def best_of_table(sweep: Sweep, metrics: list[str]) -> tuple[list[str], list[list], list[str]]:
