@@ -27,8 +27,9 @@ def test_default_run_det_and_rand_on_digits(tmp_path):
 def test_kumano_two_layer_on_real_mnist(tmp_path, shared_dir):
     install_shared_mnist(shared_dir, tmp_path / "data")
     m = _metrics(run_advlab(tmp_path, "experiment=kumano_two_layer"))
-    assert m["source/test/acc"] > 0.95
-    assert m["test/agreement"] >= 0.90  # paper ≈ 0.95
+    assert m["source/test/acc"] > 0.94  # measured 0.952 (docs/results.md#kumano-two-layer)
+    assert m["test/agreement"] >= 0.90  # paper ≈ 0.95; measured 0.986
+    assert m["test/natural_train_acc"] >= 0.90  # the paper's accuracy (g on f's training images), ≈ 0.95; measured 0.960
     assert m["test/acc"] >= 0.85
 
 
