@@ -6,7 +6,8 @@
 Writes into <sweep dir>/report/: `transfer_matrix.csv` (or `perturbation_matrix.csv`; rows source,
 columns target, mean ± std over seeds, long format), `report.md` (the matrices as Markdown tables,
 a summary of every configuration, and the jobs that failed or are missing), `heatmap_<metric>.png`,
-for perturbation-learning sweeps that measured transfer `ilyas_scatter.png`, `summary.csv` and
+for perturbation-learning sweeps that measured transfer `ilyas_scatter.png`, for sweeps naming
+`report_best_of` keys each metric's best grid point on its own (`best_of.csv`), `summary.csv` and
 `jobs.csv`; and logs them to one W&B run (job type `report`) in the sweep's W&B group.
 
 With `--reproductions CLAIMS`, the directories are searched for finished runs and the reproduction
