@@ -201,7 +201,7 @@ def test_a_derived_dataset_is_its_own_config_group(overrides, builder_class, opt
     alone (StandardTraining and its own keys). method=perturbation / robust_dataset choose theirs."""
     cfg, training, builder, notes = _split(*overrides)
     assert training["_target_"] == "advlab.methods.StandardTraining" and training.label_smoothing == 0.2
-    assert not {k for k in training if cfg.method[k] is not None} - {"_target_", "label_smoothing", "channels_last", "compile"}
+    assert not {k for k in training if cfg.method[k] is not None} - {"_target_", "label_smoothing", "loss", "channels_last", "compile"}
     assert type(builder).__name__ == builder_class and notes == []
     assert {k: getattr(builder, k) for k in options} == options
 
