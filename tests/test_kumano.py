@@ -69,11 +69,11 @@ def test_identity_loss_gradient_in_f_ignores_f_unlike_the_logistic_loss():
 
 
 def test_identity_loss_is_checked_where_it_is_set():
-    with pytest.raises(ConfigError, match="method.loss: identity .* needs a binary task, the model has 10 classes"):
+    with pytest.raises(ConfigError, match="^loss: identity .* needs a binary task, the model has 10 classes"):
         _module(WideMLP((6,), 10, width=8, kumano=True), loss="identity")
-    with pytest.raises(ConfigError, match="method.label_smoothing: smooths cross-entropy only"):
+    with pytest.raises(ConfigError, match="^label_smoothing: smooths cross-entropy only"):
         _module(_two_layer(), loss="identity", label_smoothing=0.1)
-    with pytest.raises(ConfigError, match="method.loss: unknown loss 'hinge'; allowed: ce, identity"):
+    with pytest.raises(ConfigError, match="^loss: unknown loss 'hinge'; allowed: ce, identity"):
         _module(_two_layer(), loss="hinge")
 
 

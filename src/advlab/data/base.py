@@ -87,9 +87,9 @@ class ArrayDataModule(pl.LightningDataModule):
         self.max_train = check_number("max_train", max_train, 1, integer=True, allow_none=True)
         self.center = bool(center)
         # a number subtracted from every pixel (Kumano et al.'s code: MNIST's 0.1307); the per-pixel mean image is `center`
-        self.center_constant = check_number("dataset.center_constant", center_constant, allow_none=True)
+        self.center_constant = check_number("center_constant", center_constant, allow_none=True)
         if self.center and self.center_constant is not None:
-            raise ConfigError("dataset.center_constant", "give at most one centring: center=true (the training mean image) "
+            raise ConfigError("center_constant", "give at most one centring: center=true (the training mean image) "
                                                          "or center_constant (a number); the other must be false / null")
 
         self._bounds: Optional[tuple[float, float]] = self.default_bounds

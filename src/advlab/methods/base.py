@@ -226,11 +226,11 @@ class ClassifierModule(pl.LightningModule):
 def _check_loss(loss, model, label_smoothing: float) -> str:
     """`method.loss`, checked against the model's classes and the label smoothing."""
     if loss not in TRAINING_LOSSES:
-        raise ConfigError("method.loss", f"unknown loss {loss!r}; allowed: {', '.join(TRAINING_LOSSES)}")
+        raise ConfigError("loss", f"unknown loss {loss!r}; allowed: {', '.join(TRAINING_LOSSES)}")
     if loss == "identity" and getattr(model, "num_classes", 2) != 2:
-        raise ConfigError("method.loss", f"identity (−y·f) needs a binary task, the model has {model.num_classes} classes; allowed: ce")
+        raise ConfigError("loss", f"identity (−y·f) needs a binary task, the model has {model.num_classes} classes; allowed: ce")
     if loss == "identity" and label_smoothing:
-        raise ConfigError("method.label_smoothing", "smooths cross-entropy only; with method.loss=identity it must be 0")
+        raise ConfigError("label_smoothing", "smooths cross-entropy only; with method.loss=identity it must be 0")
     return loss
 
 
