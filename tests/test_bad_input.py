@@ -6,7 +6,7 @@ import pytest
 from conftest import run_advlab
 
 CASES = [
-    (["arch=transformer"], "arch", "allowed: cnn, densenet121, densenet121_cpu, googlenet, googlenet_cpu, mlp"),
+    (["arch=transformer"], "arch", "allowed: cnn, densenet121, densenet121_cpu, googlenet, googlenet_cpu, kumano_convnet, lenet, mlp"),
     (["-m", "dataset=digits,stl10"], "dataset", "allowed: cifar10, cifar100, cifar100_c, cifar10_c, cifar10_jpeg, digits"),
     (["trainer.max_epochs=ten"], "trainer.max_epochs", "integer"),
     (["eps.value=-0.5"], "eps.value", ">= 0"),

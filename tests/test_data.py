@@ -747,7 +747,7 @@ def test_center_constant_subtracts_one_number_from_every_pixel():
     assert shifted.bounds is None  # as the authors', the perturbations are never clipped
     assert shifted.describe()["center_constant"] == 0.1307 and shifted.describe()["center"] is False
     assert "center_constant" not in plain.describe()  # default: the cache keys of earlier data stay
-    with pytest.raises(ConfigError, match="dataset.center_constant: give at most one centring"):
+    with pytest.raises(ConfigError, match="^center_constant: give at most one centring"):
         DigitsDataModule(center=True, center_constant=0.1307)
-    with pytest.raises(ConfigError, match="dataset.center_constant: must be null or a finite number"):
+    with pytest.raises(ConfigError, match="^center_constant: must be null or a finite number"):
         DigitsDataModule(center_constant="mean")

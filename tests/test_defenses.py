@@ -124,7 +124,7 @@ def test_mart_loss_is_the_boosted_ce_plus_lambda_times_the_kl_weighted_by_one_mi
 @pytest.mark.parametrize("cls,key,value", [(TRADES, "beta", -1.0), (MART, "lam", -0.5), (TRADES, "beta", float("nan")),
                                            (FastAdversarialTraining, "grad_align", -1.0), (AdversarialTraining, "eps_warmup_epochs", 1.5)])
 def test_out_of_range_weights_name_their_key(cls, key, value):
-    with pytest.raises(ConfigError, match=rf"^method\.{key}: must be"):
+    with pytest.raises(ConfigError, match=rf"^{key}: must be"):
         cls(_linear(), OPT, attack=object(), **{key: value})
 
 

@@ -155,7 +155,7 @@ def test_bad_input_is_one_line_before_any_work(advlab_root):
 
 BAD = [
     (["robustness.eps.linf=[0.2,0.1]"], "robustness.eps.linf", "ascending"),
-    (["analyses=[robustness,saliency]"], "analyses", "allowed: robustness, deepfool, off_support, linearity"),
+    (["analyses=[robustness,saliency]"], "analyses", "allowed: robustness, deepfool, off_support, adversarial_error, linearity, masking"),
     (["points=some"], "points", "allowed: all, common_correct"),
     (["robustness.run=[fgsm_linf,cw]"], "robustness.run", "allowed: fgsm_linf, pgd_linf, fgsm_l2, pgd_l2"),
     (["robustness.losses=[dlr]"], "robustness.losses", "allowed: ce, margin"),

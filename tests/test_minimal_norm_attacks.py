@@ -165,17 +165,17 @@ def test_the_minimal_perturbation_analysis_runs_any_of_them(digits_mlp):
 
 
 def test_settings_are_checked_and_yaml_builds():
-    for build, key in ((lambda: CarliniWagnerL2(confidence=-0.5), "attack.confidence"),
-                       (lambda: CarliniWagnerL2(steps=-1), "attack.steps"),
-                       (lambda: CarliniWagnerL2(binary_search_steps=0), "attack.binary_search_steps"),
-                       (lambda: CarliniWagnerL2(lr=0), "attack.lr"),
-                       (lambda: CarliniWagnerL2(initial_const=-1), "attack.initial_const"),
-                       (lambda: CarliniWagnerL2(norm="linf"), "attack.norm"),
-                       (lambda: FMN(norm="l0"), "attack.norm"),
-                       (lambda: FMN(steps=0), "attack.steps"),
-                       (lambda: FMN(gamma_init=0.01, gamma_final=0.1), "attack.gamma_init"),
-                       (lambda: FMN(alpha_init=-1.0), "attack.alpha_init"),
-                       (lambda: FMN(eps=-0.1), "attack.eps")):
+    for build, key in ((lambda: CarliniWagnerL2(confidence=-0.5), "confidence"),
+                       (lambda: CarliniWagnerL2(steps=-1), "steps"),
+                       (lambda: CarliniWagnerL2(binary_search_steps=0), "binary_search_steps"),
+                       (lambda: CarliniWagnerL2(lr=0), "lr"),
+                       (lambda: CarliniWagnerL2(initial_const=-1), "initial_const"),
+                       (lambda: CarliniWagnerL2(norm="linf"), "norm"),
+                       (lambda: FMN(norm="l0"), "norm"),
+                       (lambda: FMN(steps=0), "steps"),
+                       (lambda: FMN(gamma_init=0.01, gamma_final=0.1), "gamma_init"),
+                       (lambda: FMN(alpha_init=-1.0), "alpha_init"),
+                       (lambda: FMN(eps=-0.1), "eps")):
         with pytest.raises(ConfigError) as err:
             build()
         assert err.value.key == key and "\n" not in str(err.value)

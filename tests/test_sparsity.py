@@ -161,7 +161,7 @@ def test_model_specs_name_the_method_and_its_params(digits, tmp_path, caplog):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ConfigError, match=r"^models.x.method.lambda: unknown key\(s\) lambda .* allowed: sigma_u"):
         art.model_spec(OmegaConf.merge(spec, {"method": {"lambda": 1.0}}), digits, where="models.x")
-    with pytest.raises(ConfigError, match="allowed: label_smoothing, channels_last, compile$"):
+    with pytest.raises(ConfigError, match="allowed: label_smoothing, channels_last, compile, loss$"):
         art.model_spec(OmegaConf.merge(standard, {"method": {"lam": 1.0}}), digits)
 
 

@@ -142,19 +142,19 @@ def test_vmifgsm_agrees_with_torchattacks_in_distribution(digits_mlp):
 
 def test_settings_are_checked():
     cases = [
-        (lambda: DIFGSM(eps=0.1, resize_rate=1.0), "attack.resize_rate"),
-        (lambda: DIFGSM(eps=0.1, resize_rate=-0.5), "attack.resize_rate"),
-        (lambda: DIFGSM(eps=0.1, diversity_prob=1.5), "attack.diversity_prob"),
-        (lambda: DIFGSM(eps=0.1, steps=-1), "attack.steps"),
-        (lambda: DIFGSM(eps=0.1, norm="l3"), "attack.norm"),
-        (lambda: TIFGSM(eps=0.1, kernel_name="box"), "attack.kernel_name"),
-        (lambda: TIFGSM(eps=0.1, len_kernel=0), "attack.len_kernel"),
-        (lambda: TIFGSM(eps=0.1, nsig=0), "attack.nsig"),
-        (lambda: VMIFGSM(eps=0.1, neighbors=0), "attack.neighbors"),
-        (lambda: VMIFGSM(eps=0.1, beta=-1.0), "attack.beta"),
-        (lambda: VMIFGSM(eps=0.1, norm="l2"), "attack.norm"),
-        (lambda: VMIFGSM(eps=0.1, decay=-1.0), "attack.decay"),
-        (lambda: VMIFGSM(eps=0.1, stop_on_success=True), "attack.stop_on_success"),
+        (lambda: DIFGSM(eps=0.1, resize_rate=1.0), "resize_rate"),
+        (lambda: DIFGSM(eps=0.1, resize_rate=-0.5), "resize_rate"),
+        (lambda: DIFGSM(eps=0.1, diversity_prob=1.5), "diversity_prob"),
+        (lambda: DIFGSM(eps=0.1, steps=-1), "steps"),
+        (lambda: DIFGSM(eps=0.1, norm="l3"), "norm"),
+        (lambda: TIFGSM(eps=0.1, kernel_name="box"), "kernel_name"),
+        (lambda: TIFGSM(eps=0.1, len_kernel=0), "len_kernel"),
+        (lambda: TIFGSM(eps=0.1, nsig=0), "nsig"),
+        (lambda: VMIFGSM(eps=0.1, neighbors=0), "neighbors"),
+        (lambda: VMIFGSM(eps=0.1, beta=-1.0), "beta"),
+        (lambda: VMIFGSM(eps=0.1, norm="l2"), "norm"),
+        (lambda: VMIFGSM(eps=0.1, decay=-1.0), "decay"),
+        (lambda: VMIFGSM(eps=0.1, stop_on_success=True), "stop_on_success"),
     ]
     for build, key in cases:
         with pytest.raises(ConfigError) as err:

@@ -24,11 +24,11 @@ class LeNet(Classifier):
         super().__init__(input_shape, num_classes, **kw)
         c = image_channels(self, "lenet")
         _, h, w = self.input_shape
-        pad = (0 if min(h, w) >= 16 else 2) if padding is None else check_number("arch.padding", padding, 0, integer=True)
+        pad = (0 if min(h, w) >= 16 else 2) if padding is None else check_number("padding", padding, 0, integer=True)
         for _ in range(2):  # 5×5 convolution, then 2×2 pooling
             h, w = (h + 2 * pad - 4) // 2, (w + 2 * pad - 4) // 2
         if h < 1 or w < 1:
-            raise ConfigError("arch.padding", f"{pad} is too little for {tuple(self.input_shape[1:])} images (two 5×5 convolutions, two 2×2 pools)")
+            raise ConfigError("padding", f"{pad} is too little for {tuple(self.input_shape[1:])} images (two 5×5 convolutions, two 2×2 pools)")
         self.padding = pad
         self.conv1, self.act1, self.pool1 = nn.Conv2d(c, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2)
         self.conv2, self.act2, self.pool2 = nn.Conv2d(6, 16, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2)
