@@ -145,15 +145,25 @@ def check_options(parsed) -> None:
                 raise ConfigError(shown, f"unknown option {value!r}; allowed: {', '.join(allowed)}")
 
 
+# presets of the apps that compare models, told apart by their top-level key (the first that matches):
+# (key, config name, what the preset does, the app)
+PRESET_APPS = (("probe", "probe", "probes texture and shape", "advlab-probe"),
+               ("models", "eval", "compares several models", "advlab-eval"))
+
+
 def check_preset_app(parsed, config_name: str) -> None:
-    """advlab-eval's presets (they name `models`) cannot compose in advlab-train: say which app they are for."""
+    """advlab-eval's presets (they name `models`) and advlab-probe's (`probe`) compose only in their own
+    app; one of them given to another app is refused with the app it is for."""
     from omegaconf import OmegaConf
 
     for o in parsed:
-        if o.key_or_group == "experiment" and not o.is_sweep_override() and config_name == "train":
-            path = CONF_DIR / "experiment" / f"{o.value()}.yaml"
-            if path.is_file() and "models" in (OmegaConf.load(path) or {}):
-                raise ConfigError("experiment", "this preset compares several models: it is an advlab-eval preset (advlab-eval experiment=...)")
+        if o.key_or_group != "experiment" or o.is_sweep_override():
+            continue
+        path = CONF_DIR / "experiment" / f"{o.value()}.yaml"
+        preset = (OmegaConf.load(path) or {}) if path.is_file() else {}
+        app = next((entry for entry in PRESET_APPS if entry[0] in preset), None)
+        if app is not None and app[1] != config_name:
+            raise ConfigError("experiment", f"this preset {app[2]}: it is an {app[3]} preset ({app[3]} experiment=...)")
 
 
 def check_new_keys(parsed, base) -> None:
