@@ -180,9 +180,17 @@ def test_rho_over_all_points_counts_failures():
     assert every["rho"] == pytest.approx(float(ratio.mean()), rel=1e-6)
     boxed = DeepFoolAnalysis(norms=["l2"], steps=5, overshoot=0.02, bounds=(0.0, 1.0), units="normalized", mean=0.5, std=0.25)
     assert boxed.attacks["l2"].bounds == pytest.approx((-2.0, 2.0))
-    with pytest.raises(ConfigError, match="deepfool.units"):
+    with pytest.raises(ConfigError, match="^units: normalized needs mean and std"):
         DeepFoolAnalysis(norms=["l2"], steps=5, overshoot=0.02, units="normalized")
-    with pytest.raises(ConfigError, match="deepfool.over"):
+    with pytest.raises(ConfigError, match="^over: unknown value"):
         DeepFoolAnalysis(norms=["l2"], steps=5, overshoot=0.02, over="some")
-    with pytest.raises(ConfigError, match="deepfool.std"):
+    with pytest.raises(ConfigError, match="^std: must be"):
         DeepFoolAnalysis(norms=["l2"], steps=5, overshoot=0.02, units="normalized", mean=0.1, std=0.0)
+
+
+def test_the_preflight_names_deepfool_settings_under_their_node():
+    """The analysis raises bare parameter names; the eval pre-flight roots them at deepfool."""
+    from advlab.preflight.jobs import precheck
+
+    with pytest.raises(ConfigError, match=r"^deepfool\.over: unknown value 'some'; allowed: successful, all"):
+        precheck(["experiment=paknezhad_mnist", "deepfool.over=some"], "eval")

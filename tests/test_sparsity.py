@@ -247,7 +247,7 @@ def test_normalized_units_are_converted_once_in_the_constructor():
     got = float(SparsityTraining(model, OPT, units="normalized", penalty_weighting="per_anchor", **kw).training_step((x, y), 0))
     ref = _per_anchor_reference(model, x, y, 50.0, 0.5, 1, 0.1, 3, seed=5, mean=0.1307, std=std)
     assert got == pytest.approx(ref, rel=1e-4)
-    for bad, key in (({"units": "norm"}, "method.units"), ({"penalty_weighting": "mean"}, "method.penalty_weighting"),
-                     ({"norm_std": 0.0}, "method.norm_std")):
+    for bad, key in (({"units": "norm"}, "^units"), ({"penalty_weighting": "mean"}, "^penalty_weighting"),
+                     ({"norm_std": 0.0}, "^norm_std")):
         with pytest.raises(ConfigError, match=key):
             SparsityTraining(_Linear(6, 3), OPT, **bad)

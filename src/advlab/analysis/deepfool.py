@@ -85,10 +85,10 @@ def _units(units: str, mean, std) -> tuple[float, float] | None:
     if units == "pixel":
         return None
     if units != "normalized":
-        raise ConfigError("deepfool.units", f"unknown value {units!r}; allowed: pixel, normalized")
+        raise ConfigError("units", f"unknown value {units!r}; allowed: pixel, normalized")
     if mean is None or std is None:
-        raise ConfigError("deepfool.units", "normalized needs deepfool.mean and deepfool.std (the dataset's Normalize)")
-    return check_number("deepfool.mean", mean), check_number("deepfool.std", std, 0, strict=True)
+        raise ConfigError("units", "normalized needs mean and std (the dataset's Normalize)")
+    return check_number("mean", mean), check_number("std", std, 0, strict=True)
 
 
 class DeepFoolAnalysis(Analysis):
@@ -102,7 +102,7 @@ class DeepFoolAnalysis(Analysis):
                  std: float | None = None, over: str = "successful", clip: bool = True):
         self.normalize = _units(units, mean, std)
         if over not in ("successful", "all"):
-            raise ConfigError("deepfool.over", f"unknown value {over!r}; allowed: successful, all")
+            raise ConfigError("over", f"unknown value {over!r}; allowed: successful, all")
         self.over = over
         if not clip:
             bounds = None
