@@ -128,3 +128,69 @@ def test_fools_a_trained_model_with_small_perturbations(digits_mlp, norm):
     deepfool_fooled = float(((size <= budget) & res.success).float().mean())
     assert 0.4 <= deepfool_fooled <= 0.6
     assert pgd_fooled >= deepfool_fooled - 0.1
+
+
+def test_rho_in_the_authors_units_on_an_affine_model():
+    """Paknezhad et al.'s ρ (getRho.py): DeepFool without bisection or clipping, in Normalize(mean, std)
+    units, over all points. On a two-class affine model f = w·x + b one step lands on the hyperplane:
+    ‖r‖ = (1 + overshoot)·(|f(x)|/‖w‖ + 1e-4) in the units it runs in. In normalised units the model is
+    z ↦ f(mean + std·z), so the distance is |f(x)|/(std·‖w‖), and ‖x‖ becomes ‖(x − mean)/std‖."""
+    from advlab.analysis.deepfool import DeepFoolAnalysis, deepfool_summary
+
+    model = _affine(64, 2, seed=3)
+    x = torch.rand(50, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        w = model.weight[1] - model.weight[0]
+        dist = (x @ w + model.bias[1] - model.bias[0]).abs() / w.norm()
+    mean, std = 0.1307, 0.3081
+    analysis = DeepFoolAnalysis(norms=["l2"], steps=23, overshoot=0.02, refine_steps=0, bounds=(0.0, 1.0),
+                                units="normalized", mean=mean, std=std, over="all", clip=False)
+    attack = analysis.attacks["l2"]
+    assert attack.bounds is None and attack.refine_steps == 0 and attack.steps == 23
+    norm = deepfool_summary(model, x, y, attack, progress=False, normalize=analysis.normalize, over="all")
+    pixel = deepfool_summary(model, x, y, attack, progress=False, over="all")
+    r_pix = 1.02 * (dist + 1e-4)
+    r_norm = 1.02 * (dist / std + 1e-4)
+    assert torch.allclose(pixel["r"], r_pix, rtol=1e-4)
+    assert torch.allclose(norm["r"], r_norm, rtol=1e-4)
+    rho_pix = float((r_pix / x.norm(dim=1)).mean())
+    rho_norm = float((r_norm / ((x - mean) / std).norm(dim=1)).mean())
+    assert pixel["rho"] == pytest.approx(rho_pix, rel=1e-4)
+    assert norm["rho"] == pytest.approx(rho_norm, rel=1e-4)
+    assert norm["rho"] != pytest.approx(pixel["rho"], rel=1e-2)  # the units matter: ‖x‖ is not just rescaled
+
+
+def test_rho_over_all_points_counts_failures():
+    """``over: all`` averages over every point (a failed one counts ‖r‖ = 0 here), ``successful`` over
+    the fooled ones only; the box is converted to normalised units when clipping."""
+    from advlab.analysis.deepfool import DeepFoolAnalysis, deepfool_summary
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 3), nn.Tanh())
+    x = torch.rand(60, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    attack = DeepFool(norm="l2", bounds=None, steps=1, refine_steps=0, overshoot=0.0)
+    some = deepfool_summary(model, x, y, attack, progress=False)
+    every = deepfool_summary(model, x, y, attack, progress=False, over="all")
+    assert 0 < int(some["success"].sum()) < len(x)  # one step: some points are not fooled yet
+    ratio = some["r"] / some["x_norm"]
+    assert some["rho"] == pytest.approx(float(ratio[some["success"]].mean()), rel=1e-6)
+    assert every["rho"] == pytest.approx(float(ratio.mean()), rel=1e-6)
+    boxed = DeepFoolAnalysis(norms=["l2"], steps=5, overshoot=0.02, bounds=(0.0, 1.0), units="normalized", mean=0.5, std=0.25)
+    assert boxed.attacks["l2"].bounds == pytest.approx((-2.0, 2.0))
+    with pytest.raises(ConfigError, match="^units: normalized needs mean and std"):
+        DeepFoolAnalysis(norms=["l2"], steps=5, overshoot=0.02, units="normalized")
+    with pytest.raises(ConfigError, match="^over: unknown value"):
+        DeepFoolAnalysis(norms=["l2"], steps=5, overshoot=0.02, over="some")
+    with pytest.raises(ConfigError, match="^std: must be"):
+        DeepFoolAnalysis(norms=["l2"], steps=5, overshoot=0.02, units="normalized", mean=0.1, std=0.0)
+
+
+def test_the_preflight_names_deepfool_settings_under_their_node():
+    """The analysis raises bare parameter names; the eval pre-flight roots them at deepfool."""
+    from advlab.preflight.jobs import precheck
+
+    with pytest.raises(ConfigError, match=r"^deepfool\.over: unknown value 'some'; allowed: successful, all"):
+        precheck(["experiment=paknezhad_mnist", "deepfool.over=some"], "eval")

@@ -177,3 +177,77 @@ def test_a_cached_model_does_not_depend_on_what_was_trained_before(digits, tmp_p
     second.model(b, digits)
     wa2, _, _ = second.model(a, digits)
     assert all(torch.equal(p, q) for p, q in zip(wa.state_dict().values(), wa2.state_dict().values()))
+
+
+class _Linear(nn.Linear):
+    """An affine classifier the LightningModule accepts (it reads ``num_classes``)."""
+
+    num_classes = 3
+
+
+def _per_anchor_reference(model, x, y, lam, sigma_u, u, sigma_n, k, seed, mean=0.0, std=1.0):
+    """The reference's loop (main.py, batch size 1): for every anchor, CE (labelled only; CELoss) + λ ·
+    mse over neighbours and classes of p/‖a − x'‖ (GRLoss), averaged over the shuffled anchors, in the
+    coordinates z = (x − mean)/std the reference trains in (the model sees mean + std·z). The noise is
+    drawn in the order SparsityTraining draws it: unlabelled points, then neighbours."""
+    torch.manual_seed(seed)
+    z = (x - mean) / std
+    noise_u = torch.randn(len(x) * u, *x.shape[1:])
+    anchors = torch.cat([z, z.repeat_interleave(u, 0) + sigma_u * noise_u])
+    noise_n = torch.randn(len(anchors) * k, *x.shape[1:])
+    losses = []
+    for i, a in enumerate(anchors):
+        near = a[None] + sigma_n * noise_n[i * k:(i + 1) * k]
+        pa, pn = model(mean + std * a[None]).softmax(1), model(mean + std * near).softmax(1)
+        dist = (near - a[None]).flatten(1).norm(dim=1, keepdim=True)
+        gr = torch.nn.functional.mse_loss(pa.expand_as(pn) / dist, pn / dist)
+        ce = torch.nn.functional.cross_entropy(model(mean + std * a[None]), y[i:i + 1]) if i < len(x) else 0.0
+        losses.append(ce + lam * gr)
+    return float(torch.stack([torch.as_tensor(v) for v in losses]).mean())
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_per_anchor_weighting_is_the_mean_of_the_reference_per_anchor_loss():
+    """penalty_weighting=per_anchor: (CE + …)/(1 + u) + λ·penalty, the mean over the batch's anchors of
+    the reference's batch-size-1 loss; batch_mean: CE + λ·penalty ((1 + u)× less weight on the penalty)."""
+    torch.manual_seed(0)
+    model = _Linear(6, 3)
+    x, y = torch.rand(4, 6), torch.tensor([0, 1, 2, 1])
+    kw = dict(sigma_u=0.3, n_unlabeled=2, sigma_n=0.05, n_neighbors=2, lam=7.0)
+    torch.manual_seed(11)
+    per_anchor = float(SparsityTraining(model, OPT, penalty_weighting="per_anchor", **kw).training_step((x, y), 0))
+    ref = _per_anchor_reference(model, x, y, 7.0, 0.3, 2, 0.05, 2, seed=11)
+    assert per_anchor == pytest.approx(ref, rel=1e-5)
+    torch.manual_seed(11)
+    batch_mean = float(SparsityTraining(model, OPT, **kw).training_step((x, y), 0))
+    with torch.no_grad():
+        ce = float(torch.nn.functional.cross_entropy(model(x), y))
+    # per_anchor = CE/(1+u) + λ·pen and batch_mean = CE + λ·pen: their difference is CE·u/(1+u)
+    assert batch_mean - per_anchor == pytest.approx(ce * 2 / 3, rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_normalized_units_are_converted_once_in_the_constructor():
+    """units=normalized: σ_u, σ_n, the FGSM ε in Normalize(0.1307, 0.3081) units are × 0.3081 in pixels and
+    λ × 0.3081² (the penalty divides by a squared distance); the loss equals the reference's computed in
+    normalised coordinates with the paper's values."""
+    std = 0.3081
+    module = SparsityTraining(_Linear(6, 3), OPT, sigma_u=0.016, sigma_n=0.002, lam=1e5, adv_ratio=0.3, adv_eps=0.1,
+                              units="normalized")
+    assert module.sigma_u == pytest.approx(0.016 * std) and module.sigma_n == pytest.approx(0.002 * std)
+    assert module.lam == pytest.approx(1e5 * std ** 2) and module.lam == pytest.approx(9492.6, rel=1e-4)
+    assert module.adv_eps == pytest.approx(0.1 * std) and module.adv_attack.eps == pytest.approx(0.1 * std)
+    pixel = SparsityTraining(_Linear(6, 3), OPT, sigma_u=0.016, lam=1e5)
+    assert pixel.sigma_u == 0.016 and pixel.lam == 1e5  # the default units: unchanged
+    torch.manual_seed(0)
+    model = _Linear(6, 3)
+    x, y = torch.rand(3, 6), torch.tensor([2, 0, 1])
+    kw = dict(sigma_u=0.5, n_unlabeled=1, sigma_n=0.1, n_neighbors=3, lam=50.0)
+    torch.manual_seed(5)
+    got = float(SparsityTraining(model, OPT, units="normalized", penalty_weighting="per_anchor", **kw).training_step((x, y), 0))
+    ref = _per_anchor_reference(model, x, y, 50.0, 0.5, 1, 0.1, 3, seed=5, mean=0.1307, std=std)
+    assert got == pytest.approx(ref, rel=1e-4)
+    for bad, key in (({"units": "norm"}, "^units"), ({"penalty_weighting": "mean"}, "^penalty_weighting"),
+                     ({"norm_std": 0.0}, "^norm_std")):
+        with pytest.raises(ConfigError, match=key):
+            SparsityTraining(_Linear(6, 3), OPT, **bad)

@@ -27,7 +27,8 @@ PLACEMENT_KEYS = ("_target_", "default_root_dir", "accelerator", "devices", "num
 # existed: a key leaves them out at that value, so earlier cache entries (and the seeds derived from
 # keys) stay valid. A new option of this kind is one line here.
 KEY_NEUTRAL = {"arch": {"stem_stride": 1},
-               "method": {"compile": False, "eps_warmup_epochs": 0, "clean_weight": None, "adv_weight": None, "loss": "ce"}}
+               "method": {"compile": False, "eps_warmup_epochs": 0, "clean_weight": None, "adv_weight": None, "loss": "ce",
+                          "penalty_weighting": "batch_mean", "units": "pixel", "norm_std": 0.3081}}
 
 
 @functools.cache

@@ -20,6 +20,28 @@ points (L∞, ``adv_eps``) and their own neighbours join the batch; the cross-en
 the slope penalty is added for the adversarial anchors too. Noise points are not clipped to the
 pixel box: they are meant to lie off the data support.
 
+Two options follow the reference implementation (MahsaPaknezhad/AdversariallyRobustTraining; main.py,
+LossFunction.py, NoiseGenerator.py, DatasetMNIST.py) more closely:
+
+* ``units: normalized``: ``sigma_u``, ``sigma_n``, ``adv_eps`` and ``lam`` are given in the units of the
+  reference's ``Normalize(mean, norm_std)`` inputs (MNIST: std 0.3081) and converted once, here, to
+  pixel units: a distance d in normalised units is ``d · norm_std`` pixels, so σ_u, σ_n and the FGSM ε
+  are multiplied by ``norm_std``; the penalty divides by the squared neighbour distance
+  ‖a − x'‖², which is ``norm_std²`` times larger in pixels, so ``lam_pixel = lam · norm_std²`` gives the
+  same loss (MNIST: λ = 1e5 → 9.49e3). The mean plays no part (only differences of inputs enter).
+* ``penalty_weighting: per_anchor``: the reference trains with batch size 1 over the shuffled labelled
+  and unlabelled anchors; a step's loss is CE(a) (0 for an unlabelled anchor; CELoss) + λ · the slope
+  penalty of a (GRLoss: mse over its neighbours and classes), plus λ · the penalty of FGSM(a) for a
+  labelled anchor with adversarial training. Its expectation over the N·(1 + u) anchors of an epoch
+  (N labelled, u = ``n_unlabeled``) is the mean over the batch's anchors of that per-anchor loss::
+
+      loss = (CE_labelled + λ · penalty_adversarial) / (1 + u) + λ · penalty_anchors
+
+  with CE_labelled the mean over the labelled points, penalty_anchors the mean over all labelled and
+  unlabelled anchors (and their neighbours) and penalty_adversarial the mean over the FGSM anchors.
+  ``batch_mean`` (the default) is ``CE_labelled + λ · (penalty_anchors + penalty_adversarial)``: at the
+  same λ it gives the penalty (1 + u)× less weight relative to the cross-entropy.
+
 Too large a λ has a degenerate minimum: a saturated softmax (huge logits) is flat almost everywhere,
 so the penalty vanishes while the decision boundary stays where it was. Cross-entropy attacks then
 see zero gradients and report robustness that margin-loss attacks and DeepFool do not confirm;
@@ -30,7 +52,7 @@ from __future__ import annotations
 import torch
 
 from advlab.attacks import FGSM
-from advlab.errors import check_number
+from advlab.errors import ConfigError, check_number
 from advlab.methods.base import ClassifierModule
 
 
@@ -60,7 +82,7 @@ class SparsityTraining(ClassifierModule):
     def __init__(self, model, optimizer, scheduler=None, eval_attack=None, sigma_u: float = 0.2, n_unlabeled: int = 4,
                  sigma_n: float = 0.02, n_neighbors: int = 1, lam: float = 100.0, adv_ratio: float = 0.0,
                  adv_eps: float = 0.1, label_smoothing: float = 0.0, channels_last: bool = False, attack=None,
-                 compile: bool = False):
+                 compile: bool = False, penalty_weighting: str = "batch_mean", units: str = "pixel", norm_std: float = 0.3081):
         # explicit arguments, no **kwargs: Lightning's load_from_checkpoint then passes only these
         super().__init__(model, optimizer, scheduler, eval_attack, label_smoothing=label_smoothing, channels_last=channels_last,
                          compile=compile)
@@ -71,6 +93,15 @@ class SparsityTraining(ClassifierModule):
         self.lam = check_number("lam", lam, 0)
         self.adv_ratio = check_number("adv_ratio", adv_ratio, 0)
         self.adv_eps = check_number("adv_eps", adv_eps, 0)
+        if penalty_weighting not in ("batch_mean", "per_anchor"):
+            raise ConfigError("penalty_weighting", f"unknown value {penalty_weighting!r}; allowed: batch_mean, per_anchor")
+        self.penalty_weighting = penalty_weighting
+        if units not in ("pixel", "normalized"):
+            raise ConfigError("units", f"unknown value {units!r}; allowed: pixel, normalized")
+        std = check_number("norm_std", norm_std, 0, strict=True)
+        if units == "normalized":  # to pixel units, once (see the module docstring)
+            self.sigma_u, self.sigma_n, self.adv_eps = self.sigma_u * std, self.sigma_n * std, self.adv_eps * std
+            self.lam = self.lam * std ** 2
         # the FGSM adversarial-training option composes the FGSM attack; bounds follow the data (setup)
         self.adv_attack = FGSM(eps=self.adv_eps, norm="linf") if self.adv_ratio > 0 else None
 
@@ -97,12 +128,16 @@ class SparsityTraining(ClassifierModule):
         logits = self.training_forward(torch.cat(inputs))
         parts = logits.split([len(t) for t in inputs])
         probs = [p.softmax(dim=1) for p in parts]
-        penalty = sum(softmax_slope_penalty(probs[i], probs[i + 1], inputs[i], inputs[i + 1]) for i in range(0, len(inputs), 2))
+        slopes = [softmax_slope_penalty(probs[i], probs[i + 1], inputs[i], inputs[i + 1]) for i in range(0, len(inputs), 2)]
+        penalty = sum(slopes)
         clean_logits = parts[0][: len(y)]
         ce = self.loss(clean_logits, y)
         if self.adv_attack is not None:
             ce = (ce + self.adv_ratio * self.loss(parts[2], y)) / (1.0 + self.adv_ratio)
-        loss = ce + self.lam * penalty
+        if self.penalty_weighting == "per_anchor":  # the mean over anchors of the reference's per-anchor loss
+            loss = (ce + self.lam * sum(slopes[1:])) / (1 + self.n_unlabeled) + self.lam * slopes[0]
+        else:
+            loss = ce + self.lam * penalty
         self.train_acc(clean_logits, y)
         n = len(y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
