@@ -215,11 +215,11 @@ def test_per_anchor_weighting_is_the_mean_of_the_reference_per_anchor_loss():
     x, y = torch.rand(4, 6), torch.tensor([0, 1, 2, 1])
     kw = dict(sigma_u=0.3, n_unlabeled=2, sigma_n=0.05, n_neighbors=2, lam=7.0)
     torch.manual_seed(11)
-    per_anchor = float(SparsityTraining(model, OPT, penalty_weighting="per_anchor", **kw).training_step((x, y), 0))
+    per_anchor = float(SparsityTraining(model, OPT, penalty_weighting="per_anchor", **kw).training_step((x, y), 0).detach())
     ref = _per_anchor_reference(model, x, y, 7.0, 0.3, 2, 0.05, 2, seed=11)
     assert per_anchor == pytest.approx(ref, rel=1e-5)
     torch.manual_seed(11)
-    batch_mean = float(SparsityTraining(model, OPT, **kw).training_step((x, y), 0))
+    batch_mean = float(SparsityTraining(model, OPT, **kw).training_step((x, y), 0).detach())
     with torch.no_grad():
         ce = float(torch.nn.functional.cross_entropy(model(x), y))
     # per_anchor = CE/(1+u) + λ·pen and batch_mean = CE + λ·pen: their difference is CE·u/(1+u)
@@ -244,7 +244,7 @@ def test_normalized_units_are_converted_once_in_the_constructor():
     x, y = torch.rand(3, 6), torch.tensor([2, 0, 1])
     kw = dict(sigma_u=0.5, n_unlabeled=1, sigma_n=0.1, n_neighbors=3, lam=50.0)
     torch.manual_seed(5)
-    got = float(SparsityTraining(model, OPT, units="normalized", penalty_weighting="per_anchor", **kw).training_step((x, y), 0))
+    got = float(SparsityTraining(model, OPT, units="normalized", penalty_weighting="per_anchor", **kw).training_step((x, y), 0).detach())
     ref = _per_anchor_reference(model, x, y, 50.0, 0.5, 1, 0.1, 3, seed=5, mean=0.1307, std=std)
     assert got == pytest.approx(ref, rel=1e-4)
     for bad, key in (({"units": "norm"}, "^units"), ({"penalty_weighting": "mean"}, "^penalty_weighting"),

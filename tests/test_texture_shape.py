@@ -84,3 +84,33 @@ def test_probe_bad_input_is_one_line(advlab_root, overrides, line):
     assert run.returncode == 2 and "Traceback" not in run.log
     assert [ln for ln in run.stderr.splitlines() if ln.strip()] == [line]
     assert not (advlab_root / "cache" / "models").exists()
+
+
+def test_zhang_probe_preset_runs_the_authors_procedure_and_names_its_app():
+    """experiment=zhang_mnist_probe composes in advlab-probe with Zhang et al.'s settings
+    (MI_flow_in_forward.py: Saturation_L, test_attack without random start, Conv2d / Linear hooks; their
+    training attack from a random start) and passes the pre-flight; in another app it is refused with
+    the app it is for, as an advlab-eval preset is in advlab-probe."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from advlab.preflight.jobs import precheck
+    from advlab.runtime.resolvers import CONF_DIR
+
+    precheck(["experiment=zhang_mnist_probe"], "probe")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="probe", overrides=["experiment=zhang_mnist_probe"])
+    assert list(cfg.probe.saturation) == [2, 8, 16, 64, 1024] and list(cfg.probe.patch_shuffle) == [1, 2, 4, 7]
+    assert cfg.probe.mi.enabled and cfg.probe.mi.hook_point == "pre_activation"
+    assert cfg.attack.random_start is False and cfg.models.AT.attack.random_start is True
+    assert cfg.attack.eps == cfg.models.AT.attack.eps == pytest.approx(45 / 255)
+    assert cfg.attack.steps == cfg.models.AT.attack.steps == 7
+    assert cfg.attack.eps * cfg.attack.rel_step_size == pytest.approx(8 / 255)
+    for spec in cfg.models.values():
+        assert spec.optimizer.lr == 0.1 and spec.scheduler.interval == "step" and list(spec.scheduler.milestones) == [20, 60]
+    for app in ("train", "eval"):
+        with pytest.raises(ConfigError, match=r"^experiment: this preset probes texture and shape: it is an advlab-probe preset"):
+            precheck(["experiment=zhang_mnist_probe"], app)
+    with pytest.raises(ConfigError, match=r"^experiment: this preset compares several models: it is an advlab-eval preset"):
+        precheck(["experiment=paknezhad_digits"], "probe")
