@@ -103,11 +103,14 @@ def test_every_experiment_preset_composes_and_validates(experiment):
         precheck([f"experiment={experiment}"], "train")
         cfg = _compose(f"experiment={experiment}")
         validate(cfg)
-    except ConfigError as err:  # a preset comparing models is advlab-eval's, and advlab-train says so
-        assert err.key == "experiment" and "advlab-eval" in str(err)
-        cfg = _compose(f"experiment={experiment}", app="eval")
+    except ConfigError as err:  # a preset comparing models is advlab-eval's or advlab-probe's, and advlab-train says so
+        app = "probe" if "advlab-probe" in str(err) else "eval"
+        assert err.key == "experiment" and f"advlab-{app}" in str(err)
+        precheck([f"experiment={experiment}"], app)
+        cfg = _compose(f"experiment={experiment}", app=app)
         validate(cfg)
-        assert cfg.experiment_name != "eval-${hydra:runtime.choices.dataset}" and len(cfg.models) >= 2
+        assert cfg.experiment_name not in ("eval-${hydra:runtime.choices.dataset}", "texture-shape-${hydra:runtime.choices.dataset}")
+        assert len(cfg.models) >= 2
         return
     assert cfg.experiment_name != "${hydra:runtime.choices.method}-${hydra:runtime.choices.dataset}"
 
