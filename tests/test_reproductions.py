@@ -39,7 +39,7 @@ def test_the_newest_run_of_exactly_the_command_is_read(tmp_path):
     _run_dir(runs / "old", "train", ["experiment=x"], {"test/acc": 0.5, "time/total_s": 60}, 1_000)
     _run_dir(runs / "new", "train", ["experiment=x"], {"test/acc": 0.625, "time/total_s": 120}, 2_000)
     _run_dir(runs / "other", "train", ["experiment=x", "seed=1"], {"test/acc": 0.9}, 3_000)      # another command
-    _run_dir(runs / "csv", "train", ["experiment=x", "logger=csv", "hydra.run.dir=/x"],  # the newest, same science
+    _run_dir(runs / "csv", "train", ["experiment=x", "logger=csv", "hydra.run.dir=/x", "dataset.zip_dir=/shared/cifar"],  # the newest, same science
              {"test/acc": 0.75, "time/total_s": 30}, 2_500)
     _run_dir(runs / "eval", "eval", ["experiment=x"], {"test/acc": 0.8}, 4_000)                  # another app
     _run_dir(runs / "sweep" / "0", "train", ["experiment=s", "rule=det"], {"test/acc": 0.25}, 1_000)

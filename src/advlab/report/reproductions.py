@@ -129,8 +129,8 @@ def _run(path: Path) -> Run | None:
     return Run(app, {str(o) for o in overrides}, metrics, path, (path / "metrics.json").stat().st_mtime)
 
 
-# overrides that say where a run writes and how it is launched, not what it computes
-BOOKKEEPING = ("logger=", "hydra/launcher=", "hydra.", "run_name=")
+# overrides that say where a run reads and writes and how it is launched, not what it computes
+BOOKKEEPING = ("logger=", "hydra/launcher=", "hydra.", "run_name=", "paths.", "dataset.zip_dir=", "dataset.data_dir=")
 
 
 def science(overrides: set[str]) -> set[str]:
