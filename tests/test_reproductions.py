@@ -59,13 +59,13 @@ def test_the_newest_run_of_exactly_the_command_is_read(tmp_path):
     out = tmp_path / "page.md"
     missing = write_reproductions(claims, [runs], out, machine="test CPU")
     text = out.read_text()
-    assert "| acc | 60 % (Table 1) | 75.0 % | 0.5 min | `advlab-train experiment=x` |" in text
-    assert "| det | 0.2 (Fig. 2) | 0.250 |  | `advlab-train experiment=s -m` (rule=det) |" in text
+    assert "| acc | 60 % (Table 1) | 75.0 % | 0.5 min | test CPU | `advlab-train experiment=x` |" in text
+    assert "| det | 0.2 (Fig. 2) | 0.250 |  | test CPU | `advlab-train experiment=s -m` (rule=det) |" in text
     assert "| rand | 0.6 (Fig. 2) | 0.750 | 1.5 min, source cached |" in text  # not a time from an empty cache
     assert "| gap | higher (§4) | +30.0 pp |" in text
     assert "| absent | 1 (§5) | not measured |" in text
     assert missing == ["A paper: absent"]
-    assert "- fewer epochs" in text and "Machine: test CPU." in text
+    assert "- fewer epochs" in text and "(test CPU where a run has none)" in text
     assert "```bash\nadvlab-train experiment=x\nadvlab-train experiment=s -m\nadvlab-eval experiment=e\n" in text
 
 
@@ -79,7 +79,45 @@ def test_a_real_run_is_read_and_the_cli_writes_the_page(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "advlab.apps.report", "--reproductions", str(claims), str(tmp_path / "outputs"),
                            "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"| clean accuracy | 0.9 (Table 1) | {measured['test/acc']:.3f} |" in out.read_text()
+    machine = json.loads((run.run_dir / "machine.json").read_text())  # every run records what it ran on
+    assert machine["cores"] >= 1 and machine["torch"] and machine["cpu"]
+    from advlab.utils.hardware import machine_label
+
+    assert f"| clean accuracy | 0.9 (Table 1) | {measured['test/acc']:.3f} | {wall(measured)} | {machine_label(machine)} |" in out.read_text()
+
+
+def wall(metrics: dict) -> str:
+    from advlab.report.reproductions import wall_time
+
+    return wall_time(metrics)
+
+
+def test_kept_runs_regenerate_the_table_where_the_runs_are_gone(tmp_path):
+    """`--keep DIR` copies the runs the table reads; the table from DIR alone is the same, with each
+    run's own machine, and a kept copy is ordered by when its run finished, not when it was cloned."""
+    from advlab.report.reproductions import write_reproductions
+
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    new = _run_dir(runs / "a", "train", ["experiment=x"], {"test/acc": 0.625, "time/total_s": 120}, 2_000)
+    (new / "machine.json").write_text(json.dumps({"cpu": "AMD EPYC 7B13", "cores": 2, "units": ["AVX2"], "gpu": None}))
+    _run_dir(runs / "b", "train", ["experiment=x"], {"test/acc": 0.5}, 1_000)  # older: not kept
+    _run_dir(runs / "c", "eval", ["experiment=e", "logger=csv"], {"x": 0.25}, 1_500)
+    claims = _claims(tmp_path, [
+        {"claim": "acc", "paper": "60 %", "where": "Table 1", "command": "advlab-train experiment=x", "metric": "test/acc", "unit": "percent"},
+        {"claim": "x", "paper": "0.2", "where": "Fig. 1", "command": "advlab-eval experiment=e", "metric": "x"},
+    ])
+    write_reproductions(claims, [runs], tmp_path / "first.md", machine="test CPU", keep=kept)
+    assert sorted(p.name for p in kept.iterdir()) == ["advlab-eval_experiment=e", "advlab-train_experiment=x"]
+    assert json.loads((kept / "advlab-train_experiment=x" / "kept.json").read_text())["finished"] == 2_000
+    for path in kept.rglob("*"):
+        os.utime(path, (9_000, 9_000))  # a fresh clone: every file as new as the checkout
+    _run_dir(runs / "d", "train", ["experiment=x"], {"test/acc": 0.75, "time/total_s": 60}, 3_000)  # newer than the kept copy
+    write_reproductions(claims, [kept], tmp_path / "again.md", machine="another CPU")
+    again = (tmp_path / "again.md").read_text()
+    assert "| acc | 60 % (Table 1) | 62.5 % | 2.0 min | AMD EPYC 7B13, 2 cores, AVX2 only |" in again
+    assert "| x | 0.2 (Fig. 1) | 0.250 |  | another CPU |" in again
+    write_reproductions(claims, [kept, runs], tmp_path / "both.md", machine="test CPU")
+    assert "| acc | 60 % (Table 1) | 75.0 % |" in (tmp_path / "both.md").read_text()  # the newest run, not the newest file
 
 
 @pytest.mark.parametrize("claims,key", [

@@ -2,6 +2,8 @@
 
     advlab-report outputs/transfer/multiruns/2026-11-22/10-00-00-000000
     advlab-report --reproductions docs/reproductions.yaml outputs/     # the paper-vs-advlab table
+    advlab-report --reproductions docs/reproductions.yaml outputs/ benchmarks/results/reproductions \
+        --keep benchmarks/results/reproductions                          # ... and keep the runs it reads
 
 Writes into <sweep dir>/report/: `transfer_matrix.csv` (or `perturbation_matrix.csv`; rows source,
 columns target, mean ± std over seeds, long format), `report.md` (the matrices as Markdown tables,
@@ -36,14 +38,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="auto: as the jobs' logger config says (offline unless they were online)")
     parser.add_argument("--reproductions", default=None, metavar="CLAIMS",
                         help="the claims file (docs/reproductions.yaml): write the paper-vs-advlab table")
-    parser.add_argument("--machine", default=None, help="with --reproductions: the machine the runs ran on "
-                                                        "(default: this one, from /proc/cpuinfo)")
+    parser.add_argument("--machine", default=None, help="with --reproductions: the machine runs without a machine.json "
+                                                        "ran on (default: this one, from /proc/cpuinfo)")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="with --reproductions: copy the runs the table reads into DIR (their metrics.json, "
+                             "machine.json, configs), so the table can be regenerated from DIR alone")
     return parser
 
 
 def _reproductions(args) -> int:
     out = args.out or "docs/REPRODUCTIONS.md"
-    missing = write_reproductions(args.reproductions, args.dirs, out, args.machine)
+    missing = write_reproductions(args.reproductions, args.dirs, out, args.machine, args.keep)
     print(out)
     for claim in missing:
         print(f"advlab-report: not measured (no finished run of its command): {claim}", file=sys.stderr)

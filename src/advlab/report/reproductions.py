@@ -102,7 +102,13 @@ class Run:
     overrides: set[str]
     metrics: dict
     path: Path
-    mtime: float
+    mtime: float                 # when it finished (metrics.json written; a kept copy says when in KEPT)
+    machine: dict | None = None  # its machine.json: what it ran on
+
+
+# what a kept run holds (`keep_runs`): enough to re-read it, and KEPT: when it finished, where it was
+RUN_FILES = ("metrics.json", "machine.json", "config_resolved.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+KEPT = "kept.json"
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
@@ -126,7 +132,18 @@ def _run(path: Path) -> Run | None:
     app = APPS.get(str(((hydra or {}).get("hydra") or {}).get("job", {}).get("config_name")))
     if app is None or not isinstance(metrics, dict):
         return None
-    return Run(app, {str(o) for o in overrides}, metrics, path, (path / "metrics.json").stat().st_mtime)
+    finished = (path / "metrics.json").stat().st_mtime
+    kept, machine = _json(path / KEPT), _json(path / "machine.json")
+    if isinstance(kept, dict) and isinstance(kept.get("finished"), (int, float)):
+        finished = float(kept["finished"])  # a checkout's file times say when it was cloned, not run
+    return Run(app, {str(o) for o in overrides}, metrics, path, finished, machine if isinstance(machine, dict) else None)
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 # overrides that say where a run reads and writes and how it is launched, not what it computes
@@ -178,18 +195,6 @@ def formatted(value: float | None, unit: str, difference: bool = False) -> str:
     return f"{value:{sign}.3f}" if unit == "fraction" else f"{value:{sign}.2f}×"
 
 
-def machine_line() -> str:
-    """This machine in words (the runs a table reads are taken to have run here; `--machine` says otherwise)."""
-    import os
-
-    from advlab.utils.hardware import cpu_info
-
-    info = cpu_info()
-    name, flags = info if info is not None else ("unknown CPU", set())
-    units = [label for flag, label in (("avx512f", "AVX512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
-    return f"{name}, {os.cpu_count()} cores, " + (", ".join(units) if units else "AVX2 only" if "avx2" in flags else "no AVX2")
-
-
 def wall_time(metrics: dict) -> str:
     """The run's `time/total_s` in minutes; "source cached" where its source model was a cache hit
     (`time/source_s` under a second: loading, not training), so the time is not from an empty cache."""
@@ -200,25 +205,22 @@ def wall_time(metrics: dict) -> str:
 
 
 def render(papers: list[Paper], runs: list[Run], machine: str) -> tuple[str, list[str]]:
-    """(the Markdown page, the claims no run was found for)."""
+    """(the Markdown page, the claims no run was found for). `machine`: what runs without a
+    machine.json (runs from before it was recorded) are taken to have run on."""
     lines = ["# Reproductions: each paper against advlab", "",
              "Generated from the runs' `metrics.json` by `advlab-report --reproductions docs/reproductions.yaml <run dirs>`",
              "(the claims, commands and deviations live in `docs/reproductions.yaml`; edit that, not this page).",
-             f"Each row reads the newest finished run of its command. Machine: {machine}. Wall time: the run's",
-             "`time/total_s` (from an empty model cache unless the row says otherwise).", ""]
+             "Each row reads the newest finished run of its command; its machine is the run's `machine.json`",
+             f"({machine} where a run has none). Wall time: the run's `time/total_s` (from an empty model cache",
+             "unless the row says otherwise).", ""]
     missing = []
     for paper in papers:
-        lines += [f"## {paper.title}", "", "| claim | paper | advlab | wall | command |", "|---|---|---|---|---|"]
+        lines += [f"## {paper.title}", "", "| claim | paper | advlab | wall | machine | command |", "|---|---|---|---|---|---|"]
         for claim in paper.claims:
-            run = match(claim, runs)
-            value = None if run is None else claim_value(claim, run.metrics)
-            if value is None:
+            row, measured = _row(claim, match(claim, runs), machine)
+            lines.append(row)
+            if not measured:
                 missing.append(f"{paper.title}: {claim.claim}")
-            wall = "" if run is None else wall_time(run.metrics)
-            job = f" ({', '.join(claim.job)})" if claim.job else ""
-            note = f" {claim.note}" if claim.note else ""
-            lines.append(f"| {claim.claim}{note} | {claim.paper} ({claim.where}) | {formatted(value, claim.unit, claim.baseline is not None)} | {wall} "
-                         f"| `{claim.command}`{job} |")
         if paper.deviations:
             lines += ["", "Deviations that remain:", ""] + [f"- {d}" for d in paper.deviations]
         commands = list(dict.fromkeys(c.command for c in paper.claims))
@@ -226,14 +228,60 @@ def render(papers: list[Paper], runs: list[Run], machine: str) -> tuple[str, lis
     return "\n".join(lines), missing
 
 
-def write_reproductions(claims_path: str | Path, roots: list[str | Path], out: str | Path, machine: str | None = None) -> list[str]:
-    """Write the table to `out`; returns the claims that no run under `roots` measured."""
+def _row(claim: Claim, run: Run | None, machine: str) -> tuple[str, bool]:
+    """(the claim's table row, whether its run measured it)."""
+    from advlab.utils.hardware import machine_label
+
+    value = None if run is None else claim_value(claim, run.metrics)
+    wall = "" if run is None else wall_time(run.metrics)
+    where = "" if run is None else machine_label(run.machine) if run.machine else machine
+    job = f" ({', '.join(claim.job)})" if claim.job else ""
+    note = f" {claim.note}" if claim.note else ""
+    return (f"| {claim.claim}{note} | {claim.paper} ({claim.where}) | {formatted(value, claim.unit, claim.baseline is not None)} "
+            f"| {wall} | {where} | `{claim.command}`{job} |"), value is not None
+
+
+def keep_runs(papers: list[Paper], runs: list[Run], dest: str | Path) -> list[Path]:
+    """Copy the run each claim reads (its RUN_FILES, and KEPT: when it finished, where it was) into
+    `dest/<app>_<overrides>/`, so the table can be regenerated where the runs are gone (a new machine,
+    a fresh clone): `advlab-report --reproductions CLAIMS <dest>`. Returns the folders written."""
+    import re
+    import shutil
+
+    from advlab.utils.io import write_json
+
+    written = []
+    for claim in (c for paper in papers for c in paper.claims):
+        run = match(claim, runs)
+        if run is None:
+            continue
+        folder = Path(dest) / re.sub(r"[^A-Za-z0-9=.,_-]+", "_", "_".join([claim.app, *sorted(science(claim.overrides()))]))
+        if folder in written or folder.resolve() == run.path.resolve():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)  # an older kept copy of the command: replaced whole
+        for name in RUN_FILES:
+            if (run.path / name).is_file():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run.path / name, folder / name)
+        write_json(folder / KEPT, {"finished": run.mtime, "from": str(run.path)})
+        written.append(folder)
+    return written
+
+
+def write_reproductions(claims_path: str | Path, roots: list[str | Path], out: str | Path, machine: str | None = None,
+                        keep: str | Path | None = None) -> list[str]:
+    """Write the table to `out` (and with `keep`, copy the runs it reads there: `keep_runs`);
+    returns the claims that no run under `roots` measured."""
+    from advlab.utils.hardware import machine as this_machine, machine_label
     from advlab.utils.io import write_text
 
     papers = load_claims(claims_path)
     for root in roots:
         if not Path(root).is_dir():
             raise ConfigError("dirs", f"{root}: not a directory")
-    text, missing = render(papers, find_runs([Path(r) for r in roots]), machine or machine_line())
+    runs = find_runs([Path(r) for r in roots])
+    text, missing = render(papers, runs, machine or machine_label(this_machine()))
+    if keep is not None:
+        keep_runs(papers, runs, keep)
     write_text(out, text)
     return missing

@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from advlab.utils.hardware import resolve_precisions
+from advlab.utils.hardware import machine, resolve_precisions
 from advlab.utils.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,7 @@ def start_loggers(cfg: DictConfig, out_dir: Path | None = None, resume_step: int
     rank = global_rank()
     if out_dir is not None and rank == 0:  # other DDP ranks: rank 0 writes the run directory's files
         write_text(Path(out_dir) / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(Path(out_dir) / "machine.json", machine())  # which CPU / GPU its times are from
     nodes = {k: v for k, v in (cfg.get("logger") or {}).items() if isinstance(v, DictConfig) and "_target_" in v}
     loggers = []
     for node in nodes.values():

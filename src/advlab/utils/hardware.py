@@ -263,3 +263,26 @@ def thread_budget(usable: int, processes: int = 1, current: int | None = None, c
         if limit:
             threads = min(threads, int(limit))
     return threads
+
+
+# the CPU flags that decide a run's speed (oneDNN's kernels), as people name them
+SPEED_FLAGS = {"avx2": "AVX2", "avx512f": "AVX512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX"}
+
+
+def machine() -> dict:
+    """What a run ran on, as its run directory records it (`machine.json`): the CPU's name, the
+    cores this process may use, its speed-deciding units, the GPU if there is one, torch's version."""
+    import torch
+
+    info = cpu_info()
+    name, flags = info if info is not None else (platform.processor() or platform.machine(), set())
+    return {"cpu": name, "cores": usable_cores()[0], "units": [label for flag, label in SPEED_FLAGS.items() if flag in flags],
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
+
+
+def machine_label(record: dict) -> str:
+    """One line for a table, e.g. "Intel Xeon, 2 cores, AVX2, AVX512, AVX512-BF16, AMX" or "…, AVX2 only"."""
+    cpu = " ".join(str(record.get("cpu", "unknown CPU")).replace("(R)", "").replace("(TM)", "").replace(" Processor", "").split())
+    units = list(record.get("units") or [])
+    line = f"{cpu}, {record.get('cores', '?')} cores, " + (", ".join(units) + (" only" if units == ["AVX2"] else "") if units else "no AVX2")
+    return line + (f", {record['gpu']}" if record.get("gpu") else "")
