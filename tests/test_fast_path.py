@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from advlab.errors import ConfigError
 from advlab.methods import StandardTraining
-from advlab.methods.schedules import one_cycle, warmup_linear
+from advlab.methods.schedules import linear_cosine, one_cycle, warmup_linear
 from advlab.models import MLP, ResNet9
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,6 +30,19 @@ def test_warmup_linear_rises_to_the_configured_lr_then_decays_to_final():
     assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))  # then strictly down
     with pytest.raises(ConfigError, match="method.scheduler.warmup"):
         warmup_linear(opt, 10, warmup=1.5)
+
+
+def test_linear_cosine_is_paknezhads_schedule():
+    """Their LinearCosineLR restated: batch i (from 0) at lr(i) = base for i ≤ ⌈T/2⌉, else
+    base/2·(cos(π(i − ⌈T/2⌉)/(T − ⌈T/2⌉)) + 1)."""
+    import math
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    lrs = _lrs(linear_cosine(opt, total_steps=11, constant=0.5), 11)
+    theirs = [1e-3 if i <= 6 else 1e-3 / 2 * (math.cos(math.pi * (i - 6) / 5) + 1) for i in range(11)]
+    assert lrs == pytest.approx(theirs) and lrs[6] == 1e-3 and lrs[7] < 1e-3 and lrs[-1] < 0.1 * 1e-3
+    with pytest.raises(ConfigError, match="method.scheduler.constant"):
+        linear_cosine(opt, 10, constant=2.0)
 
 
 def test_one_cycle_peaks_at_the_optimisers_lr():

@@ -139,14 +139,26 @@ def test_two_layer_preset_is_the_authors_procedure():
     assert cfg.derived.measure_train_acc is True
 
 
-def test_lr_grid_sweep_is_the_four_pairs_and_passes_the_preflight():
+def test_fmnist_two_layer_preset_is_the_authors_fmnist_a():
+    """Their select_data_and_labels for FMNIST: class 0 is +1, class 9 is −1, minus FMNIST's mean 0.2860;
+    everything else as the MNIST preset."""
+    cfg, mnist = _compose(["experiment=kumano_two_layer_fmnist"]), _compose(["experiment=kumano_two_layer"])
+    assert cfg.dataset._target_.endswith("FashionMNISTDataModule") and cfg.dataset.official_split is True
+    assert list(cfg.dataset.classes) == [9, 0] and cfg.dataset.center_constant == 0.2860 and cfg.dataset.center is False
+    for key in ("method", "source", "attack", "eps", "arch", "derived", "optimizer", "scheduler", "trainer"):
+        assert cfg[key] == mnist[key], key
+
+
+@pytest.mark.parametrize("sweep", ["kumano_two_layer_lr_grid", "kumano_two_layer_fmnist_lr_grid"])
+def test_lr_grid_sweep_is_the_four_pairs_and_passes_the_preflight(sweep):
     from advlab.preflight.jobs import precheck
 
-    cfg = _compose(["sweep=kumano_two_layer_lr_grid"])
+    cfg = _compose([f"sweep={sweep}"])
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.method.loss == "identity"
     assert dict(cfg.hydra.sweeper.params) == {"source.optimizer.lr": "0.01,0.001", "optimizer.lr": "0.01,0.001"}
     assert list(cfg.report_best_of) == ["source.optimizer.lr", "optimizer.lr"]
-    precheck(["sweep=kumano_two_layer_lr_grid"], "train")
+    assert list(cfg.dataset.classes) == ([9, 0] if "fmnist" in sweep else [2, 1])
+    precheck([f"sweep={sweep}"], "train")
 
 
 def _grid_sweep(root, values):

@@ -92,3 +92,38 @@ def test_inversion_from_the_target_itself_stays_put_and_restores_train_mode():
     xr, d0, d1 = invert_batch(model, x, x, steps=3, step_size=0.1)
     assert float(d0.max()) < 1e-6 and torch.equal(xr, x)
     assert model.training
+
+
+def test_keep_last_is_the_authors_final_iterate_and_best_is_never_worse():
+    """keep="last" returns the robustness library's use_best=False result: the plain loop
+    x ← clip(x − α·∇/‖∇‖₂) run `steps` times, restated here; keep="best" never ends above it."""
+    torch.manual_seed(1)
+    model = MLP((1, 8, 8), 10, depth=2, width=32).eval()
+    x, start = torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8)
+    target = model.representation(x).detach()
+    ref = start.clone()
+    for _ in range(7):
+        ref.requires_grad_(True)
+        (g,) = torch.autograd.grad(representation_distance(model, ref, target).sum(), ref)
+        ref = (ref.detach() - 0.8 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).clamp(0, 1)
+    last, d0, d_last = invert_batch(model, x, start, steps=7, step_size=0.8, keep="last")
+    best, _, d_best = invert_batch(model, x, start, steps=7, step_size=0.8, keep="best")
+    assert torch.allclose(last, ref, atol=1e-6)
+    assert torch.allclose(d_last, representation_distance(model, ref, target).detach(), atol=1e-6)
+    assert bool((d_best <= d_last + 1e-7).all()) and bool((d_best < d_last - 1e-4).any())  # α 0.8 overshoots: they differ
+
+
+def test_robust_dataset_starts_from_noise_as_the_authors_and_keeps_old_cache_keys():
+    from advlab.derived.robust import RobustDataset
+
+    x = torch.rand(4000, 3, 4, 4)
+    noise, index = RobustDataset(start="noise", seed=3).starts(x)
+    assert abs(float(noise.mean()) - 0.5) < 1e-3 and abs(float(noise.std()) - 0.05) < 1e-3  # N(0.5, 0.05²)
+    assert torch.equal(noise, RobustDataset(start="noise", seed=3).starts(x)[0]) and bool((index == -1).all())
+    images, index = RobustDataset(seed=3).starts(x)
+    assert torch.equal(images, x[index]) and not bool((index == torch.arange(len(x))).any())
+    assert RobustDataset()._options() == {}  # the defaults add nothing to the cache key: datasets cached before stay hits
+    assert RobustDataset(start="noise", keep="last")._options() == {"start": "noise", "keep": "last", "noise_std": 0.05}
+    for key, value in (("start", "zeros"), ("keep", "first")):
+        with pytest.raises(ConfigError, match=f"^{key}: '{value}'; allowed: "):
+            RobustDataset(**{key: value})

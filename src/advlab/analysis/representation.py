@@ -35,10 +35,11 @@ def representation_distance(model, x: torch.Tensor, target: torch.Tensor) -> tor
 
 
 def invert_batch(model, x_target: torch.Tensor, x_start: torch.Tensor, steps: int, step_size: float,
-                 bounds=(0.0, 1.0), progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 bounds=(0.0, 1.0), progress=None, keep: str = "best") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Minimise the representation distance to g(x_target) from x_start with `steps` normalised
-    gradient steps of L2 size `step_size`, clipped to `bounds`. Returns (best iterate per sample,
-    initial distance, best distance)."""
+    gradient steps of L2 size `step_size`, clipped to `bounds`. Returns (the iterate kept per sample,
+    initial distance, its distance); `keep`: "best" (the lowest distance met) or "last" (the final
+    iterate, as the robustness library's `use_best=False` that Ilyas et al.'s D_R code passes)."""
     view = (-1,) + (1,) * (x_start.dim() - 1)
     with eval_mode(model), torch.enable_grad():
         with torch.no_grad():
@@ -51,7 +52,7 @@ def invert_batch(model, x_target: torch.Tensor, x_start: torch.Tensor, steps: in
             dist = representation_distance(model, x, target)
             if initial is None:
                 initial, best = dist.detach().clone(), dist.detach().clone()
-            improved = dist.detach() < best
+            improved = (dist.detach() < best) if keep == "best" else torch.full_like(best, step == steps, dtype=torch.bool)
             best = torch.where(improved, dist.detach(), best)
             best_x[improved] = x.detach()[improved]
             if step == steps:

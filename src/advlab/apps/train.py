@@ -115,6 +115,9 @@ def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from,
             shutil.copyfile(resume_from, tmp)
     if len(metrics) < len(EPOCH_METRICS):  # resumed at the final epoch: nothing trained, the history has them
         metrics = {**_last_logged(Path(cfg.paths.output_dir) / "csv" / "metrics.csv"), **metrics}
+    best = [c.best_model_score for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "val/acc" and c.best_model_score is not None]
+    if best:  # the best epoch's val/acc (best.ckpt's): where the validation split is the test split (Kumano et
+        metrics["val/acc_best"] = float(best[0])  # al.'s), the maximum test accuracy over epochs they report
     return {**metrics, **test_metrics}, trainer
 
 

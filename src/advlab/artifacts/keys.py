@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from advlab.artifacts.cache import plain
+from advlab.errors import ConfigError
 
 # Trainer keys that say where and how visibly a model trains, not what its weights become: the
 # artifact cache sets them itself, and they stay out of a model's cache key (the accelerator too: a
@@ -67,6 +68,18 @@ def key_node(node, where: str) -> dict:
     return {k: v for k, v in plain(node).items() if not (k in neutral and type(v) is type(neutral[k]) and v == neutral[k])}
 
 
+WEIGHTS = ("last", "best_val")
+
+
+def spec_weights(spec) -> str:
+    """Which weights a trained spec keeps: `last` (the last epoch's) or `best_val` (the epoch of the best
+    `val/acc`); a spec node's `weights` key, `last` where it has none."""
+    value = spec.get("weights") or "last"
+    if value not in WEIGHTS:
+        raise ConfigError("weights", f"{value!r}; allowed: {', '.join(WEIGHTS)}")
+    return value
+
+
 def model_key(spec, datamodule, run_trainer) -> dict:
     """The cache key of a trained model spec (its `method` a `_target_` node)."""
     key = {
@@ -81,6 +94,8 @@ def model_key(spec, datamodule, run_trainer) -> dict:
     }
     if spec.get("attack") is not None:
         key["attack"] = plain(spec.attack)
+    if spec_weights(spec) != "last":  # only where it differs: specs from before the option keep their keys
+        key["weights"] = spec_weights(spec)
     settings = training_settings(spec_trainer(run_trainer, spec))
     if settings:  # only what differs from the default training: default specs keep their keys
         key["trainer"] = settings

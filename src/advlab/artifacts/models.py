@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from advlab.artifacts.cache import ArtifactCache, partial_dir, spec_key
-from advlab.artifacts.keys import constructed_key, model_key, spec_trainer
+from advlab.artifacts.keys import constructed_key, model_key, spec_trainer, spec_weights
 from advlab.callbacks.progress import progress_bar
 from advlab.errors import ConfigError
 from advlab.methods.base import is_adversarial
@@ -146,16 +146,19 @@ class Artifacts:
         """Fit a model for the cache. Its last completed epoch is kept in the build's partial directory
         (`cache.partial_dir`, under the artifact's lock) and a re-run resumes from it: a build stopped
         by a signal or a kill -9 loses at most the epoch under way (and ends with the same weights)."""
-        from advlab.callbacks.checkpoint import AtomicCheckpointIO, completed_epochs, epoch_checkpoints, resume_checkpoint
+        from advlab.callbacks.checkpoint import AtomicCheckpointIO, BestWeights, completed_epochs, epoch_checkpoints, resume_checkpoint
 
         partial, config, extra = partial_dir(), self.trainer_config(spec), {}
         callbacks = [history, progress_bar()] if self.progress else [history]
+        if spec_weights(spec) == "best_val":
+            callbacks.append(BestWeights("val/acc"))
         resume = resume_checkpoint(partial) if partial is not None and partial.is_dir() else None
         if partial is not None:
             callbacks += epoch_checkpoints(partial)
             config["enable_checkpointing"] = True
             extra["plugins"] = [AtomicCheckpointIO()]
-        what = f"{spec.method._target_}, {OmegaConf.select(spec, 'arch._target_')}, {spec.max_epochs} epochs"
+        what = f"{spec.method._target_}, {OmegaConf.select(spec, 'arch._target_')}, {spec.max_epochs} epochs" + (
+            ", the best validation epoch's weights kept" if spec_weights(spec) == "best_val" else "")
         if resume is not None:
             log.info("Resuming %s from %s (%d of %d epochs done): %s", name, resume, completed_epochs(resume), spec.max_epochs, what)
         else:

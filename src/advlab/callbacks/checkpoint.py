@@ -143,3 +143,33 @@ def resume_checkpoint(checkpoint_dir: Path, set_aside_bad: bool = True) -> Path 
 def completed_epochs(path: Path) -> int:
     """How many epochs the checkpoint at `path` has completed (advlab's are written at epoch ends)."""
     return int(torch_load_plain(path)["epoch"]) + 1
+
+
+class BestWeights(Callback):
+    """Keeps a copy of the weights at the epoch with the best `monitor` (max) and puts them back in the
+    model when the fit ends, so the test and what is saved after it use them: a cache-trained model
+    "as of its best validation epoch" (Kumano et al. craft from their best-validation source
+    checkpoint). The copy travels in the checkpoints, so a resumed training keeps it."""
+
+    def __init__(self, monitor: str = "val/acc"):
+        self.monitor, self.score, self.epoch, self.weights = monitor, None, None, None
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or trainer.sanity_checking:
+            return
+        if self.score is None or float(value) > self.score:  # the first of equal scores: the earliest epoch
+            self.score, self.epoch = float(value), int(trainer.current_epoch)
+            self.weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.weights is None:
+            raise RuntimeError(f"keep the best weights: no {self.monitor!r} was logged (is there a validation split?)")
+        pl_module.load_state_dict(self.weights)
+        log.info("Best %s %.4f at epoch %d: its weights are kept", self.monitor, self.score, self.epoch + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "epoch": self.epoch, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.score, self.epoch, self.weights = state.get("score"), state.get("epoch"), state.get("weights")

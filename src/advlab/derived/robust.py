@@ -21,13 +21,15 @@ from advlab.attacks import evaluate_attack
 from advlab.artifacts.cache import spec_key
 from advlab.derived.base import DerivedData, SourceModel
 from advlab.derived.resume import CraftProgress
-from advlab.errors import check_number
+from advlab.errors import ConfigError, check_number
 from advlab.methods.base import is_adversarial
 from advlab.models.base import predict
 from advlab.utils import signals
 from advlab.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
+STARTS = ("image", "noise")
+KEEPS = ("best", "last")
 
 
 @dataclass
@@ -35,12 +37,18 @@ class RobustDataset:
     """D_R / D_NR constructed from the source model's penultimate representation.
 
     `steps`, `step_size`: the normalised-gradient descent (paper: 1000 steps of 0.1 on CIFAR-10);
-    `seed` draws the start image of each inversion; `batch_size` (images inverted at once) bounds memory.
+    `seed` draws the start of each inversion; `batch_size` (images inverted at once) bounds memory.
+    `start`: "image" (another training image) or "noise" (N(0.5, noise_std²) per pixel, as the authors'
+    robust_representations code: `randn / NOISE_SCALE + 0.5`, NOISE_SCALE 20); `keep`: the "best" iterate
+    per image or the "last" (theirs: `use_best=False`).
     """
     steps: int = 1000
     step_size: float = 0.1
     seed: int = 0
     batch_size: int = 512
+    start: str = "image"
+    noise_std: float = 0.05
+    keep: str = "best"
 
     source_name = "representation model"  # in the log and the cache messages
 
@@ -49,6 +57,25 @@ class RobustDataset:
         self.step_size = check_number("step_size", self.step_size, 0, strict=True)
         self.seed = int(self.seed)
         self.batch_size = check_number("batch_size", self.batch_size, 1, integer=True)
+        self.noise_std = check_number("noise_std", self.noise_std, 0)
+        for key, allowed in (("start", STARTS), ("keep", KEEPS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(key, f"{getattr(self, key)!r}; allowed: {', '.join(allowed)}")
+
+    def _options(self) -> dict:
+        """The construction's options beyond steps / step size / seed, where they differ from the
+        defaults (so datasets cached before these options existed keep their keys)."""
+        options = {"start": self.start, "keep": self.keep} | ({"noise_std": self.noise_std} if self.start == "noise" else {})
+        return {k: v for k, v in options.items() if (k, v) not in (("start", "image"), ("keep", "best"))}
+
+    def starts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the start of each image's inversion, the index of its start image; −1 for noise)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.start == "noise":
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) * self.noise_std + 0.5
+            return noise, torch.full((len(x),), -1, dtype=torch.long)
+        index = other_indices(len(x), generator)
+        return x[index], index
 
     def build(self, source: SourceModel, datamodule, artifacts, *, attack=None, eval_attack=None, arch=None, source_spec=None) -> DerivedData:
         """Construct (or take from the cache) the dataset; `eval_attack` also measures the source's robustness."""
@@ -56,15 +83,16 @@ class RobustDataset:
         adversarial = isinstance(method, dict) and is_adversarial(method)
         name = "D_R" if adversarial else "D_NR"
         spec = {"construction": "representation_inversion", "source": source.key, "steps": self.steps,
-                "step_size": self.step_size, "seed": self.seed}
+                "step_size": self.step_size, "seed": self.seed, **self._options()}
         x, y = datamodule.x_train, datamodule.y_train
 
         def construct():
-            starts = other_indices(len(x), torch.Generator().manual_seed(self.seed))
-            out = self._invert(source.model, x, x[starts], datamodule.bounds, artifacts.device, artifacts.progress, name)
+            x_start, index = self.starts(x)
+            out = self._invert(source.model, x, x_start, datamodule.bounds, artifacts.device, artifacts.progress, name)
             agree = predict(source.model, out["x"], device=artifacts.device) == y
-            return {"x": out["x"], "y": y.clone(), "start_index": starts, "distance_initial": out["distance_initial"],
-                    "distance_final": out["distance_final"], "source_agreement": float(agree.float().mean())}
+            return {"x": out["x"], "y": y.clone(), "start_index": index, "x_start_preview": x_start[:8].clone(),
+                    "distance_initial": out["distance_initial"], "distance_final": out["distance_final"],
+                    "source_agreement": float(agree.float().mean())}
 
         payload, _ = artifacts.constructed("datasets", spec, construct, what=f"{name} dataset")
         d0, d1 = payload["distance_initial"].mean().item(), payload["distance_final"].mean().item()
@@ -92,7 +120,7 @@ class RobustDataset:
                 progress_bar(total=self.steps * -(-(len(x_start) - start) // size), desc="Inverting representations", disable=not progress) as bar:
             for i in range(start, len(x_start), size):
                 xb, d0, d1 = invert_batch(model, x_target[i : i + size].to(device), x_start[i : i + size].to(device),
-                                          self.steps, self.step_size, bounds, progress=bar)
+                                          self.steps, self.step_size, bounds, progress=bar, keep=self.keep)
                 out["x"][i : i + size], out["distance_initial"][i : i + size], out["distance_final"][i : i + size] = xb.cpu(), d0.cpu(), d1.cpu()
                 saved.done(i + len(xb), None)
                 if signals.received() is not None:
@@ -107,7 +135,7 @@ def construction_figure(name: str, x, y, payload, class_names, out_dir) -> dict[
     k = min(8, len(y))
     rows = [
         ("target x", x[:k], [f"y={class_names[int(c)]}" for c in y[:k]]),
-        ("start x0", x[payload["start_index"][:k]], ["" for _ in y[:k]]),
+        ("start x0", payload["x_start_preview"][:k] if "x_start_preview" in payload else x[payload["start_index"][:k]], ["" for _ in y[:k]]),
         (f"{name} x_r", payload["x"][:k], [f"dist {float(d):.3f}" for d in payload["distance_final"][:k]]),
     ]
     path = image_rows(rows, Path(out_dir) / "plots" / "robust_dataset.png",

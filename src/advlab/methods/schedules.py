@@ -1,7 +1,10 @@
-"""Per-step learning-rate schedules of the fast-training recipes (RECIPES.md §8). Both take the
-optimiser's configured lr as the peak; `total_steps` is filled in with the run's optimiser steps
-by `ClassifierModule.configure_optimizers` when the config leaves it null."""
+"""Per-step learning-rate schedules of the fast-training recipes (RECIPES.md §8) and Paknezhad et
+al.'s constant-then-cosine one. All take the optimiser's configured lr as the peak; `total_steps` is
+filled in with the run's optimiser steps by `ClassifierModule.configure_optimizers` when the config
+leaves it null."""
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
@@ -48,3 +51,16 @@ def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: flo
     return OneCycleLR(optimizer, max_lr=peak, total_steps=steps, pct_start=pct,
                       div_factor=div_factor, final_div_factor=final_div_factor, anneal_strategy=anneal_strategy,
                       cycle_momentum=cycle_momentum)
+
+
+def linear_cosine(optimizer: torch.optim.Optimizer, total_steps: int, constant: float = 0.5) -> LambdaLR:
+    """Paknezhad et al.'s LinearCosineLR (MahsaPaknezhad/AdversariallyRobustTraining, LRSchedulers.py):
+    the configured lr for the first ⌈`constant`·T⌉ steps, then a cosine from it down to 0 at step T."""
+    n, frac = _steps(total_steps), _fraction("constant", constant)
+    flat = math.ceil(n * frac)
+    decay = max(n - flat, 1)
+
+    def factor(step: int) -> float:
+        return 1.0 if step <= flat else 0.5 * (math.cos(math.pi * min(step - flat, decay) / decay) + 1.0)
+
+    return LambdaLR(optimizer, factor)

@@ -17,7 +17,7 @@ from advlab.errors import ConfigError
 
 # A model spec's keys (conf/spec/standard.yaml, plus an adversarial spec's `attack` and
 # advlab-transfer's per-model `dataset`); `spec@<node>=external|robustbench` is checked by models.external.
-SPEC_KEYS = ("method", "optimizer", "scheduler", "attack", "arch", "max_epochs", "seed", "trainer", "dataset")
+SPEC_KEYS = ("method", "optimizer", "scheduler", "attack", "arch", "max_epochs", "seed", "trainer", "dataset", "weights")
 # What the code passes itself to each kind of constructor (so not a config key).
 METHOD_OBJECTS = ("model", "optimizer", "scheduler", "eval_attack", "attack", "source")
 # what the code passes to architectures and optimizers itself
@@ -179,6 +179,12 @@ def check_spec(spec, where: str, datamodule=None) -> None:
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}", f"unknown key(s) {', '.join(unknown)} of a model spec; allowed: {', '.join(SPEC_KEYS)}")
     check_method(spec.get("method"), f"{where}.method", spec.get("attack"))
+    from advlab.artifacts.keys import spec_weights
+
+    try:
+        spec_weights(spec)
+    except ConfigError as err:
+        raise err.under(where) from None
     for part in ("optimizer", "scheduler"):
         _target_keys(spec, part, f"{where}.{part}")
     build_attack(spec.get("attack"), f"{where}.attack")
