@@ -79,6 +79,10 @@ def test_a_real_run_is_read_and_the_cli_writes_the_page(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "advlab.apps.report", "--reproductions", str(claims), str(tmp_path / "outputs"),
                            "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    import csv
+
+    val = [float(r["val/acc"]) for r in csv.DictReader(open(run.run_dir / "csv" / "metrics.csv")) if r.get("val/acc")]
+    assert measured["val/acc_best"] == max(val) >= measured["val/acc"]  # the best epoch's, from the run's history
     machine = json.loads((run.run_dir / "machine.json").read_text())  # every run records what it ran on
     assert machine["cores"] >= 1 and machine["torch"] and machine["cpu"]
     from advlab.utils.hardware import machine_label
@@ -170,3 +174,16 @@ def test_the_committed_page_lists_every_claim():
         assert f"## {paper.title}" in page
         for claim in paper.claims:
             assert f"| {claim.claim}{' ' + claim.note if claim.note else ''} | {claim.paper} ({claim.where}) |" in page, claim.claim
+
+
+def test_the_committed_page_regenerates_from_the_kept_runs(tmp_path):
+    """benchmarks/results/reproductions holds the runs the committed table read (`--keep`): the table is
+    refreshed from the repository alone, row for row, machine for machine."""
+    from advlab.report.reproductions import write_reproductions
+
+    kept = REPO / "benchmarks" / "results" / "reproductions"
+    missing = write_reproductions(CLAIMS, [kept], tmp_path / "page.md", machine="no machine.json")
+    rows = [line for line in (tmp_path / "page.md").read_text().splitlines() if line.startswith("| ")]
+    committed = [line for line in (REPO / "docs" / "REPRODUCTIONS.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows == committed and not missing
+    assert not any("no machine.json" in row for row in rows)  # every kept run says where it ran
