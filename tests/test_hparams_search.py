@@ -124,7 +124,7 @@ def test_an_objective_the_app_never_logs_is_refused_before_any_trial(advlab_root
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
     assert run.returncode == 2 and len(lines) == 1, run.stderr[-3000:]
     assert lines[0].startswith("advlab-train: error: optimized_metric: unknown value 'val/accuracy': advlab-train does not log it")
-    assert "allowed: train/acc, val/acc, test/acc, time/total_s," in lines[0] and "perturb/success_rate" in lines[0]
+    assert "allowed: train/acc, val/acc, val/acc_best, test/acc, time/total_s," in lines[0] and "perturb/success_rate" in lines[0]
     assert not sweep_dir.exists() and not (advlab_root / "run").exists()
 
 
@@ -136,7 +136,7 @@ def test_the_objectives_allowed_follow_what_the_run_chooses():
     precheck(["hparams_search=lr_weight_decay", "callbacks=mi", "optimized_metric=mi/clean/kde_upper/fc1/I_XT"], "train")
     precheck(["optimized_metric=transfer/fool_rate"], "transfer")
     with pytest.raises(ConfigError, match=r"^optimized_metric: unknown value 'test/agreement': advlab-train does not log it with this config; "
-                                          r"allowed: train/acc, val/acc, test/acc, time/total_s, or any of them followed by _per_s$"):
+                                          r"allowed: train/acc, val/acc, val/acc_best, test/acc, time/total_s, or any of them followed by _per_s$"):
         precheck(["hparams_search=lr_weight_decay", "method=standard", "optimized_metric=test/agreement"], "train")
     with pytest.raises(ConfigError, match=r"^optimized_metric: unknown value 'test/acc': advlab-transfer does not log it"):
         precheck(["optimized_metric=test/acc"], "transfer")

@@ -23,7 +23,7 @@ PER_SECOND = "_per_s"
 # callbacks (`callbacks.*`). `*` stands for any text (the mutual-information callback's layer names).
 METRICS = {
     "train": {
-        "": ("train/acc", "val/acc", "test/acc", "time/total_s"),
+        "": ("train/acc", "val/acc", "val/acc_best", "test/acc", "time/total_s"),
         "eval_attack": ("test/adv_acc", "test/autoattack_acc"),  # the last with attack@eval_attack=autoattack
         # every derived dataset: its source model's metrics, and the time spent obtaining it
         "derived": ("time/source_s", "source/train/acc", "source/val/acc", "source/test/acc"),
