@@ -87,12 +87,18 @@ def _derived_data(cfg: DictConfig, builder, method, attack, datamodule, artifact
 EPOCH_METRICS = ("val/acc", "train/acc")
 
 
-def _last_logged(csv_file: Path) -> dict[str, float]:
+def _logged_rows(csv_file: Path) -> list[dict]:
+    """The rows of the run's CSV history (every epoch, a resumed run's included); none without one."""
     import csv
 
     if not csv_file.is_file():
-        return {}
-    rows = list(csv.DictReader(open(csv_file)))
+        return []
+    with open(csv_file, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _last_logged(csv_file: Path) -> dict[str, float]:
+    rows = _logged_rows(csv_file)
     return {k: float(r[k]) for k in EPOCH_METRICS for r in rows if r.get(k)}  # the last value of each
 
 
@@ -122,12 +128,8 @@ def _fit_and_test(cfg: DictConfig, method, fit_datamodule, loggers, resume_from,
 
 
 def _best_logged(csv_file: Path, key: str) -> float | None:
-    """The largest `key` of the run's CSV history (every epoch, a resumed run's included), or None."""
-    import csv
-
-    if not csv_file.is_file():
-        return None
-    values = [float(r[key]) for r in csv.DictReader(open(csv_file)) if r.get(key)]
+    """The largest `key` of the run's CSV history, or None."""
+    values = [float(r[key]) for r in _logged_rows(csv_file) if r.get(key)]
     return max(values) if values else None
 
 

@@ -150,7 +150,8 @@ class Artifacts:
 
         partial, config, extra = partial_dir(), self.trainer_config(spec), {}
         callbacks = [history, progress_bar()] if self.progress else [history]
-        if spec_weights(spec) == "best_val":
+        best_val = spec_weights(spec) == "best_val"
+        if best_val:
             callbacks.append(BestWeights("val/acc"))
         resume = resume_checkpoint(partial) if partial is not None and partial.is_dir() else None
         if partial is not None:
@@ -158,7 +159,7 @@ class Artifacts:
             config["enable_checkpointing"] = True
             extra["plugins"] = [AtomicCheckpointIO()]
         what = f"{spec.method._target_}, {OmegaConf.select(spec, 'arch._target_')}, {spec.max_epochs} epochs" + (
-            ", the best validation epoch's weights kept" if spec_weights(spec) == "best_val" else "")
+            ", the best validation epoch's weights kept" if best_val else "")
         if resume is not None:
             log.info("Resuming %s from %s (%d of %d epochs done): %s", name, resume, completed_epochs(resume), spec.max_epochs, what)
         else:

@@ -65,8 +65,8 @@ class RobustDataset:
     def _options(self) -> dict:
         """The construction's options beyond steps / step size / seed, where they differ from the
         defaults (so datasets cached before these options existed keep their keys)."""
-        options = {"start": self.start, "keep": self.keep} | ({"noise_std": self.noise_std} if self.start == "noise" else {})
-        return {k: v for k, v in options.items() if (k, v) not in (("start", "image"), ("keep", "best"))}
+        options = {"start": self.start, "noise_std": self.noise_std} if self.start == "noise" else {}
+        return options | ({"keep": self.keep} if self.keep != "best" else {})
 
     def starts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the start of each image's inversion, the index of its start image; −1 for noise)."""
