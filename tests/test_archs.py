@@ -1,4 +1,4 @@
-"""Fast CIFAR architectures (issue 12): ResNet-9, VGG-16-BN, DenseNet-121, GoogLeNet, MobileNetV2.
+"""Fast CIFAR architectures (issue 12): ResNet-9, VGG-16-BN, DenseNet-121, GoogLeNet, MobileNetV2, WideResNet.
 Small-image stems (1×8×8, 1×28×28, 3×32×32), training steps, size knobs, use as attack targets."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from advlab.attacks import PGD
 from advlab.errors import ConfigError
 from advlab.models import VGG, DenseNet, GoogLeNet, MobileNetV2, ResNet9
+from advlab.models.wide_resnet import WideResNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,6 +23,7 @@ ARCHS = {
     "densenet121": (DenseNet, lambda g: {"growth_rate": g, "num_init_features": 2 * g}, 4, (2, 4, 8)),
     "googlenet": (GoogLeNet, lambda m: {"width_mult": m, "dropout": 0.0}, 0.0625, (0.0625, 0.125, 0.25)),
     "mobilenet_v2": (MobileNetV2, lambda m: {"width_mult": m, "dropout": 0.0}, 0.125, (0.125, 0.25, 0.5)),
+    "wide_resnet": (WideResNet, lambda w: {"width": w}, 1, (1, 2, 4)),
 }
 # dataset shapes and class counts: digits, MNIST / FMNIST, CIFAR-10 (and a 3-class subset)
 SHAPES = [((1, 8, 8), 10), ((1, 28, 28), 10), ((3, 32, 32), 3)]

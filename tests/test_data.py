@@ -673,6 +673,34 @@ def test_cifar10_jpeg_zips_extract_decode_and_cache(tmp_path):
     assert not (root / "train").exists()
 
 
+def test_cifar10_jpeg_test_split_is_class_interleaved_so_first_points_cover_every_class(tmp_path):
+    """Reproduction: the JPEG copy's test split came class folder by class folder, so "the first 200 / 1,000
+    test images" that evaluations and probes take were all airplanes. Now the i-th image of every class
+    comes before any class's (i+1)-th, each still with its own label."""
+    zip_dir = tmp_path / "zips"
+    make_jpeg_zips(zip_dir, {"train": 2, "test": 3})
+    dm = CIFAR10JPEGDataModule(data_dir=str(tmp_path / "data"), zip_dir=str(zip_dir), val_fraction=0.0)
+    dm.setup()
+    assert dm.y_test.tolist() == list(range(10)) * 3
+    for k, xi in enumerate(dm.x_test):  # position k: class k mod 10's (k // 10)-th file, moved with its label
+        colour = torch.tensor(jpeg_colour(k % 10, k // 10), dtype=torch.float32) / 255
+        assert float((xi.mean(dim=(1, 2)) - colour).abs().max()) < 3 / 255
+
+
+def test_interleaving_by_class_keeps_each_class_order_and_leaves_unsorted_splits_alone():
+    from advlab.data.arrays import interleaved_by_class, is_sorted_by_class
+
+    y = torch.tensor([0, 0, 0, 1, 2, 2])
+    order = interleaved_by_class(y)
+    assert order.tolist() == [0, 3, 4, 1, 5, 2] and y[order].tolist() == [0, 1, 2, 0, 2, 0]
+    assert is_sorted_by_class(y) and not is_sorted_by_class(torch.tensor([0, 1, 0])) and not is_sorted_by_class(torch.tensor([4, 4]))
+    from advlab.data import DigitsDataModule
+
+    dm = DigitsDataModule(seed=0)
+    dm.setup()
+    assert not is_sorted_by_class(dm.y_test) and len(set(dm.y_test[:30].tolist())) == 10  # digits: its own order, untouched
+
+
 def test_cifar10_jpeg_missing_zips(tmp_path):
     with pytest.raises(ConfigError) as e:
         CIFAR10JPEGDataModule(data_dir=str(tmp_path / "data"), zip_dir=str(tmp_path / "nozips")).check()
@@ -713,6 +741,7 @@ def test_real_shared_cifar10_jpeg(tmp_path):
     assert (len(dm.x_train), len(dm.x_val), len(dm.x_test)) == (45000, 5000, 10000)
     assert dm.class_names == CIFAR_NAMES
     assert torch.bincount(dm.y_test).tolist() == [1000] * 10
+    assert torch.bincount(dm.y_test[:200]).tolist() == [20] * 10  # the first test points cover every class
     assert torch.bincount(torch.cat([dm.y_train, dm.y_val])).tolist() == [5000] * 10
     # the well-known CIFAR-10 channel means (0.491, 0.482, 0.447), up to JPEG error and the val carve-out
     assert torch.allclose(dm.mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=0.005)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -64,6 +65,11 @@ def test_probe_app_reports_every_level_for_every_model(advlab_root):
     assert probe["n_points"] == 120
     assert {r["layer"] for r in probe["information"]["NT"]} == {"hidden", "readout"}
     assert {r["estimator"] for r in probe["information"]["AT"]} == {"renyi", "kde_upper", "binning"}
+    for model in ("NT", "AT"):  # the untransformed images' information is in metrics.json, equal to probe.json's identity level
+        row = next(r for r in probe["information"][model] if (r["probe"], r["level"], r["input"], r["estimator"], r["layer"])
+                   == ("saturation", 2.0, "adversarial", "kde_upper", "readout"))
+        assert m[f"{model}/mi/adversarial/kde_upper/readout/I_XT"] == row["I_XT"] and m[f"{model}/mi/adversarial/kde_upper/readout/I_TY"] == row["I_TY"]
+        assert 0 < m[f"{model}/mi/clean/binning/hidden/I_XT"] <= math.log2(120) + 1e-9
     for name in ("texture_shape.png", "texture_shape_samples.png", "texture_shape_information.png"):
         assert (run.run_dir / "plots" / name).is_file(), name
     assert list((run.run_dir / "wandb").glob("offline-run-*/files/media/images/plots/texture_shape*.png"))
@@ -114,3 +120,30 @@ def test_zhang_probe_preset_runs_the_authors_procedure_and_names_its_app():
             precheck(["experiment=zhang_mnist_probe"], app)
     with pytest.raises(ConfigError, match=r"^experiment: this preset compares several models: it is an advlab-eval preset"):
         precheck(["experiment=paknezhad_digits"], "probe")
+
+
+def test_zhang_cifar10_probe_preset_runs_their_cifar10_procedure():
+    """experiment=zhang_cifar10_probe: their WideResNet-10-1 on raw pixels, grids {1, 2, 4, 8} (theirs {0, 2,
+    4, 8}: 8 divides 32 px), their hooked modules, PGD L∞ 8/255 with steps of 2/255 for training (random
+    start) and probing (none); the pre-flight passes, and the named hooks exist in the built model."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from advlab.analysis.activations import resolve_layers
+    from advlab.preflight.jobs import precheck
+    from advlab.runtime.resolvers import CONF_DIR
+
+    precheck(["experiment=zhang_cifar10_probe"], "probe")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="probe", overrides=["experiment=zhang_cifar10_probe"])
+    assert list(cfg.probe.patch_shuffle) == [1, 2, 4, 8] and list(cfg.probe.saturation) == [2, 8, 16, 64, 1024]
+    assert cfg.arch.depth == 10 and cfg.arch.width == 1 and cfg.arch.normalize == "none"
+    assert cfg.attack.eps == cfg.models.AT.attack.eps == pytest.approx(8 / 255)
+    assert cfg.attack.eps * cfg.attack.rel_step_size == pytest.approx(2 / 255) == cfg.models.AT.attack.eps * cfg.models.AT.attack.rel_step_size
+    assert cfg.attack.random_start is False and cfg.models.AT.attack.random_start is True
+    assert cfg.dataset.augment is True
+    model = instantiate(cfg.arch)(input_shape=(3, 32, 32), num_classes=10)
+    assert resolve_layers(model, list(cfg.probe.mi.layers)) == ["conv1", "block1.layer.0.relu1", "block2.layer.0.relu1",
+                                                                "block3.layer.0.relu1", "fc"]

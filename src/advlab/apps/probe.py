@@ -7,7 +7,9 @@
 Each model of `models` (a model spec, like advlab-train's `source`) is trained once and cached.
 Clean test images and adversarial ones (the `attack`, crafted against each model) are transformed
 by saturation (levels p) and patch shuffle (grids k×k); the accuracy at each level goes to
-metrics.json, probe.json, W&B, and one figure for all models (plots/texture_shape.png).
+metrics.json, probe.json, W&B, and one figure for all models (plots/texture_shape.png). With
+`probe.mi.enabled`, each level's per-layer information goes to probe.json, and the untransformed images'
+to metrics.json (`<model>/mi/<clean|adversarial>/<estimator>/<layer>/I_XT`, `.../I_TY`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from advlab.utils.io import write_json
 from advlab.runtime.task_wrapper import task_wrapper
 
 log = logging.getLogger("advlab.apps.probe")
+UNTRANSFORMED = {("saturation", 2.0), ("patch_shuffle", 1)}  # the levels that leave an image as it is
 
 
 def accuracy(model, x, y, batch_size: int, device) -> float:
@@ -77,6 +80,9 @@ def _probe_model(name: str, model, inputs: dict, y, levels, estimator, layers, b
                 for layer, (i_xt, i_ty) in per_layer.items():
                     information.append({"probe": probe_name, "level": level, "input": kind, "estimator": est,
                                         "layer": layer, "I_XT": i_xt, "I_TY": i_ty})
+                    if (probe_name, level) in UNTRANSFORMED:  # the original images' information, once, as metrics
+                        metrics.setdefault(f"{name}/mi/{kind}/{est}/{layer}/I_XT", i_xt)
+                        metrics.setdefault(f"{name}/mi/{kind}/{est}/{layer}/I_TY", i_ty)
     return res, information
 
 

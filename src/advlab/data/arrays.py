@@ -81,3 +81,19 @@ def channel_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     std = var.sqrt()
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
     return mean.float(), std.float()
+
+
+def is_sorted_by_class(y: torch.Tensor) -> bool:
+    """Labels in non-decreasing order with more than one class: a split read class folder by class folder."""
+    return len(y) > 1 and bool((y[1:] >= y[:-1]).all()) and bool(y[0] != y[-1])
+
+
+def interleaved_by_class(y: torch.Tensor) -> torch.Tensor:
+    """The order that takes each class's first example, then each class's second, and so on (classes in
+    label order, each class's examples in their given order), so that every prefix is as balanced as
+    the class sizes allow. No randomness: the same points on every machine and seed."""
+    rank = torch.empty_like(y)
+    for c in torch.unique(y):
+        where = (y == c).nonzero().flatten()
+        rank[where] = torch.arange(len(where))
+    return torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)

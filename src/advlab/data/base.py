@@ -3,7 +3,8 @@
 ``ArrayDataModule`` holds ``x`` (float32 in [0, 1] for images, shape (N, C, H, W); (N, D) for vector
 data) and ``y`` (int64 in 0..num_classes-1) for the train / val / test splits. Subclasses only
 implement ``_load()``; the base applies the class subset, the seeded validation split and
-``max_train``, computes the normalisation statistics and serves the loaders (``advlab.data.loader``;
+``max_train``, puts a test split that comes sorted by class (class folders) in class-interleaved order,
+computes the normalisation statistics and serves the loaders (``advlab.data.loader``;
 augmentation in ``advlab.data.augment``, array conversions and setting checks in ``advlab.data.arrays``).
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from advlab.data.arrays import as_float_images, as_labels, centring_shift, channel_statistics, check_fraction, stratified_split
+from advlab.data.arrays import (as_float_images, as_labels, centring_shift, channel_statistics, check_fraction, interleaved_by_class,
+                                is_sorted_by_class, stratified_split)
 from advlab.data.augment import crop_flip, random_crop_flip
 from advlab.data.loader import BatchTensorDataset, make_loader
 from advlab.errors import ConfigError, check_number
@@ -199,23 +201,15 @@ class ArrayDataModule(pl.LightningDataModule):
         x_tr, x_te = as_float_images(x_tr, "x_train"), as_float_images(x_te, "x_test")
         y_tr, y_te = as_labels(y_tr), as_labels(y_te)
         names = [str(n) for n in names]
-        for x, y, split in ((x_tr, y_tr, "train"), (x_te, y_te, "test")):
-            if x.dim() not in (2, 4) or len(x) != len(y):
-                raise ValueError(f"{self.name}: bad {split} split, x {tuple(x.shape)} y {tuple(y.shape)}")
-            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(names)):
-                raise ValueError(f"{self.name}: {split} labels outside 0..{len(names) - 1}")
-        self._check_bounds(x_tr, "x_train", 0.0)
-        self._check_bounds(x_te, "x_test", 0.0)
-        if x_tr.shape[1:] != x_te.shape[1:]:
-            raise ValueError(f"{self.name}: train inputs {tuple(x_tr.shape[1:])} != test inputs {tuple(x_te.shape[1:])}")
-        if self.augment and x_tr.dim() != 4:
-            raise ConfigError("dataset.augment", f"random crop/flip needs image data; {self.name} is vector data, set it to false")
-
+        self._check_splits(x_tr, y_tr, x_te, y_te, names)
         if self.classes is not None:
             self._check_class_range(len(names))
             x_tr, y_tr = self._subset(x_tr, y_tr, len(names))
             x_te, y_te = self._subset(x_te, y_te, len(names))
             names = [names[c] for c in self.classes]
+        if is_sorted_by_class(y_te):  # class-folder order: any first N test points would be a few classes
+            order = interleaved_by_class(y_te)
+            x_te, y_te = x_te[order], y_te[order]
 
         n = len(y_tr)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
@@ -250,6 +244,19 @@ class ArrayDataModule(pl.LightningDataModule):
             self.name, len(self.y_train), len(self.y_val), "" if n_val else " (= test)",
             len(self.y_test), tuple(self.x_test.shape[1:]), len(names),
         )
+
+    def _check_splits(self, x_tr, y_tr, x_te, y_te, names: list[str]) -> None:
+        for x, y, split in ((x_tr, y_tr, "train"), (x_te, y_te, "test")):
+            if x.dim() not in (2, 4) or len(x) != len(y):
+                raise ValueError(f"{self.name}: bad {split} split, x {tuple(x.shape)} y {tuple(y.shape)}")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(names)):
+                raise ValueError(f"{self.name}: {split} labels outside 0..{len(names) - 1}")
+        self._check_bounds(x_tr, "x_train", 0.0)
+        self._check_bounds(x_te, "x_test", 0.0)
+        if x_tr.shape[1:] != x_te.shape[1:]:
+            raise ValueError(f"{self.name}: train inputs {tuple(x_tr.shape[1:])} != test inputs {tuple(x_te.shape[1:])}")
+        if self.augment and x_tr.dim() != 4:
+            raise ConfigError("dataset.augment", f"random crop/flip needs image data; {self.name} is vector data, set it to false")
 
     def _generators(self) -> dict[str, torch.Generator]:
         """The training order's and the augmentation's streams (created on first use)."""

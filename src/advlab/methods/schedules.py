@@ -54,7 +54,7 @@ def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: flo
 
 
 def linear_cosine(optimizer: torch.optim.Optimizer, total_steps: int, constant: float = 0.5) -> LambdaLR:
-    """Paknezhad et al.'s LinearCosineLR (MahsaPaknezhad/AdversariallyRobustTraining, LRSchedulers.py):
+    """Paknezhad et al.'s LinearCosineLR (MahsaPaknezhad/AdversariallyRobustTraining, Scheduler.py via getScheduler.py):
     the configured lr for the first ⌈`constant`·T⌉ steps, then a cosine from it down to 0 at step T."""
     n, frac = _steps(total_steps), _fraction("constant", constant)
     flat = math.ceil(n * frac)
