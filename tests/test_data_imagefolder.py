@@ -104,7 +104,9 @@ def test_class_subset_and_groups_by_name_index_and_range(tree, tmp_path):
         assert dm.class_names == ["insect", "mammal"]
         folders, classes = folder_of_each(dm)
         assert [("insect" if f in ("ant", "bee") else "mammal") for f in folders] == classes
-        assert torch.bincount(dm.y_train).tolist() == [6, 4] and dm.y_test.tolist() == [0, 0, 1, 1]
+        # the test split comes class-interleaved (it is read folder by folder), each image with its label
+        assert torch.bincount(dm.y_train).tolist() == [6, 4] and dm.y_test.tolist() == [0, 1, 0, 1]
+        assert [("insect" if f in ("ant", "bee") else "mammal") for f in colour_names(dm.x_test)] == [dm.class_names[int(v)] for v in dm.y_test]
         loaded.append((dm.x_train, dm.y_train))
     for x, y in loaded[1:]:
         assert torch.equal(x, loaded[0][0]) and torch.equal(y, loaded[0][1])
